@@ -1,0 +1,37 @@
+# Detour. `make demo` runs the main job, `make test` everything CI runs (as root).
+SHELL := /bin/bash
+GO      ?= go
+BIN     := bin/detour
+# command=Debian package, installed by scripts/deps.sh when the command is missing.
+DEPS    := iptables=iptables iptables-legacy=iptables ip=iproute2 curl=curl h2load=nghttp2-client
+PKGS    := ./...
+TESTLOG := bin/integration.log
+
+.PHONY: build deps test unit integration demo bench lint clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/detour
+
+deps:
+	@scripts/deps.sh $(DEPS)
+
+# Unit tests and fuzz seed corpora everywhere, then the integration suite on real namespaces.
+# DETOUR_REQUIRE_ROOT=1 turns a would-be skip of a root test into a failure.
+test: deps build
+	DETOUR_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 10m $$($(GO) list $(PKGS) | grep -v /integration)
+	@mkdir -p bin
+	DETOUR_REQUIRE_ROOT=1 DETOUR_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 10m -v ./integration/... 2>&1 | tee $(TESTLOG); exit $${PIPESTATUS[0]}
+
+demo: deps build
+	$(BIN) demo
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./init/...
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest ./...
+
+clean:
+	rm -rf bin
