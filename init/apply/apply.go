@@ -169,7 +169,7 @@ func Install(c plan.Config, o Options) (Result, error) {
 	if err := c.Validate(); err != nil {
 		return Result{}, err
 	}
-	if err := requireNetAdmin(); err != nil {
+	if err := o.requireNetAdmin(); err != nil {
 		return Result{}, err
 	}
 	families, err := Families(o.IPv6)
@@ -241,7 +241,10 @@ func hint(err error) string {
 
 // requireNetAdmin fails early and clearly without CAP_NET_ADMIN, instead of leaving the user
 // with iptables' own "Permission denied (you must be root)".
-func requireNetAdmin() error {
+func (o Options) requireNetAdmin() error {
+	if o.Open != nil {
+		return nil // not the real iptables
+	}
 	const capNetAdmin = 12
 	data, err := os.ReadFile("/proc/thread-self/status")
 	if err != nil {
@@ -265,7 +268,7 @@ func requireNetAdmin() error {
 // or, with "auto", from every backend that holds them.
 func Remove(o Options) (Result, error) {
 	start := time.Now()
-	if err := requireNetAdmin(); err != nil {
+	if err := o.requireNetAdmin(); err != nil {
 		return Result{}, err
 	}
 	ipv6 := o.IPv6

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 
@@ -109,6 +110,9 @@ func (t *execTables) List(table, chain string) ([]string, error) {
 }
 
 func (t *execTables) Save() (string, error) {
+	if t.legacyAbsent() {
+		return "", nil
+	}
 	out, err := run(exec.Command(t.save), "")
 	if err != nil {
 		return "", fmt.Errorf("%s-save: %w", t.bin, err)
@@ -121,6 +125,23 @@ func (t *execTables) Restore(input string) error {
 		return fmt.Errorf("%s-restore: %w", t.bin, err)
 	}
 	return nil
+}
+
+// legacyAbsent reports, without running anything, that the legacy backend has no table in the
+// calling thread's namespace: the kernel lists x_tables tables per namespace in /proc.
+func (t *execTables) legacyAbsent() bool {
+	if !strings.HasSuffix(t.bin, "-"+string(Legacy)) {
+		return false
+	}
+	names := "/proc/thread-self/net/ip_tables_names"
+	if t.family == plan.IPv6 {
+		names = "/proc/thread-self/net/ip6_tables_names"
+	}
+	data, err := os.ReadFile(names)
+	if errors.Is(err, os.ErrNotExist) {
+		return true // x_tables is not even loaded
+	}
+	return err == nil && len(bytes.TrimSpace(data)) == 0
 }
 
 func (t *execTables) Replace(input string) error {
