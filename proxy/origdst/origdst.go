@@ -13,7 +13,7 @@ var ErrUnsupported = errors.New("original destination lookup is supported on Lin
 
 // Lookup returns the original destination of a connection accepted by a listener that
 // iptables redirected to (SO_ORIGINAL_DST for IPv4, IP6T_SO_ORIGINAL_DST for IPv6). For a
-// connection that was not redirected it returns the connection's own local address.
+// connection that no NAT rule touched it returns the connection's own local address.
 func Lookup(c *net.TCPConn) (netip.AddrPort, error) {
 	return lookup(c)
 }

@@ -1,6 +1,7 @@
 package origdst
 
 import (
+	"errors"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -38,6 +39,11 @@ func lookup(c *net.TCPConn) (netip.AddrPort, error) {
 	})
 	if cerr != nil {
 		return netip.AddrPort{}, fmt.Errorf("original destination: %w", cerr)
+	}
+	if errors.Is(serr, unix.ENOENT) {
+		// conntrack has no entry: nothing translated the connection, so it reached the
+		// address it was sent to.
+		return local.AddrPort(), nil
 	}
 	if serr != nil {
 		return netip.AddrPort{}, fmt.Errorf("original destination of %v: %w", c.RemoteAddr(), serr)
