@@ -1,8 +1,8 @@
 package origdst
 
 import (
-	"errors"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
