@@ -184,7 +184,7 @@ func Install(c plan.Config, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	o.log().Info("iptables backend", "backend", b, "reason", reason)
+	o.log().Debug("iptables backend", "backend", b, "reason", reason)
 	res := Result{Backend: b, Reason: reason}
 	var done []plan.Family
 	for _, f := range families {
