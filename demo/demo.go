@@ -197,4 +197,3 @@ func (s *steps) do(what string, fn func() (string, error)) error {
 func indent(s string) string {
 	return strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n        ")
 }
-
