@@ -127,7 +127,7 @@ func TestChangedFlagsReplaceTheRules(t *testing.T) {
 	h := newFakeHost()
 	mustInstall(t, h, "auto")
 	c := plan.DefaultConfig()
-	c.SkipOutboundPorts = []plan.PortRange{{5432, 5432}}
+	c.SkipOutboundPorts = []plan.PortRange{{First: 5432, Last: 5432}}
 	if _, err := Install(c, fakeOptions(h, "auto")); err != nil {
 		t.Fatal(err)
 	}

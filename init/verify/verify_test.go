@@ -18,7 +18,7 @@ func TestTestDestinationAvoidsWhatIsSkipped(t *testing.T) {
 	}{
 		{"the first candidate by default", func(*plan.Config) {}, plan.IPv4, "198.18.255.254:9", ""},
 		{"IPv6 has its own", func(*plan.Config) {}, plan.IPv6, "[fd00:de70:ffff::fffe]:9", ""},
-		{"a skipped port moves the port", func(c *plan.Config) { c.SkipOutboundPorts = []plan.PortRange{{1, 100}} }, plan.IPv4, "198.18.255.254:101", ""},
+		{"a skipped port moves the port", func(c *plan.Config) { c.SkipOutboundPorts = []plan.PortRange{{First: 1, Last: 100}} }, plan.IPv4, "198.18.255.254:101", ""},
 		{"a skipped CIDR moves the address", func(c *plan.Config) {
 			c.SkipOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}
 		}, plan.IPv4, "198.19.255.254:9", ""},
@@ -26,7 +26,7 @@ func TestTestDestinationAvoidsWhatIsSkipped(t *testing.T) {
 			c.SkipOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 		}, plan.IPv4, "", "nothing left to prove"},
 		{"the proxy ports are never the test port", func(c *plan.Config) {
-			c.SkipOutboundPorts = []plan.PortRange{{1, 7139}}
+			c.SkipOutboundPorts = []plan.PortRange{{First: 1, Last: 7139}}
 		}, plan.IPv4, "198.18.255.254:7141", ""},
 	}
 	for _, tt := range tests {
