@@ -132,7 +132,7 @@ func (st *state) pick(want string) (Backend, string, error) {
 	legacyRules, legacyDetour := st.count(Legacy)
 	nftRules, nftDetour := st.count(NFT)
 	if legacyDetour && nftDetour {
-		return "", "", errors.New("Detour rules are installed with both iptables-legacy and iptables-nft: packets traverse both; " +
+		return "", "", errors.New("found Detour rules in both iptables-legacy and iptables-nft: packets traverse both; " +
 			"remove one set with `detour init --remove --backend legacy` (or nft)")
 	}
 	switch want {
@@ -143,7 +143,7 @@ func (st *state) pick(want string) (Backend, string, error) {
 			other, otherDetour = Legacy, legacyDetour
 		}
 		if otherDetour {
-			return "", "", fmt.Errorf("Detour rules are already installed with iptables-%s; remove them first with `detour init --remove --backend %s`", other, other)
+			return "", "", fmt.Errorf("found Detour rules already installed with iptables-%s; remove them first with `detour init --remove --backend %s`", other, other)
 		}
 		return b, "chosen with --backend", nil
 	case "auto", "":
