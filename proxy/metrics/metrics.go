@@ -1,0 +1,150 @@
+// Package metrics holds the proxy's Prometheus metrics. Label handles are resolved once per
+// route and cached, so the per-request path pays for a few atomic adds, not for hashing label
+// values on every request.
+package metrics
+
+import (
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Directions of traffic, as the direction label spells them.
+const (
+	Inbound  = "inbound"
+	Outbound = "outbound"
+)
+
+// Metrics is every metric of one proxy. It is safe for concurrent use.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	requests  *prometheus.CounterVec
+	responses *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	open      *prometheus.GaugeVec
+	conns     *prometheus.CounterVec
+	bytes     *prometheus.CounterVec
+	detect    *prometheus.CounterVec
+
+	routes sync.Map // routeKey -> *Route
+}
+
+type routeKey struct {
+	direction, authority string
+	endpoint             netip.AddrPort
+}
+
+// New registers Detour's metrics, and the Go and process collectors, in a fresh registry.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_requests_total",
+			Help: "HTTP requests and gRPC calls forwarded, by direction, authority and endpoint.",
+		}, []string{"direction", "authority", "endpoint"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_responses_total",
+			Help: "Responses by HTTP status code and grpc-status (empty when none); classification is success or failure.",
+		}, []string{"direction", "authority", "endpoint", "status_code", "grpc_status", "classification"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "detour_response_latency_seconds",
+			Help:    "Time from a request's headers to the end of its response.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"direction", "authority", "endpoint"}),
+		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "detour_tcp_open_connections",
+			Help: "Client connections the proxy holds open, by direction and detected protocol.",
+		}, []string{"direction", "protocol"}),
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_tcp_connections_total",
+			Help: "Client connections accepted, by direction and detected protocol.",
+		}, []string{"direction", "protocol"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_tcp_bytes_total",
+			Help: "Bytes relayed on opaque TCP connections, by direction and peer that sent them (client or server).",
+		}, []string{"direction", "sender"}),
+		detect: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_protocol_detections_total",
+			Help: "Protocol detection results by direction, destination port and result (http1, http2, tls, opaque, timeout, skipped).",
+		}, []string{"direction", "port", "result"}),
+	}
+	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// Route returns the metrics of requests in one direction to one authority and endpoint.
+func (m *Metrics) Route(direction, authority string, endpoint netip.AddrPort) *Route {
+	k := routeKey{direction, authority, endpoint}
+	if r, ok := m.routes.Load(k); ok {
+		return r.(*Route)
+	}
+	ep := endpoint.String()
+	r := &Route{
+		m:        m,
+		labels:   [3]string{direction, authority, ep},
+		requests: m.requests.WithLabelValues(direction, authority, ep),
+		latency:  m.latency.WithLabelValues(direction, authority, ep),
+	}
+	actual, _ := m.routes.LoadOrStore(k, r)
+	return actual.(*Route)
+}
+
+// Route is the metrics of one direction, authority and endpoint.
+type Route struct {
+	m         *Metrics
+	labels    [3]string
+	requests  prometheus.Counter
+	latency   prometheus.Observer
+	responses sync.Map // responseKey -> prometheus.Counter
+}
+
+type responseKey struct {
+	status, grpc int
+	failed       bool
+}
+
+// Observe records one finished request. grpcStatus < 0 means the response had none.
+func (r *Route) Observe(status, grpcStatus int, failed bool, d time.Duration) {
+	r.requests.Inc()
+	r.latency.Observe(d.Seconds())
+	k := responseKey{status, grpcStatus, failed}
+	c, ok := r.responses.Load(k)
+	if !ok {
+		code, grpc, class := "", "", "success"
+		if status > 0 {
+			code = strconv.Itoa(status)
+		}
+		if grpcStatus >= 0 {
+			grpc = strconv.Itoa(grpcStatus)
+		}
+		if failed {
+			class = "failure"
+		}
+		c, _ = r.responses.LoadOrStore(k, r.m.responses.WithLabelValues(r.labels[0], r.labels[1], r.labels[2], code, grpc, class))
+	}
+	c.(prometheus.Counter).Inc()
+}
+
+// ConnOpened counts a client connection and returns the function that marks it closed.
+func (m *Metrics) ConnOpened(direction, protocol string) (closed func()) {
+	m.conns.WithLabelValues(direction, protocol).Inc()
+	g := m.open.WithLabelValues(direction, protocol)
+	g.Inc()
+	return g.Dec
+}
+
+// Bytes adds relayed bytes from the client and from the server of an opaque connection.
+func (m *Metrics) Bytes(direction string, fromClient, fromServer int64) {
+	m.bytes.WithLabelValues(direction, "client").Add(float64(fromClient))
+	m.bytes.WithLabelValues(direction, "server").Add(float64(fromServer))
+}
+
+// Detected counts one protocol detection result on a destination port.
+func (m *Metrics) Detected(direction string, port uint16, result string) {
+	m.detect.WithLabelValues(direction, strconv.Itoa(int(port)), result).Inc()
+}

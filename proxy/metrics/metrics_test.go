@@ -1,0 +1,61 @@
+package metrics
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestMetricsAreExportedWithTheirLabels(t *testing.T) {
+	m := New()
+	ep := netip.MustParseAddrPort("198.18.0.11:8080")
+	r := m.Route(Outbound, "stockdata.stocks:80", ep)
+	if m.Route(Outbound, "stockdata.stocks:80", ep) != r {
+		t.Fatal("Route does not cache its handles")
+	}
+	r.Observe(200, 0, false, 3*time.Millisecond)
+	r.Observe(200, 0, false, time.Millisecond)
+	r.Observe(200, 14, true, time.Millisecond)
+	closed := m.ConnOpened(Outbound, "http2")
+	m.Detected(Outbound, 80, "http2")
+	m.Bytes(Inbound, 10, 20)
+
+	want := `
+# HELP detour_responses_total Responses by HTTP status code and grpc-status (empty when none); classification is success or failure.
+# TYPE detour_responses_total counter
+detour_responses_total{authority="stockdata.stocks:80",classification="failure",direction="outbound",endpoint="198.18.0.11:8080",grpc_status="14",status_code="200"} 1
+detour_responses_total{authority="stockdata.stocks:80",classification="success",direction="outbound",endpoint="198.18.0.11:8080",grpc_status="0",status_code="200"} 2
+# HELP detour_tcp_open_connections Client connections the proxy holds open, by direction and detected protocol.
+# TYPE detour_tcp_open_connections gauge
+detour_tcp_open_connections{direction="outbound",protocol="http2"} 1
+# HELP detour_protocol_detections_total Protocol detection results by direction, destination port and result (http1, http2, tls, opaque, timeout, skipped).
+# TYPE detour_protocol_detections_total counter
+detour_protocol_detections_total{direction="outbound",port="80",result="http2"} 1
+`
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want),
+		"detour_responses_total", "detour_tcp_open_connections", "detour_protocol_detections_total"); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(m.latency); n != 1 {
+		t.Fatalf("%d latency series, want 1", n)
+	}
+	closed()
+	if v := testutil.ToFloat64(m.open.WithLabelValues(Outbound, "http2")); v != 0 {
+		t.Fatalf("open connections after close = %v", v)
+	}
+	if v := testutil.ToFloat64(m.requests.WithLabelValues(Outbound, "stockdata.stocks:80", ep.String())); v != 3 {
+		t.Fatalf("requests = %v, want 3", v)
+	}
+}
+
+func BenchmarkObserve(b *testing.B) {
+	m := New()
+	r := m.Route(Outbound, "stockdata.stocks:80", netip.MustParseAddrPort("198.18.0.11:8080"))
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Observe(200, 0, false, time.Millisecond)
+	}
+}
