@@ -7,7 +7,7 @@ DEPS    := iptables=iptables iptables-legacy=iptables ip=iproute2 curl=curl h2lo
 PKGS    := ./...
 TESTLOG := bin/integration.log
 
-.PHONY: build deps test unit integration demo bench lint clean
+.PHONY: build deps test demo bench lint clean generate
 
 build:
 	$(GO) build -o $(BIN) ./cmd/detour
@@ -35,3 +35,11 @@ lint:
 
 clean:
 	rm -rf bin
+
+# Regenerates the committed protobuf code (Debian's protobuf-compiler, Go plugins from the module proxy).
+generate:
+	@scripts/deps.sh protoc=protobuf-compiler
+	GOFLAGS= $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	GOFLAGS= $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+	PATH=$$PATH:$$($(GO) env GOPATH)/bin protoc --go_out=. --go_opt=module=github.com/detourmesh/detour \
+		--go-grpc_out=. --go-grpc_opt=module=github.com/detourmesh/detour examples/stockkube/stockpb/stock.proto
