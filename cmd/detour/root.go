@@ -16,7 +16,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInitCommand(), newDemoCommand())
+	root.AddCommand(newInitCommand(), newProxyCommand(), newDemoCommand())
 	return root
 }
 

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/detourmesh/detour/init/plan"
+	"github.com/detourmesh/detour/proxy"
+	"github.com/detourmesh/detour/proxy/discovery"
+)
+
+type proxyFlags struct {
+	outbound, inbound, admin uint16
+	discovery                string
+	opaquePorts              string
+	detectTimeout, drain     time.Duration
+	logLevel                 string
+}
+
+func newProxyCommand() *cobra.Command {
+	var f proxyFlags
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Run the sidecar proxy: balance every HTTP/2 stream and HTTP/1 request, relay the rest",
+		Long: `proxy serves the connections detour init redirects to it. Run it as the proxy UID
+(2102 by default) with no capabilities. SIGTERM drains: the inbound side stops accepting and
+sends GOAWAY, the outbound side keeps serving until --drain-timeout, then the proxy exits 0.
+Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/etc/detour/discovery.yaml.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd); err != nil {
+				return err
+			}
+			return runProxy(cmd, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.Uint16Var(&f.outbound, "outbound-port", plan.DefaultOutboundPort, "outbound listener port")
+	fl.Uint16Var(&f.inbound, "inbound-port", plan.DefaultInboundPort, "inbound listener port")
+	fl.Uint16Var(&f.admin, "admin-port", plan.DefaultAdminPort, "admin port: /live, /ready, /metrics, /debug/*")
+	fl.StringVar(&f.discovery, "discovery", "", "where services come from: file:PATH (empty: none, every connection is relayed untouched)")
+	fl.StringVar(&f.opaquePorts, "opaque-ports", portList(proxy.DefaultOpaquePorts), "ports relayed as TCP without protocol detection (server-speaks-first protocols)")
+	fl.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "longest wait for a client's first bytes before relaying as TCP")
+	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "how long the outbound side keeps serving after SIGTERM")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func runProxy(cmd *cobra.Command, f proxyFlags) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	log := newLogger(level)
+	opaque, err := plan.ParsePorts(f.opaquePorts)
+	if err != nil {
+		return fmt.Errorf("--opaque-ports: %w", err)
+	}
+	var ports []uint16
+	for _, r := range opaque {
+		for p := uint32(r.First); p <= uint32(r.Last); p++ {
+			ports = append(ports, uint16(p))
+		}
+	}
+	if f.detectTimeout <= 0 || f.drain < 0 {
+		return fmt.Errorf("--detect-timeout must be positive and --drain-timeout not negative")
+	}
+	cfg := proxy.Config{
+		OutboundPort: f.outbound, InboundPort: f.inbound, AdminPort: f.admin,
+		OpaquePorts: ports, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, Logger: log,
+	}
+	switch kind, arg, _ := strings.Cut(f.discovery, ":"); {
+	case f.discovery == "":
+	case kind == "file" && arg != "":
+		src, err := discovery.NewFile(arg, discovery.FileOptions{Logger: log})
+		if err != nil {
+			return fmt.Errorf("--discovery: %w", err)
+		}
+		cfg.Discovery = src
+	default:
+		return fmt.Errorf("--discovery %q: want file:PATH", f.discovery)
+	}
+	return proxy.New(cfg).Run(cmd.Context())
+}
+
+func portList(ports []uint16) string {
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = fmt.Sprint(p)
+	}
+	return strings.Join(s, ",")
+}

@@ -1,0 +1,211 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/detourmesh/detour/examples/stockkube/stockdata"
+	"github.com/detourmesh/detour/netns"
+)
+
+// proxyUID is the UID the proxy runs as in every test, as in a pod.
+const proxyUID = 2102
+
+// dialerIn returns a dial function whose sockets are made inside ns, for clients whose
+// connections are opened on goroutines of their own (gRPC, net/http).
+func dialerIn(ns *netns.NS) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.Do(func() error {
+			var d net.Dialer
+			var err error
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// httpClientIn is an HTTP client whose connections start inside ns.
+func httpClientIn(ns *netns.NS) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialerIn(ns), DisableKeepAlives: true}}
+}
+
+// grpcClientIn opens one gRPC client connection from inside ns to target.
+func grpcClientIn(t testing.TB, ns *netns.NS, target string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+target,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return dialerIn(ns)(ctx, "tcp", addr)
+		}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// serveStockData runs a StockData replica named id on port 8080 of pod, on every address.
+func serveStockData(t testing.TB, pod *netns.Pod, id string, delay time.Duration) {
+	t.Helper()
+	var lns []net.Listener
+	err := pod.NS.Do(func() error {
+		for _, network := range []string{"tcp4", "tcp6"} {
+			ln, err := net.Listen(network, ":8080")
+			if err != nil {
+				return err
+			}
+			lns = append(lns, ln)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+	(&stockdata.Server{ID: id, Delay: delay}).Register(g)
+	for _, ln := range lns {
+		go g.Serve(ln)
+	}
+	t.Cleanup(g.Stop)
+}
+
+// writeDiscovery writes a discovery file the proxy's UID can read and returns its path.
+func writeDiscovery(t testing.TB, yaml string) string {
+	t.Helper()
+	// Not t.TempDir: its parent is private to root, and the proxy runs as its own UID.
+	dir, err := os.MkdirTemp("", "detour-discovery-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "discovery.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// stockDiscovery is a discovery file with the StockData service twice: stockdata.stocks at
+// vip4 with the replicas' IPv4 endpoints, stockdata6.stocks at vip6 with their IPv6 ones.
+func stockDiscovery(vip4, vip6 netip.AddrPort, pods []*netns.Pod) string {
+	var b strings.Builder
+	b.WriteString("trustDomain: cluster.local\nservices:\n")
+	for _, svc := range []struct {
+		name string
+		vip  netip.AddrPort
+		addr func(*netns.Pod) netip.Addr
+	}{{"stockdata.stocks", vip4, families[0].addr}, {"stockdata6.stocks", vip6, families[1].addr}} {
+		fmt.Fprintf(&b, "  - name: %s\n    addresses: [%q]\n    endpoints:\n", svc.name, svc.vip.String())
+		for _, p := range pods {
+			fmt.Fprintf(&b, "      - address: %q\n", netip.AddrPortFrom(svc.addr(p), 8080).String())
+		}
+	}
+	return b.String()
+}
+
+// meshPod is a pod with Detour's rules installed and its proxy running as the proxy UID.
+type meshPod struct {
+	*netns.Pod
+	proxy  *exec.Cmd
+	log    *syncBuffer
+	exited chan error // receives the proxy's exit
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// mesh installs the redirect in pod and starts its proxy with the given discovery file (""
+// for none) and extra flags, and waits until the proxy is ready.
+func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *meshPod {
+	t.Helper()
+	mustDetour(t, pod.NS, "init")
+	args := []string{"proxy", "--log-level", "debug", "--drain-timeout", "200ms"}
+	if discoveryPath != "" {
+		args = append(args, "--discovery", "file:"+discoveryPath)
+	}
+	cmd := exec.Command(detourBin, append(args, flags...)...)
+	log := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	netns.AsUID(cmd, proxyUID, proxyUID)
+	if err := pod.NS.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	mp := &meshPod{Pod: pod, proxy: cmd, log: log, exited: make(chan error, 1)}
+	go func() { mp.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-mp.exited
+		if t.Failed() {
+			t.Logf("proxy log of %s:\n%s", pod.Name, log)
+		}
+	})
+	mp.waitReady(t)
+	return mp
+}
+
+func (m *meshPod) admin(t testing.TB, path string) (int, string) {
+	t.Helper()
+	resp, err := httpClientIn(m.NS).Get(fmt.Sprintf("http://%s/%s", netip.AddrPortFrom(m.IPv4, 7190), strings.TrimPrefix(path, "/")))
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func (m *meshPod) waitReady(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := m.admin(t, "/ready")
+		if code == http.StatusOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy in %s not ready: %d %s\n%s", m.Name, code, body, m.log)
+		}
+		select {
+		case err := <-m.exited:
+			m.exited <- err
+			t.Fatalf("proxy in %s exited: %v\n%s", m.Name, err, m.log)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

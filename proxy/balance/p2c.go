@@ -1,0 +1,185 @@
+package balance
+
+import (
+	"math"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/detourmesh/detour/proxy/discovery"
+)
+
+// Options tunes P2C. The zero value gives the defaults.
+type Options struct {
+	// DefaultRTT is the latency assumed for an endpoint before its first response; default
+	// 1 ms. It decays like any estimate, and the first real sample replaces it outright.
+	//
+	// linkerd2-proxy uses 30 ms, which makes a new endpoint look slow next to established ones
+	// and ramps it in over tens of seconds (a slow start). Detour's endpoints are mostly a LAN
+	// hop away with sub-millisecond latency, so 1 ms lets a new endpoint take a share as soon
+	// as its peers have a few requests in flight, and the first sample ends the guess.
+	DefaultRTT time.Duration
+	// Decay is the time constant of the moving average; default 10 s (linkerd2-proxy, Finagle).
+	// A sample above the estimate is taken at once (the "peak"); below it, the estimate moves
+	// toward the sample by 1-exp(-elapsed/Decay). Without samples an estimate decays toward
+	// zero, so an endpoint that was slow once is tried again rather than shunned for ever.
+	Decay time.Duration
+	// FailurePenalty is the least latency a failed request counts as; default 1 s. It is what
+	// makes P2C avoid an endpoint that fails fast (a refused connection looks quick). A
+	// penalized endpoint competes again after about Decay*ln(FailurePenalty/peer cost), under
+	// a minute with the defaults, and is penalized again if it still fails: the hook that
+	// later outlier ejection builds on.
+	FailurePenalty time.Duration
+	// Now is the clock; default time.Now. Tests pass a fake.
+	Now func() time.Time
+}
+
+// P2C is the power-of-two-choices balancer over peak-EWMA latency (Mitzenmacher; linkerd2-proxy,
+// Finagle): Pick draws two distinct endpoints at random and takes the cheaper, where
+//
+//	cost = peakEWMA(rtt) × (in-flight requests + 1) / weight.
+//
+// Latency makes it shun slow endpoints, in-flight counts make it react before latency shows,
+// and two random choices avoid the herd behaviour of always taking the global minimum with
+// stale information.
+//
+// Weights scale cost, so under load an endpoint of weight 3 carries about three times the
+// in-flight requests of one of weight 1. With no load at all (every request finished before
+// the next starts) the heavier endpoint wins every comparison it is drawn into; use RoundRobin
+// where exact proportions matter more than latency.
+type P2C struct {
+	set        endpointSet
+	picker     atomic.Pointer[[]entry]
+	defaultRTT float64
+	decayTicks float64 // Decay in ticks
+	penalty    time.Duration
+	now        func() uint64 // ticks
+}
+
+var _ Balancer = (*P2C)(nil)
+
+// NewP2C returns an empty P2C balancer; Update gives it endpoints.
+func NewP2C(opts Options) *P2C {
+	if opts.DefaultRTT <= 0 {
+		opts.DefaultRTT = time.Millisecond
+	}
+	if opts.Decay <= 0 {
+		opts.Decay = 10 * time.Second
+	}
+	if opts.FailurePenalty <= 0 {
+		opts.FailurePenalty = time.Second
+	}
+	b := &P2C{
+		defaultRTT: float64(opts.DefaultRTT),
+		decayTicks: float64(opts.Decay) / (1 << tickShift),
+		penalty:    opts.FailurePenalty,
+	}
+	if opts.Now == nil {
+		// time.Since on a monotonic reading skips the wall clock: the cheapest clock Go has.
+		epoch := time.Now()
+		b.now = func() uint64 { return uint64(time.Since(epoch)) >> tickShift }
+	} else {
+		epoch := opts.Now()
+		b.now = func() uint64 { return uint64(opts.Now().Sub(epoch)) >> tickShift }
+	}
+	empty := []entry{}
+	b.picker.Store(&empty)
+	return b
+}
+
+// Update implements Balancer.
+func (b *P2C) Update(endpoints []discovery.Endpoint) {
+	now := b.now()
+	eps := b.set.entries(endpoints, func(st *stats) {
+		st.ewma.Store(pack(-float32(b.defaultRTT), now))
+	})
+	b.picker.Store(&eps)
+}
+
+// Pick implements Balancer.
+func (b *P2C) Pick() (Pick, error) {
+	eps := *b.picker.Load()
+	n := uint64(len(eps))
+	var e *entry
+	switch n {
+	case 0:
+		return Pick{}, ErrNoEndpoints
+	case 1:
+		e = &eps[0]
+	default:
+		// One 64-bit draw gives both indexes; Lemire's multiply-shift maps 32 random bits
+		// onto [0,n) without a division.
+		r := rand.Uint64()
+		i := (r & 0xffffffff) * n >> 32
+		j := (r >> 32) * (n - 1) >> 32
+		if j >= i {
+			j++
+		}
+		now := b.now()
+		e, f := &eps[i], &eps[j]
+		if b.cost(f, now) < b.cost(e, now) {
+			e = f
+		}
+		e.st.inflight.Add(1)
+		return Pick{Endpoint: &e.ep, st: e.st, b: b}, nil
+	}
+	e.st.inflight.Add(1)
+	return Pick{Endpoint: &e.ep, st: e.st, b: b}, nil
+}
+
+func (b *P2C) cost(e *entry, now uint64) float64 {
+	est := decayed(e.st.ewma.Load(), now, b.decayTicks)
+	return est * float64(e.st.inflight.Load()+1) * e.invWeight
+}
+
+// decayed returns the estimate in ns, decayed toward zero for the time since its last update.
+func decayed(v uint64, now uint64, decayTicks float64) float64 {
+	est, tick := unpack(v)
+	e := math.Abs(float64(est))
+	if elapsed := (now - tick) & stampMask; elapsed > 0 && elapsed < stampMask/2 {
+		e *= math.Exp(-float64(elapsed) / decayTicks)
+	}
+	return e
+}
+
+// observe folds one latency sample (ns) into the estimate.
+func (st *stats) observe(now uint64, sample float64, decayTicks float64) {
+	for {
+		old := st.ewma.Load()
+		est, tick := unpack(old)
+		var next float64
+		switch {
+		case est < 0 || float64(est) < sample:
+			// The first sample replaces the guessed default; a sample above the estimate is
+			// taken at once: the peak.
+			next = sample
+		default:
+			w := 1.0
+			if elapsed := (now - tick) & stampMask; elapsed < stampMask/2 {
+				w = math.Exp(-float64(elapsed) / decayTicks)
+			}
+			next = float64(est)*w + sample*(1-w)
+		}
+		if st.ewma.CompareAndSwap(old, pack(float32(next), now)) {
+			return
+		}
+	}
+}
+
+// Stats returns every endpoint's load, for debugging. It allocates.
+func (b *P2C) Stats() []EndpointStats {
+	eps := *b.picker.Load()
+	now := b.now()
+	out := make([]EndpointStats, len(eps))
+	for i := range eps {
+		v := eps[i].st.ewma.Load()
+		est, _ := unpack(v)
+		out[i] = EndpointStats{
+			Endpoint: eps[i].ep,
+			InFlight: eps[i].st.inflight.Load(),
+			RTT:      time.Duration(decayed(v, now, b.decayTicks)),
+			Sampled:  est >= 0,
+		}
+	}
+	return out
+}

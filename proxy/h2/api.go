@@ -1,0 +1,192 @@
+package h2
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Head is the request a Router sees: the pseudo-headers and the regular header fields of a new
+// stream, already validated (RFC 9113 §8.2, §8.3) and with connection-specific fields removed.
+type Head struct {
+	Method, Scheme, Authority, Path string
+	// Header holds the regular fields in wire order, names lowercase. The Router must not modify
+	// or retain it after Route returns.
+	Header []hpack.HeaderField
+}
+
+// Get returns the value of the first field named name (lowercase), or "".
+func (h *Head) Get(name string) string {
+	for i := range h.Header {
+		if h.Header[i].Name == name {
+			return h.Header[i].Value
+		}
+	}
+	return ""
+}
+
+// Router picks the upstream endpoint of each new stream.
+//
+// Route is called on the client connection's read goroutine, once per stream, so it must not
+// block: like grpc-go's Picker it should read an immutable snapshot. dst is the client
+// connection's original destination as given to ServeConn. An error makes the engine answer the
+// stream itself: gRPC requests get trailers-only grpc-status UNAVAILABLE with the error text as
+// grpc-message, other requests a 503 with the error text as body.
+type Router interface {
+	Route(dst netip.AddrPort, h *Head) (Route, error)
+}
+
+// RouterFunc adapts a function to Router.
+type RouterFunc func(dst netip.AddrPort, h *Head) (Route, error)
+
+// Route calls f.
+func (f RouterFunc) Route(dst netip.AddrPort, h *Head) (Route, error) { return f(dst, h) }
+
+// Route is where one stream goes.
+type Route struct {
+	// Addr is the upstream endpoint; streams to the same Addr share pooled connections.
+	Addr netip.AddrPort
+	// Done, if not nil, is called exactly once when the stream ends, from whichever engine
+	// goroutine ended it, with no engine locks held. It must not block: it feeds the balancer
+	// (latency, in-flight counts) and metrics.
+	Done func(Result)
+}
+
+// Result describes how a stream ended.
+type Result struct {
+	Addr netip.AddrPort
+	// Status is the HTTP status sent to the client (from the upstream or synthesized by the
+	// engine); 0 if no response headers were sent.
+	Status int
+	// GRPCStatus is the grpc-status from the trailers or a trailers-only response; -1 if none.
+	GRPCStatus int
+	// Err is nil when both directions completed normally. Otherwise it says what ended the
+	// stream: a reset from either side, a lost or refused upstream connection, a protocol error.
+	Err error
+	// ResetCode is the RST_STREAM code that ended the stream, if one did.
+	ResetCode http2.ErrCode
+	// Upstream reports whether a failure is attributed to the upstream endpoint (dial failure,
+	// lost connection, bad response) rather than to the client; balancers use it to eject hosts.
+	Upstream bool
+	// Duration runs from the request HEADERS to the end of the stream.
+	Duration time.Duration
+	// ReqBytes and RespBytes count DATA payload bytes received from the client and the upstream.
+	ReqBytes, RespBytes int64
+	// Retries counts replays of the request on a fresh upstream connection after the upstream
+	// refused it unprocessed (GOAWAY above last-stream-id, REFUSED_STREAM).
+	Retries int
+}
+
+// Dialer opens a connection to an upstream endpoint. It is called on its own goroutine, never on
+// a read loop, and may block until ctx ends. A TLS dialer must return a connection that has
+// completed its handshake and negotiated HTTP/2.
+type Dialer func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	Router Router
+	Dial   Dialer       // default: plain TCP (h2c)
+	Logger *slog.Logger // default: slog.Default()
+
+	// MaxConcurrentStreams is advertised to each client and enforced with REFUSED_STREAM.
+	// Default 1000.
+	MaxConcurrentStreams uint32
+	// MaxHeaderListSize bounds a decoded header list (RFC 9113 §6.5.2 size). Larger requests get
+	// 431; an encoded block more than twice as large closes the connection. Default 64 KiB.
+	MaxHeaderListSize uint32
+	// InitialWindow is the per-stream receive window the engine advertises on both sides, and so
+	// the most it buffers per stream and direction. Default 256 KiB.
+	InitialWindow uint32
+	// ConnWindow is the per-connection receive window. Default 1 MiB.
+	ConnWindow uint32
+
+	// IdleTimeout closes a client connection with no streams for this long. Default 5 min.
+	IdleTimeout time.Duration
+	// UpstreamIdleTimeout closes a pooled upstream connection with no streams for this long.
+	// Default 90 s.
+	UpstreamIdleTimeout time.Duration
+	// UpstreamKeepalive pings an upstream connection that has streams but has been silent this
+	// long; no answer within another UpstreamKeepalive closes it. Default 30 s.
+	UpstreamKeepalive time.Duration
+	// DialTimeout bounds one upstream dial. Default 5 s.
+	DialTimeout time.Duration
+	// WriteTimeout closes a connection whose socket write has been blocked this long (a peer that
+	// stopped reading must not stall the goroutines that write to it). Default 15 s.
+	WriteTimeout time.Duration
+
+	// MaxConnsPerEndpoint bounds pooled connections per upstream endpoint. Default 4.
+	MaxConnsPerEndpoint int
+	// MaxQueuedPerEndpoint bounds streams waiting for an upstream connection or a free stream
+	// slot; beyond it new streams fail with UNAVAILABLE. Default 1024.
+	MaxQueuedPerEndpoint int
+	// MaxReplayBytes is how much request body per stream the engine keeps so it can replay a
+	// request refused unprocessed by the upstream. Default 16 KiB; negative disables retries.
+	MaxReplayBytes int
+	// MaxRetries bounds replays per stream. Default 2.
+	MaxRetries int
+
+	// ResetRate and ResetBurst bound client RST_STREAM frames on live streams (rapid-reset
+	// attacks, CVE-2023-44487): a token bucket of ResetBurst refilled at ResetRate per second;
+	// when it runs dry the connection gets GOAWAY ENHANCE_YOUR_CALM and is closed.
+	// Defaults 100/s and 200.
+	ResetRate  float64
+	ResetBurst int
+}
+
+func (c *Config) setDefaults() {
+	if c.Dial == nil {
+		var d net.Dialer
+		c.Dial = func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr.String())
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	def32 := func(v *uint32, d uint32) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def32(&c.MaxConcurrentStreams, 1000)
+	def32(&c.MaxHeaderListSize, 64<<10)
+	def32(&c.InitialWindow, 256<<10)
+	def32(&c.ConnWindow, 1<<20)
+	if c.InitialWindow > 1<<31-1 {
+		c.InitialWindow = 1<<31 - 1
+	}
+	if c.ConnWindow > 1<<31-1 {
+		c.ConnWindow = 1<<31 - 1
+	}
+	if c.ConnWindow < 65535 {
+		c.ConnWindow = 65535
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defDur(&c.IdleTimeout, 5*time.Minute)
+	defDur(&c.UpstreamIdleTimeout, 90*time.Second)
+	defDur(&c.UpstreamKeepalive, 30*time.Second)
+	defDur(&c.DialTimeout, 5*time.Second)
+	defDur(&c.WriteTimeout, 15*time.Second)
+	defInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defInt(&c.MaxConnsPerEndpoint, 4)
+	defInt(&c.MaxQueuedPerEndpoint, 1024)
+	defInt(&c.MaxReplayBytes, 16<<10)
+	defInt(&c.MaxRetries, 2)
+	defInt(&c.ResetBurst, 200)
+	if c.ResetRate == 0 {
+		c.ResetRate = 100
+	}
+}

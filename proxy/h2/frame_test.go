@@ -1,0 +1,387 @@
+package h2
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func isRST(id uint32, code http2.ErrCode) func(http2.Frame) bool {
+	return func(f http2.Frame) bool {
+		r, ok := f.(*http2.RSTStreamFrame)
+		return ok && r.StreamID == id && r.ErrCode == code
+	}
+}
+
+func isHeaders(id uint32) func(http2.Frame) bool {
+	return func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == id
+	}
+}
+
+// echoUpstream answers every request with 200 and the given extra response fields, echoing
+// the request fields it saw as "x-req-<name>" is not needed: tests read ru.seen instead.
+func okUpstream(t *testing.T, seen chan<- *http2.MetaHeadersFrame, extra ...string) *rawUpstream {
+	return startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		if seen != nil {
+			seen <- f
+		}
+		kv := append([]string{":status", "200", "content-type", "application/grpc"}, extra...)
+		sc.headers(f.StreamID, false, kv...)
+		sc.data(f.StreamID, false, grpcFrame([]byte("ok")))
+		sc.headers(f.StreamID, true, "grpc-status", "0")
+	})
+}
+
+func TestMalformedRequestsAreStreamErrors(t *testing.T) {
+	ru := okUpstream(t, nil)
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr)})
+	cases := []struct {
+		name string
+		kv   []string
+	}{
+		{"NUL in a value", reqHeaders("x-a", "a\x00b")},
+		{"CR in a value", reqHeaders("x-a", "a\rb")},
+		{"LF in a value", reqHeaders("x-a", "a\nb")},
+		{"uppercase name", reqHeaders("X-Upper", "v")},
+		{"space in a name", reqHeaders("x a", "v")},
+		{"missing :path", []string{":method", "GET", ":scheme", "http", ":authority", "a"}},
+		{"missing :method", []string{":scheme", "http", ":path", "/", ":authority", "a"}},
+		{"duplicate :method", []string{":method", "GET", ":method", "GET", ":scheme", "http", ":path", "/"}},
+		{"pseudo-header after a regular field", []string{":method", "GET", "x-a", "b", ":scheme", "http", ":path", "/"}},
+		{":status in a request", []string{":method", "GET", ":scheme", "http", ":path", "/", ":status", "200"}},
+		{"unknown pseudo-header", []string{":method", "GET", ":scheme", "http", ":path", "/", ":foo", "x"}},
+		{":protocol without extended CONNECT", []string{":method", "CONNECT", ":protocol", "websocket", ":scheme", "http", ":path", "/"}},
+		{"relative :path", []string{":method", "GET", ":scheme", "http", ":path", "abc"}},
+	}
+	rc := dialRaw(t, addr)
+	id := uint32(1)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rc.t = t
+			rc.headers(id, true, c.kv...)
+			rc.until("RST_STREAM PROTOCOL_ERROR", isRST(id, http2.ErrCodeProtocol))
+		})
+		id += 2
+	}
+	rc.t = t
+	// The connection survives stream errors: a valid request still works.
+	rc.headers(id, true, reqHeaders()...)
+	h := rc.until("response", isHeaders(id)).(*http2.MetaHeadersFrame)
+	if fieldValue(h, ":status") != "200" {
+		t.Fatalf("status %q", fieldValue(h, ":status"))
+	}
+}
+
+func TestConnectIsRefusedWith405(t *testing.T) {
+	ru := okUpstream(t, nil)
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr)})
+	rc := dialRaw(t, addr)
+	rc.headers(1, false, ":method", "CONNECT", ":authority", "example.com:443")
+	h := rc.until("response", isHeaders(1)).(*http2.MetaHeadersFrame)
+	if got := fieldValue(h, ":status"); got != "405" {
+		t.Fatalf("status %q, want 405", got)
+	}
+}
+
+func TestHeaderListTooLargeGets431(t *testing.T) {
+	ru := okUpstream(t, nil)
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr), MaxHeaderListSize: 4096})
+	rc := dialRaw(t, addr)
+	big := strings.Repeat("v", 3000)
+	rc.headers(1, true, reqHeaders("x-a", big, "x-b", big)...)
+	h := rc.until("response", isHeaders(1)).(*http2.MetaHeadersFrame)
+	if got := fieldValue(h, ":status"); got != "431" {
+		t.Fatalf("status %q, want 431", got)
+	}
+	// HPACK stayed in sync: the next request on the connection works.
+	rc.headers(3, true, reqHeaders()...)
+	if got := fieldValue(rc.until("response", isHeaders(3)).(*http2.MetaHeadersFrame), ":status"); got != "200" {
+		t.Fatalf("status after 431 = %q", got)
+	}
+}
+
+func TestHopByHopHeadersStrippedBothWays(t *testing.T) {
+	seen := make(chan *http2.MetaHeadersFrame, 1)
+	ru := okUpstream(t, seen, "connection", "close", "keep-alive", "timeout=5", "transfer-encoding", "chunked", "upgrade", "h2c", "proxy-connection", "x", "x-kept", "1")
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr)})
+	rc := dialRaw(t, addr)
+	rc.headers(1, true, reqHeaders("connection", "keep-alive", "keep-alive", "300", "proxy-connection", "x", "transfer-encoding", "chunked", "upgrade", "websocket", "x-kept", "yes")...)
+	h := rc.until("response", isHeaders(1)).(*http2.MetaHeadersFrame)
+	req := <-seen
+	for _, name := range []string{"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"} {
+		if fieldValue(req, name) != "" {
+			t.Errorf("request field %q reached the upstream", name)
+		}
+		if fieldValue(h, name) != "" {
+			t.Errorf("response field %q reached the client", name)
+		}
+	}
+	if fieldValue(req, "te") != "trailers" || fieldValue(req, "x-kept") != "yes" || fieldValue(h, "x-kept") != "1" {
+		t.Errorf("end-to-end fields lost: te=%q", fieldValue(req, "te"))
+	}
+	// te other than "trailers" is connection-specific too.
+	rc.headers(3, true, ":method", "GET", ":scheme", "http", ":path", "/", ":authority", "a", "te", "gzip")
+	rc.until("response", isHeaders(3))
+	if req := <-seen; fieldValue(req, "te") != "" {
+		t.Errorf("te: gzip forwarded")
+	}
+}
+
+func TestUpstream101IsNotTunnelled(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		sc.headers(f.StreamID, false, ":status", "101", "upgrade", "websocket")
+	})
+	rec := newRecorder(ru.addr)
+	addr, _, _ := startProxy(t, Config{Router: rec})
+	rc := dialRaw(t, addr)
+	rc.headers(1, true, ":method", "GET", ":scheme", "http", ":path", "/", ":authority", "a")
+	h := rc.until("response", isHeaders(1)).(*http2.MetaHeadersFrame)
+	if got := fieldValue(h, ":status"); got != "502" {
+		t.Fatalf("status %q, want 502", got)
+	}
+	if res := rec.waitResult(t); !res.Upstream {
+		t.Errorf("Result not attributed to the upstream: %+v", res)
+	}
+}
+
+func TestMaxConcurrentStreamsRefusesExtraStreams(t *testing.T) {
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {}) // never answers
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr), MaxConcurrentStreams: 2})
+	rc := dialRaw(t, addr)
+	rc.headers(1, true, reqHeaders()...)
+	rc.headers(3, true, reqHeaders()...)
+	rc.headers(5, true, reqHeaders()...)
+	rc.until("REFUSED_STREAM for the third stream", isRST(5, http2.ErrCodeRefusedStream))
+}
+
+func TestRapidResetFloodGetsEnhanceYourCalm(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {})
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr), ResetBurst: 50, ResetRate: 10})
+	rc := dialRaw(t, addr)
+	go func() {
+		for id := uint32(1); id < 2000; id += 2 {
+			err := rc.do(func(fr *http2.Framer) error {
+				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: rc.block(reqHeaders()...), EndStream: true, EndHeaders: true}); err != nil {
+					return err
+				}
+				return fr.WriteRSTStream(id, http2.ErrCodeCancel)
+			})
+			if err != nil {
+				return
+			}
+		}
+	}()
+	g, closed := rc.closedAfter()
+	if !closed || g == nil || g.ErrCode != http2.ErrCodeEnhanceYourCalm {
+		t.Fatalf("closed=%v goaway=%v, want GOAWAY ENHANCE_YOUR_CALM and close", closed, g)
+	}
+	// The proxy is still up for others.
+	rc2 := dialRaw(t, addr)
+	rc2.fr.WriteSettings()
+	rc2.fr.WritePing(false, [8]byte{1})
+	rc2.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := rc2.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("new connection after the flood: %v", err)
+		}
+		if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
+			break
+		}
+	}
+}
+
+func TestContinuationFloodClosesConnection(t *testing.T) {
+	ru := okUpstream(t, nil)
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr), MaxHeaderListSize: 8 << 10})
+	for _, tc := range []struct {
+		name string
+		frag []byte
+	}{
+		{"empty fragments", nil},
+		{"1 KiB fragments", bytes.Repeat([]byte{0x40, 1, 'a', 1, 'b'}, 200)}, // literal fields with indexing
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rc := dialRaw(t, addr)
+			blk := rc.block(reqHeaders()...)
+			go func() {
+				rc.mu.Lock() // this goroutine owns the writes; the reader will not ack anything
+				defer rc.mu.Unlock()
+				if rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: blk, EndHeaders: false}) != nil {
+					return
+				}
+				for i := 0; i < 100000; i++ {
+					if rc.fr.WriteContinuation(1, false, tc.frag) != nil {
+						return
+					}
+				}
+			}()
+			g, closed := rc.closedAfter()
+			if !closed || g == nil || g.ErrCode != http2.ErrCodeEnhanceYourCalm {
+				t.Fatalf("closed=%v goaway=%v", closed, g)
+			}
+		})
+	}
+}
+
+func TestGracefulShutdown(t *testing.T) {
+	release := make(chan struct{})
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		id := f.StreamID
+		go func() {
+			<-release
+			sc.respondGRPC(id, []byte("late"))
+		}()
+	})
+	addr, srv, _ := startProxy(t, Config{Router: newRecorder(ru.addr)})
+	rc := dialRaw(t, addr)
+	rc.headers(1, true, reqHeaders()...)
+	waitFor(t, "stream to reach the upstream", func() bool { return ru.conns.Load() == 1 && bufferedStreams(srv) == 1 })
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- srv.Shutdown(ctx)
+	}()
+	g := rc.until("GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok }).(*http2.GoAwayFrame)
+	if g.LastStreamID != 1 || g.ErrCode != http2.ErrCodeNo {
+		t.Fatalf("GOAWAY last=%d code=%v, want last=1 NO_ERROR", g.LastStreamID, g.ErrCode)
+	}
+	rc.headers(3, true, reqHeaders()...)
+	rc.until("new stream refused", isRST(3, http2.ErrCodeRefusedStream))
+	close(release)
+	h := rc.until("in-flight response", isHeaders(1)).(*http2.MetaHeadersFrame)
+	if fieldValue(h, ":status") != "200" {
+		t.Fatal("in-flight stream did not finish")
+	}
+	if _, closed := rc.closedAfter(); !closed {
+		t.Fatal("connection not closed after its last stream")
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+func bufferedStreams(srv *Server) int {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	n := 0
+	for cc := range srv.clients {
+		n += cc.streamCount()
+	}
+	return n
+}
+
+func TestUpstreamGoAwayReplaysUnprocessedStreams(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		if n == 1 {
+			sc.goAway(0, http2.ErrCodeNo) // processed nothing
+			return
+		}
+		sc.respondGRPC(f.StreamID, []byte("second"))
+	})
+	rec := newRecorder(ru.addr)
+	addr, _, _ := startProxy(t, Config{Router: rec})
+	cc := dialGRPC(t, addr)
+	in, out := []byte("body"), []byte(nil)
+	if err := cc.Invoke(ctxT(t), mUnary, &in, &out); err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != "second" {
+		t.Fatalf("got %q", out)
+	}
+	if res := rec.waitResult(t); res.Retries != 1 || res.Err != nil {
+		t.Errorf("Result = %+v, want one retry", res)
+	}
+}
+
+func TestRefusedStreamIsReplayedWithItsBody(t *testing.T) {
+	bodies := make(chan int, 4)
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {})
+	ru.onData = func(sc *rawServerConn, f *http2.DataFrame) {
+		if !f.StreamEnded() {
+			return
+		}
+		bodies <- len(f.Data())
+		if f.StreamID == 1 {
+			sc.rst(1, http2.ErrCodeRefusedStream)
+			return
+		}
+		sc.respondGRPC(f.StreamID, []byte("ok"))
+	}
+	rec := newRecorder(ru.addr)
+	addr, _, _ := startProxy(t, Config{Router: rec})
+	cc := dialGRPC(t, addr)
+	in, out := bytes.Repeat([]byte("b"), 2000), []byte(nil)
+	if err := cc.Invoke(ctxT(t), mUnary, &in, &out); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := <-bodies, <-bodies; a != b || a != 2005 {
+		t.Errorf("first attempt carried %d bytes, replay %d", a, b)
+	}
+	if res := rec.waitResult(t); res.Retries != 1 {
+		t.Errorf("Result = %+v", res)
+	}
+}
+
+func TestUpstreamResetReachesClient(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		sc.headers(f.StreamID, false, ":status", "200", "content-type", "application/grpc")
+		sc.rst(f.StreamID, http2.ErrCodeCancel)
+	})
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr)})
+	cc := dialGRPC(t, addr)
+	in, out := []byte("x"), []byte(nil)
+	if err := cc.Invoke(ctxT(t), mUnary, &in, &out); status.Code(err) != codes.Canceled {
+		t.Fatalf("got %v, want Canceled from the upstream's RST_STREAM(CANCEL)", err)
+	}
+}
+
+func TestBrokenUpstreamFailsOnlyItsStreams(t *testing.T) {
+	good := startGRPCServer(t, "good")
+	bad := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		sc.c.Close() // dies holding the stream
+	})
+	rec := newRecorder(bad.addr, good.addr)
+	addr, _, accepted := startProxy(t, Config{Router: rec})
+	cc := dialGRPC(t, addr)
+	in, out := []byte("x"), []byte(nil)
+	err := cc.Invoke(ctxT(t), mUnary, &in, &out)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("stream on the broken upstream: %v, want Unavailable", err)
+	}
+	if err := cc.Invoke(ctxT(t), mUnary, &in, &out); err != nil {
+		t.Fatalf("stream on the healthy upstream: %v", err)
+	}
+	if accepted.Load() != 1 {
+		t.Errorf("client connection was lost: %d connections", accepted.Load())
+	}
+}
+
+func TestIdleUpstreamConnectionsClose(t *testing.T) {
+	ru := okUpstream(t, nil)
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr), UpstreamIdleTimeout: 50 * time.Millisecond})
+	rc := dialRaw(t, addr)
+	rc.headers(1, true, reqHeaders()...)
+	rc.until("response", isHeaders(1))
+	waitFor(t, "idle upstream connection to close", func() bool { return ru.closed.Load() == 1 })
+	// A new stream dials again.
+	rc.headers(3, true, reqHeaders()...)
+	rc.until("response", isHeaders(3))
+	if ru.conns.Load() != 2 {
+		t.Errorf("%d upstream connections", ru.conns.Load())
+	}
+}
+
+var _ = hpack.HeaderField{}

@@ -1,0 +1,244 @@
+package h2
+
+import (
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// hdec decodes header blocks of one connection and validates each field as it is emitted
+// (RFC 9113 §8.2.1). It is used only by the connection's read goroutine.
+type hdec struct {
+	dec        *hpack.Decoder
+	max        uint32
+	fields     []hpack.HeaderField
+	size       uint32
+	tooLarge   bool
+	bad        string // first reason the block is malformed, "" if none
+	sawRegular bool
+}
+
+func newHdec(max uint32) *hdec {
+	d := &hdec{max: max}
+	d.dec = hpack.NewDecoder(4096, d.emit)
+	d.dec.SetMaxStringLength(int(max))
+	return d
+}
+
+func (d *hdec) reset() {
+	d.fields = make([]hpack.HeaderField, 0, 12) // retained by the stream (replay, Router)
+	d.size, d.tooLarge, d.bad, d.sawRegular = 0, false, "", false
+}
+
+func (d *hdec) emit(f hpack.HeaderField) {
+	if d.tooLarge {
+		return // keep decoding to keep the HPACK table in sync, but drop fields
+	}
+	d.size += f.Size()
+	if d.size > d.max {
+		d.tooLarge = true
+		d.fields = d.fields[:0]
+		return
+	}
+	if d.bad != "" {
+		return
+	}
+	if f.IsPseudo() {
+		if d.sawRegular {
+			d.bad = "pseudo-header field after regular field"
+			return
+		}
+	} else {
+		d.sawRegular = true
+		if !validFieldName(f.Name) {
+			d.bad = "invalid header field name"
+			return
+		}
+	}
+	// RFC 9113 §8.2.1: NUL, CR, LF (and, like x/net, other controls but HTAB) are malformed.
+	if !httpguts.ValidHeaderFieldValue(f.Value) {
+		d.bad = "invalid header field value for " + strings.ToValidUTF8(f.Name, "?")
+		return
+	}
+	d.fields = append(d.fields, f)
+}
+
+// validFieldName: a token in lowercase (RFC 9113 §8.2.1, §8.2).
+func validFieldName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if b >= 'A' && b <= 'Z' || b >= 0x80 || !httpguts.IsTokenRune(rune(b)) {
+			return false
+		}
+	}
+	return true
+}
+
+// hopByHop reports connection-specific fields (RFC 9113 §8.2.2). The engine strips them in both
+// directions instead of rejecting the message, so HTTP/1-minded clients still work; TE survives
+// only as "te: trailers", which gRPC needs.
+func hopByHop(f *hpack.HeaderField) bool {
+	switch f.Name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+		return true
+	case "te":
+		return f.Value != "trailers"
+	}
+	return false
+}
+
+// stripRegular removes connection-specific fields in place.
+func stripRegular(fs []hpack.HeaderField) []hpack.HeaderField {
+	out := fs[:0]
+	for i := range fs {
+		if !hopByHop(&fs[i]) {
+			out = append(out, fs[i])
+		}
+	}
+	return out
+}
+
+// parseRequest fills h from a decoded request block (RFC 9113 §8.3.1). It returns a reason when
+// the request is malformed; connect reports a CONNECT request, which the engine does not tunnel.
+func parseRequest(fs []hpack.HeaderField, h *Head) (reason string, connect bool) {
+	i := 0
+	var seen uint8
+	for ; i < len(fs) && fs[i].IsPseudo(); i++ {
+		f := &fs[i]
+		var bit uint8
+		var dst *string
+		switch f.Name {
+		case ":method":
+			bit, dst = 1, &h.Method
+		case ":scheme":
+			bit, dst = 2, &h.Scheme
+		case ":authority":
+			bit, dst = 4, &h.Authority
+		case ":path":
+			bit, dst = 8, &h.Path
+		default: // :status, :protocol (extended CONNECT is not enabled), unknown
+			return "invalid request pseudo-header " + f.Name, false
+		}
+		if seen&bit != 0 {
+			return "duplicate " + f.Name, false
+		}
+		seen |= bit
+		*dst = f.Value
+	}
+	h.Header = stripRegular(fs[i:])
+	if h.Method == "" {
+		return "missing :method", false
+	}
+	if h.Method == "CONNECT" {
+		return "", true
+	}
+	if h.Scheme == "" || h.Path == "" {
+		return "missing :scheme or :path", false
+	}
+	if h.Path[0] != '/' && !(h.Method == "OPTIONS" && h.Path == "*") {
+		return "invalid :path", false
+	}
+	if h.Authority == "" {
+		h.Authority = h.Get("host")
+	}
+	return "", false
+}
+
+// parseResponse checks a response block (RFC 9113 §8.3.2) and returns its status and regular
+// fields, hop-by-hop stripped.
+func parseResponse(fs []hpack.HeaderField) (status int, regular []hpack.HeaderField, reason string) {
+	i := 0
+	for ; i < len(fs) && fs[i].IsPseudo(); i++ {
+		if fs[i].Name != ":status" || status != 0 {
+			return 0, nil, "invalid response pseudo-header " + fs[i].Name
+		}
+		v := fs[i].Value
+		if len(v) != 3 || v[0] < '1' || v[0] > '9' || v[1] < '0' || v[1] > '9' || v[2] < '0' || v[2] > '9' {
+			return 0, nil, "invalid :status"
+		}
+		status = int(v[0]-'0')*100 + int(v[1]-'0')*10 + int(v[2]-'0')
+	}
+	if status == 0 {
+		return 0, nil, "missing :status"
+	}
+	return status, stripRegular(fs[i:]), ""
+}
+
+// parseTrailers checks a trailer block: no pseudo-headers (RFC 9113 §8.1).
+func parseTrailers(fs []hpack.HeaderField) ([]hpack.HeaderField, string) {
+	for i := range fs {
+		if fs[i].IsPseudo() {
+			return nil, "pseudo-header in trailers"
+		}
+	}
+	return stripRegular(fs), ""
+}
+
+// grpcStatus returns the grpc-status field's value, or -1.
+func grpcStatus(fs []hpack.HeaderField) int {
+	for i := range fs {
+		if fs[i].Name == "grpc-status" {
+			v := fs[i].Value
+			n := 0
+			if v == "" || len(v) > 4 {
+				return -1
+			}
+			for j := 0; j < len(v); j++ {
+				if v[j] < '0' || v[j] > '9' {
+					return -1
+				}
+				n = n*10 + int(v[j]-'0')
+			}
+			return n
+		}
+	}
+	return -1
+}
+
+// encodeGRPCMessage percent-encodes a grpc-message value (gRPC over HTTP/2 spec).
+func encodeGRPCMessage(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c <= 0x7e && c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		const hex = "0123456789ABCDEF"
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	return b.String()
+}
+
+// gRPC status codes the engine synthesizes.
+const (
+	grpcUnavailable      = 14
+	grpcInternal         = 13
+	grpcResourceExausted = 8
+	grpcUnimplemented    = 12
+)
+
+func statusText(code int) string {
+	switch code {
+	case 400:
+		return "400"
+	case 405:
+		return "405"
+	case 431:
+		return "431"
+	case 502:
+		return "502"
+	case 503:
+		return "503"
+	}
+	return "500"
+}
+
+var _ = http2.ErrCodeNo

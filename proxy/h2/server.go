@@ -1,0 +1,263 @@
+package h2
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// ErrServerClosed is returned by ServeConn after Shutdown or Close.
+var ErrServerClosed = errors.New("h2: server closed")
+
+// Server forwards the streams of the client connections given to ServeConn. It owns the upstream
+// connection pools, shared by all client connections, and one janitor goroutine (idle timeouts,
+// keepalives, stuck writes) started with the first connection and stopped by Close.
+type Server struct {
+	cfg              Config
+	bufs             bufPool
+	epoch            time.Time
+	maxContinuations int
+	ctx              context.Context // ends at Close: cancels dials
+	cancel           context.CancelFunc
+
+	mu       sync.Mutex
+	clients  map[*clientConn]struct{}
+	ups      map[*upConn]struct{}
+	pools    map[netip.AddrPort]*pool
+	shutdown bool
+	closed   bool
+	janitor  bool
+	wg       sync.WaitGroup // janitor, dials, upstream read loops
+}
+
+// NewServer returns a Server; cfg.Router is required.
+func NewServer(cfg Config) *Server {
+	cfg.setDefaults()
+	s := &Server{
+		cfg:     cfg,
+		epoch:   time.Now(),
+		clients: make(map[*clientConn]struct{}),
+		ups:     make(map[*upConn]struct{}),
+		pools:   make(map[netip.AddrPort]*pool),
+	}
+	// A legitimate block of MaxHeaderListSize bytes needs at most that many bytes of frames.
+	s.maxContinuations = 16 + int(cfg.MaxHeaderListSize)/1024
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+func (s *Server) now() int64 { return int64(time.Since(s.epoch)) }
+
+// ServeConn serves one client connection on the calling goroutine and returns when it ends:
+// the client closed it, a protocol error closed it, ctx ended, or the Server shut down. c must
+// start with the HTTP/2 client preface (a sniffing listener may replay peeked bytes). dst is the
+// connection's original destination, passed to the Router. A clean close returns nil.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, dst netip.AddrPort) error {
+	cc := newClientConn(s, c, dst)
+	s.mu.Lock()
+	if s.shutdown || s.closed {
+		s.mu.Unlock()
+		c.Close()
+		return ErrServerClosed
+	}
+	s.clients[cc] = struct{}{}
+	if !s.janitor {
+		s.janitor = true
+		s.wg.Add(1)
+		go s.runJanitor()
+	}
+	s.mu.Unlock()
+	stop := context.AfterFunc(ctx, cc.close)
+	defer stop()
+	return cc.serve()
+}
+
+// Shutdown stops accepting streams: every client connection gets GOAWAY with the last stream id
+// it opened, so its in-flight streams finish and newer ones are refused; connections close as
+// their streams end. Shutdown returns when all have closed, or closes everything when ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	list := make([]*clientConn, 0, len(s.clients))
+	for cc := range s.clients {
+		list = append(list, cc)
+	}
+	s.mu.Unlock()
+	for _, cc := range list {
+		cc.startGoAway(http2.ErrCodeNo, "server shutting down")
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		n := len(s.clients)
+		s.mu.Unlock()
+		if n == 0 {
+			return s.Close()
+		}
+		select {
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Close closes every client and upstream connection at once and waits for the engine's own
+// goroutines. Streams in flight are reset.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed, s.shutdown = true, true
+	var conns []*conn
+	for cc := range s.clients {
+		conns = append(conns, &cc.conn)
+	}
+	for u := range s.ups {
+		conns = append(conns, &u.conn)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	for _, c := range conns {
+		c.close()
+	}
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) removeClient(cc *clientConn) {
+	s.mu.Lock()
+	delete(s.clients, cc)
+	s.mu.Unlock()
+}
+
+func (s *Server) addUp(u *upConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.ups[u] = struct{}{}
+	return true
+}
+
+func (s *Server) removeUp(u *upConn) {
+	s.mu.Lock()
+	delete(s.ups, u)
+	s.mu.Unlock()
+}
+
+func (s *Server) pool(addr netip.AddrPort) *pool {
+	s.mu.Lock()
+	p := s.pools[addr]
+	if p == nil {
+		p = &pool{srv: s, addr: addr}
+		s.pools[addr] = p
+	}
+	s.mu.Unlock()
+	return p
+}
+
+// goDial dials for p on a new goroutine owned by the Server.
+func (s *Server) goDial(p *pool) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		p.dial()
+	}()
+}
+
+// runJanitor enforces the timeouts: stuck socket writes, idle client and upstream connections,
+// upstream keepalive pings. It runs until Close.
+func (s *Server) runJanitor() {
+	defer s.wg.Done()
+	cfg := &s.cfg
+	tick := min(time.Second, cfg.UpstreamIdleTimeout/4, cfg.IdleTimeout/4, cfg.WriteTimeout/4, cfg.UpstreamKeepalive/4)
+	tick = max(tick, 5*time.Millisecond)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.sweep()
+	}
+}
+
+func (s *Server) sweep() {
+	cfg := &s.cfg
+	now := s.now()
+	s.mu.Lock()
+	clients := make([]*clientConn, 0, len(s.clients))
+	for cc := range s.clients {
+		clients = append(clients, cc)
+	}
+	ups := make([]*upConn, 0, len(s.ups))
+	for u := range s.ups {
+		ups = append(ups, u)
+	}
+	for addr, p := range s.pools {
+		p.mu.Lock()
+		if len(p.conns) == 0 && p.dialing == 0 && len(p.waiters) == 0 {
+			delete(s.pools, addr)
+		}
+		p.mu.Unlock()
+	}
+	s.mu.Unlock()
+
+	stuck := func(c *conn) bool {
+		ws := c.writeStart.Load()
+		return ws != 0 && time.Duration(now-ws) > cfg.WriteTimeout
+	}
+	for _, cc := range clients {
+		if stuck(&cc.conn) {
+			cfg.Logger.Info("closing client connection: write blocked", "remote", cc.nc.RemoteAddr(), "timeout", cfg.WriteTimeout)
+			cc.close()
+			continue
+		}
+		cc.mu.Lock()
+		idle := len(cc.streams) == 0 && time.Duration(now-cc.idleSince) > cfg.IdleTimeout
+		cc.mu.Unlock()
+		if idle {
+			cc.startGoAway(http2.ErrCodeNo, "idle timeout")
+		}
+	}
+	for _, u := range ups {
+		if stuck(&u.conn) {
+			cfg.Logger.Info("closing upstream connection: write blocked", "addr", u.pool.addr, "timeout", cfg.WriteTimeout)
+			u.close()
+			continue
+		}
+		p := u.pool
+		p.mu.Lock()
+		active, idleSince := u.active, u.idleSince
+		p.mu.Unlock()
+		if active == 0 {
+			if time.Duration(now-idleSince) > cfg.UpstreamIdleTimeout {
+				p.drainConn(u)
+			}
+			continue
+		}
+		if pa := u.pingAt.Load(); pa != 0 {
+			if time.Duration(now-pa) > cfg.UpstreamKeepalive {
+				cfg.Logger.Info("closing upstream connection: keepalive ping unanswered", "addr", p.addr)
+				u.close()
+			}
+			continue
+		}
+		if time.Duration(now-u.lastRead.Load()) > cfg.UpstreamKeepalive {
+			u.pingAt.Store(now)
+			u.wmu.Lock()
+			u.framePing(false, [8]byte{'d', 't', 'r', 'k', 'e', 'e', 'p', 'a'})
+			u.flushLocked()
+			u.wmu.Unlock()
+		}
+	}
+}

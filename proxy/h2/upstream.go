@@ -1,0 +1,633 @@
+package h2
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/net/http2"
+)
+
+const maxStreamID = 1<<31 - 1
+
+// pool holds the multiplexed connections to one upstream endpoint and the streams waiting for a
+// stream slot on one of them. Its mutex is never held while taking another lock.
+type pool struct {
+	srv  *Server
+	addr netip.AddrPort
+
+	mu      sync.Mutex
+	conns   []*upConn // usable (not draining) connections
+	dialing int
+	waiters []*stream // FIFO; entries whose stream closed are skipped
+}
+
+// open gives s a stream slot on a pooled connection, or queues it and dials if the pool may grow.
+// Called from any goroutine with no locks held.
+func (p *pool) open(s *stream, fl *flusher) {
+	p.mu.Lock()
+	for _, u := range p.conns {
+		if !u.draining && u.active < int(u.maxStreams) {
+			u.active++
+			p.mu.Unlock()
+			u.start(s, fl)
+			return
+		}
+	}
+	if len(p.waiters) >= p.srv.cfg.MaxQueuedPerEndpoint {
+		live := p.waiters[:0]
+		for _, w := range p.waiters {
+			if !w.closed.Load() {
+				live = append(live, w)
+			}
+		}
+		clear(p.waiters[len(live):])
+		p.waiters = live
+	}
+	if len(p.waiters) >= p.srv.cfg.MaxQueuedPerEndpoint {
+		p.mu.Unlock()
+		s.mu.Lock()
+		fin := s.failLocked(fmt.Errorf("too many streams waiting for upstream %s", p.addr), true, 503, grpcUnavailable, fl)
+		s.mu.Unlock()
+		if fin {
+			s.cleanup(fl)
+		}
+		return
+	}
+	p.waiters = append(p.waiters, s)
+	dial := p.dialing == 0 && len(p.conns) < p.srv.cfg.MaxConnsPerEndpoint
+	if dial {
+		p.dialing++
+	}
+	p.mu.Unlock()
+	if dial {
+		p.srv.goDial(p)
+	}
+}
+
+// fillLocked reserves slots on u for waiting streams; the caller starts them after unlocking.
+func (p *pool) fillLocked(u *upConn) []*stream {
+	var next []*stream
+	for !u.draining && u.active < int(u.maxStreams) && len(p.waiters) > 0 {
+		s := p.waiters[0]
+		p.waiters[0] = nil
+		p.waiters = p.waiters[1:]
+		if s.closed.Load() {
+			continue
+		}
+		u.active++
+		next = append(next, s)
+	}
+	return next
+}
+
+// release frees a stream slot on u and hands it to a waiting stream. No locks held.
+func (p *pool) release(u *upConn, fl *flusher) {
+	p.mu.Lock()
+	u.active--
+	next := p.fillLocked(u)
+	idle := u.active == 0
+	if idle {
+		u.idleSince = p.srv.now()
+	}
+	closeIt := idle && u.draining
+	p.mu.Unlock()
+	for _, s := range next {
+		u.start(s, fl)
+	}
+	if closeIt {
+		u.goAwayAndClose()
+	}
+}
+
+// drainConn stops new streams on u (upstream GOAWAY, idle timeout, stream ids exhausted) and
+// closes it once its streams end.
+func (p *pool) drainConn(u *upConn) {
+	p.mu.Lock()
+	u.draining = true
+	for i, c := range p.conns {
+		if c == u {
+			p.conns = append(p.conns[:i], p.conns[i+1:]...)
+			break
+		}
+	}
+	idle := u.active == 0
+	p.mu.Unlock()
+	if idle {
+		u.goAwayAndClose()
+	}
+}
+
+func (p *pool) setMaxStreams(u *upConn, v uint32, fl *flusher) {
+	p.mu.Lock()
+	u.maxStreams = v
+	next := p.fillLocked(u)
+	p.mu.Unlock()
+	for _, s := range next {
+		u.start(s, fl)
+	}
+}
+
+// dial runs on its own goroutine (Server.goDial).
+func (p *pool) dial() {
+	srv := p.srv
+	var fl flusher
+	defer fl.flush()
+	ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.DialTimeout)
+	nc, err := srv.cfg.Dial(ctx, p.addr)
+	cancel()
+	var u *upConn
+	if err == nil {
+		u, err = newUpConn(p, nc)
+	}
+	p.mu.Lock()
+	p.dialing--
+	if err != nil {
+		var failed []*stream
+		if len(p.conns) == 0 && p.dialing == 0 {
+			failed, p.waiters = p.waiters, nil
+		}
+		p.mu.Unlock()
+		srv.cfg.Logger.Debug("upstream dial failed", "addr", p.addr, "err", err)
+		err = fmt.Errorf("connecting to upstream %s: %w", p.addr, err)
+		for _, s := range failed {
+			s.mu.Lock()
+			fin := s.failLocked(err, true, 503, grpcUnavailable, &fl)
+			s.mu.Unlock()
+			if fin {
+				s.cleanup(&fl)
+			}
+		}
+		return
+	}
+	p.conns = append(p.conns, u)
+	next := p.fillLocked(u)
+	again := len(p.waiters) > 0 && len(p.conns) < srv.cfg.MaxConnsPerEndpoint
+	if again {
+		p.dialing++
+	}
+	p.mu.Unlock()
+	srv.wg.Add(1)
+	go u.readLoop()
+	if again {
+		srv.goDial(p)
+	}
+	for _, s := range next {
+		u.start(s, &fl)
+	}
+}
+
+// upConn is one pooled HTTP/2 connection to an upstream endpoint, with its own read goroutine.
+type upConn struct {
+	conn
+	pool *pool
+	dec  *hdec
+	fl   flusher // the read goroutine's
+
+	nextID uint32 // guarded by wmu
+	dead   bool   // guarded by mu: the read loop ended, no new streams
+
+	// Guarded by pool.mu.
+	active     int
+	maxStreams uint32
+	draining   bool
+	idleSince  int64
+
+	pingAt atomic.Int64 // srv clock of an unanswered keepalive PING, 0 if none
+}
+
+func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
+	srv := p.srv
+	cfg := &srv.cfg
+	u := &upConn{pool: p, nextID: 1, maxStreams: 100} // RFC 9113 §6.5.2: assume 100 until SETTINGS
+	u.conn.init(srv, nc, false)
+	u.streams = make(map[uint32]*stream)
+	u.dec = newHdec(cfg.MaxHeaderListSize)
+	u.idleSince = srv.now()
+	u.wmu.Lock()
+	u.bw.WriteString(clientPreface)
+	u.frameSettings(
+		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: cfg.InitialWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: cfg.MaxHeaderListSize},
+	)
+	if cfg.ConnWindow > defaultWindow {
+		u.frameWindowUpdate(0, cfg.ConnWindow-defaultWindow)
+	}
+	u.flushLocked()
+	err := u.werr
+	u.wmu.Unlock()
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if !srv.addUp(u) {
+		nc.Close()
+		return nil, ErrServerClosed
+	}
+	return u, nil
+}
+
+func (u *upConn) goAwayAndClose() {
+	u.wmu.Lock()
+	u.frameGoAway(0, http2.ErrCodeNo, "")
+	u.flushLocked()
+	u.wmu.Unlock()
+	u.close()
+}
+
+func (u *upConn) removeStream(uid uint32, s *stream) {
+	u.mu.Lock()
+	if u.streams[uid] == s {
+		delete(u.streams, uid)
+	}
+	u.mu.Unlock()
+}
+
+// start opens s as a new upstream stream on u, where the pool reserved it a slot: HEADERS, then
+// whatever request body arrived meanwhile. No locks held.
+func (u *upConn) start(s *stream, fl *flusher) {
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		u.pool.release(u, fl)
+		return
+	}
+	u.mu.Lock()
+	u.wmu.Lock()
+	if u.dead || u.nextID > maxStreamID || u.werr != nil {
+		exhausted := u.nextID > maxStreamID
+		u.wmu.Unlock()
+		u.mu.Unlock()
+		s.mu.Unlock()
+		if exhausted {
+			u.pool.drainConn(u)
+		}
+		u.pool.release(u, fl)
+		u.pool.open(s, fl)
+		return
+	}
+	uid := u.nextID
+	u.nextID += 2
+	u.streams[uid] = s
+	u.mu.Unlock()
+	s.up, s.uid = u, uid
+	s.req.sendWindow = u.peerInitWindow
+	h := &s.head
+	end := s.req.endRecv && s.req.pending() == 0 && !s.req.hasTrailer
+	u.encField(":method", h.Method, false)
+	u.encField(":scheme", h.Scheme, false)
+	if h.Authority != "" {
+		u.encField(":authority", h.Authority, false)
+	}
+	u.encField(":path", h.Path, false)
+	u.encFields(h.Header)
+	u.frameHeaderBlock(uid, end)
+	u.wmu.Unlock()
+	fl.add(&u.conn)
+	if end {
+		s.req.endSent = true
+	} else {
+		s.drain(&s.req, &s.cc.conn, s.id, &u.conn, uid, fl)
+	}
+	s.mu.Unlock()
+}
+
+func (u *upConn) readLoop() {
+	defer u.srv.wg.Done()
+	err := u.serve()
+	u.teardown(err)
+}
+
+func (u *upConn) serve() error {
+	for {
+		f, err := u.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				u.streamError(se.StreamID, se.Code, se)
+				continue
+			}
+			return u.connFail(err)
+		}
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			err = u.onData(f)
+		case *http2.HeadersFrame:
+			err = u.onHeaders(f)
+		case *http2.SettingsFrame:
+			err = u.applySettings(f, &u.fl, func(v uint32) { u.pool.setMaxStreams(u, v, &u.fl) })
+		case *http2.WindowUpdateFrame:
+			err = u.onWindowUpdate(f, &u.fl)
+		case *http2.RSTStreamFrame:
+			u.onRST(f)
+		case *http2.PingFrame:
+			if f.IsAck() {
+				u.pingAt.Store(0)
+			} else {
+				u.wmu.Lock()
+				u.framePing(true, f.Data)
+				u.wmu.Unlock()
+				u.fl.add(&u.conn)
+			}
+		case *http2.GoAwayFrame:
+			u.onGoAway(f)
+		case *http2.PushPromiseFrame:
+			err = connError{http2.ErrCodeProtocol, "PUSH_PROMISE although push is disabled"}
+		}
+		if err != nil {
+			return u.connFail(err)
+		}
+		if u.inputDrained() {
+			u.fl.flush()
+			u.lastRead.Store(u.srv.now())
+		}
+	}
+}
+
+func (u *upConn) connFail(err error) error {
+	var ce http2.ConnectionError
+	var ee connError
+	code, reason := http2.ErrCode(0), ""
+	switch {
+	case errors.As(err, &ee):
+		code, reason = ee.code, ee.reason
+	case errors.As(err, &ce):
+		code, reason = http2.ErrCode(ce), "protocol error"
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		code, reason = http2.ErrCodeFrameSize, "frame too large"
+	default:
+		if errors.Is(err, io.EOF) {
+			return errors.New("upstream closed the connection")
+		}
+		return err
+	}
+	u.wmu.Lock()
+	u.frameGoAway(0, code, reason)
+	u.wmu.Unlock()
+	u.fl.add(&u.conn)
+	u.fl.flush()
+	return fmt.Errorf("upstream protocol error %v: %s", code, reason)
+}
+
+// teardown fails the streams of a lost upstream connection: only those streams, never the
+// client connections they came from.
+func (u *upConn) teardown(err error) {
+	u.close()
+	u.pool.drainConn(u)
+	u.mu.Lock()
+	u.dead = true
+	list := make([]*stream, 0, len(u.streams))
+	for _, s := range u.streams {
+		list = append(list, s)
+	}
+	u.mu.Unlock()
+	err = fmt.Errorf("%w: %s: %v", errUpstreamGone, u.pool.addr, err)
+	for _, s := range list {
+		s.mu.Lock()
+		var fin bool
+		if s.up == u {
+			fin = s.failLocked(err, true, 502, grpcUnavailable, &u.fl)
+		}
+		s.mu.Unlock()
+		if fin {
+			s.cleanup(&u.fl)
+		}
+	}
+	u.fl.flush()
+	u.srv.removeUp(u)
+}
+
+// attached returns the stream that owns upstream stream id, locked, or nil.
+func (u *upConn) attached(id uint32) *stream {
+	s := u.lookup(id)
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	if s.done || s.up != u || s.uid != id {
+		s.mu.Unlock()
+		return nil
+	}
+	return s
+}
+
+func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) {
+	s := u.attached(id)
+	if s == nil {
+		u.wmu.Lock()
+		u.frameRST(id, code)
+		u.wmu.Unlock()
+		u.fl.add(&u.conn)
+		return
+	}
+	s.rstUpstreamLocked(code, &u.fl)
+	fin := s.failLocked(fmt.Errorf("upstream %s stream error: %v", u.pool.addr, cause), true, 502, grpcInternal, &u.fl)
+	s.mu.Unlock()
+	if fin {
+		s.cleanup(&u.fl)
+	}
+}
+
+func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
+	id, end := f.StreamID, f.StreamEnded()
+	if err := u.readHeaderBlock(u.dec, f, &u.fl); err != nil {
+		return err
+	}
+	s := u.attached(id)
+	if s == nil {
+		return nil
+	}
+	fl := &u.fl
+	d := u.dec
+	var fin bool
+	if !s.gotFinal {
+		fin = s.onResponseHead(d, end, fl)
+	} else {
+		fields, reason := parseTrailers(d.fields)
+		if !end {
+			reason = "second response HEADERS without END_STREAM"
+		} else if d.tooLarge {
+			reason = "response trailers too large"
+		} else if d.bad != "" {
+			reason = d.bad
+		}
+		if reason != "" || s.resp.endRecv {
+			if reason == "" {
+				reason = "HEADERS after END_STREAM"
+			}
+			s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
+			fin = s.abortLocked(fmt.Errorf("upstream %s sent malformed trailers: %s", u.pool.addr, reason), http2.ErrCodeInternal, false, true, fl)
+		} else {
+			s.grpcStatus = grpcStatus(fields)
+			s.resp.trailers, s.resp.hasTrailer, s.resp.endRecv = fields, true, true
+			s.drain(&s.resp, &u.conn, id, &s.cc.conn, s.id, fl)
+			fin = s.complete() && s.finishLocked(nil, 0, false)
+		}
+	}
+	s.mu.Unlock()
+	if fin {
+		s.cleanup(fl)
+	}
+	return nil
+}
+
+// onResponseHead forwards the upstream's response headers to the client. The caller holds s.mu.
+func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
+	addr := s.route.Addr
+	reason := d.bad
+	if d.tooLarge {
+		reason = "response headers too large"
+	}
+	var status int
+	var regular = d.fields
+	if reason == "" {
+		status, regular, reason = parseResponse(d.fields)
+	}
+	if reason == "" && status == 101 {
+		// RFC 9113 §8.6: 101 is not valid in HTTP/2; never turn the stream into a tunnel.
+		reason = "upstream answered 101 Switching Protocols; protocol upgrades are not forwarded"
+	}
+	if reason == "" && status < 200 && end {
+		reason = "informational response with END_STREAM"
+	}
+	if reason != "" {
+		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
+		return s.failLocked(fmt.Errorf("bad response from upstream %s: %s", addr, reason), true, 502, grpcInternal, fl)
+	}
+	cc := &s.cc.conn
+	if status >= 200 {
+		s.gotFinal = true
+		s.dropReplay()
+		s.status = status
+		if end {
+			s.grpcStatus = grpcStatus(regular)
+			s.resp.endRecv = true
+		}
+	}
+	cc.wmu.Lock()
+	cc.encField(":status", d.fields[0].Value, false)
+	cc.encFields(regular)
+	cc.frameHeaderBlock(s.id, end)
+	cc.wmu.Unlock()
+	fl.add(cc)
+	if status >= 200 {
+		s.respHeads = true
+	}
+	if end {
+		s.resp.endSent = true
+	}
+	return s.complete() && s.finishLocked(nil, 0, false)
+}
+
+func (u *upConn) onData(f *http2.DataFrame) error {
+	id := f.StreamID
+	flen := int32(f.Header().Length)
+	fl := &u.fl
+	if u.recvAvail.Add(-flen) < 0 {
+		return connError{http2.ErrCodeFlowControl, "upstream exceeded the connection window"}
+	}
+	s := u.attached(id)
+	if s == nil {
+		u.grantConn(flen, fl)
+		return nil
+	}
+	data := f.Data()
+	var fin bool
+	switch {
+	case !s.gotFinal || s.resp.endRecv:
+		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA out of order", u.pool.addr), true, 502, grpcInternal, fl)
+		s.mu.Unlock()
+		u.grantConn(flen, fl)
+	default:
+		s.resp.recvAvail -= flen
+		if s.resp.recvAvail < 0 {
+			s.rstUpstreamLocked(http2.ErrCodeFlowControl, fl)
+			fin = s.abortLocked(errUpstreamFlow, http2.ErrCodeInternal, false, true, fl)
+			s.mu.Unlock()
+			u.grantConn(flen, fl)
+			break
+		}
+		s.resp.bytes += int64(len(data))
+		s.deliver(&s.resp, &u.conn, id, &s.cc.conn, s.id, data, f.StreamEnded(), fl)
+		if pad := flen - int32(len(data)); pad > 0 {
+			s.grantStream(&s.resp, &u.conn, id, pad, fl)
+		}
+		fin = s.complete() && s.finishLocked(nil, 0, false)
+		s.mu.Unlock()
+	}
+	if fin {
+		s.cleanup(fl)
+	}
+	return nil
+}
+
+func (u *upConn) onRST(f *http2.RSTStreamFrame) {
+	s := u.attached(f.StreamID)
+	if s == nil {
+		return
+	}
+	fl := &u.fl
+	var fin bool
+	switch code := f.ErrCode; {
+	case code == http2.ErrCodeRefusedStream:
+		// RFC 9113 §8.7: the request was not processed; replay it elsewhere if we can.
+		if old := s.retryLocked(); old != nil {
+			s.mu.Unlock()
+			old.pool.release(old, fl)
+			s.pool.open(s, fl)
+			return
+		}
+		fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
+	case code == http2.ErrCodeNo && s.resp.endRecv:
+		// The upstream sent its whole response and needs no more request (RFC 9113 §8.1).
+		s.req.endSent = true
+		fin = s.complete() && s.finishLocked(nil, 0, false)
+	default:
+		fin = s.abortLocked(upstreamReset(code), code, false, code != http2.ErrCodeCancel, fl)
+	}
+	s.mu.Unlock()
+	if fin {
+		s.cleanup(fl)
+	}
+}
+
+// onGoAway stops new streams on u and replays the streams the upstream did not process
+// (RFC 9113 §6.8: ids above last-stream-id).
+func (u *upConn) onGoAway(f *http2.GoAwayFrame) {
+	u.pool.drainConn(u)
+	last := f.LastStreamID
+	u.mu.Lock()
+	var list []*stream
+	for id, s := range u.streams {
+		if id > last {
+			list = append(list, s)
+		}
+	}
+	u.mu.Unlock()
+	fl := &u.fl
+	for _, s := range list {
+		s.mu.Lock()
+		if s.done || s.up != u || s.uid <= last {
+			s.mu.Unlock()
+			continue
+		}
+		if old := s.retryLocked(); old != nil {
+			s.mu.Unlock()
+			old.pool.release(old, fl)
+			s.pool.open(s, fl)
+			continue
+		}
+		fin := s.failLocked(fmt.Errorf("upstream %s refused the stream (GOAWAY %v) and it cannot be replayed", u.pool.addr, f.ErrCode), true, 503, grpcUnavailable, fl)
+		s.mu.Unlock()
+		if fin {
+			s.cleanup(fl)
+		}
+	}
+}

@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/proxy/h2"
+	"github.com/detourmesh/detour/proxy/metrics"
+	"github.com/detourmesh/detour/proxy/origdst"
+)
+
+// Protocol names, as metrics and /debug/connections spell them.
+const (
+	protoHTTP1  = "http1"
+	protoHTTP2  = "http2"
+	protoTLS    = "tls"
+	protoOpaque = "opaque"
+)
+
+// handle serves one accepted client connection to its end.
+func (p *Proxy) handle(ctx context.Context, c *net.TCPConn, direction string) {
+	defer c.Close()
+	client := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	dst, err := origdst.Lookup(c)
+	if err != nil {
+		p.log.Warn("original destination", "direction", direction, "client", client, "err", err)
+		return
+	}
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	if err := p.refuse(direction, dst); err != nil {
+		p.metrics.Detected(direction, dst.Port(), "refused")
+		p.log.Warn("refused connection", "direction", direction, "client", client, "dst", dst, "reason", err)
+		return
+	}
+	var svc *service
+	if direction == metrics.Outbound {
+		svc = p.routes.lookup(dst)
+	}
+	name := ""
+	if svc != nil {
+		name = svc.Name
+	}
+	info := p.conns.add(c, direction, client, dst, name)
+	defer p.conns.remove(info)
+
+	proto, conn := p.protocol(direction, svc, dst, c)
+	info.setProtocol(proto)
+	defer p.metrics.ConnOpened(direction, proto)()
+	switch proto {
+	case protoHTTP2:
+		srv := p.h2out
+		if direction == metrics.Inbound {
+			srv = p.h2in
+		}
+		if err := srv.ServeConn(ctx, conn, dst); err != nil {
+			p.log.Debug("HTTP/2 connection ended", "direction", direction, "client", client, "dst", dst, "err", err)
+		}
+	default:
+		p.relay(ctx, direction, svc, dst, conn)
+	}
+}
+
+// refuse says why a connection must not be served: the inbound port is no open relay, and no
+// connection may loop back into the proxy's own ports.
+func (p *Proxy) refuse(direction string, dst netip.AddrPort) error {
+	own := []uint16{p.cfg.InboundPort, p.cfg.OutboundPort, p.cfg.AdminPort}
+	local := dst.Addr().IsLoopback() || p.local.has(dst.Addr())
+	if local && slices.Contains(own, dst.Port()) {
+		return fmt.Errorf("destination %s is the proxy itself", dst)
+	}
+	if direction == metrics.Inbound && !local {
+		return fmt.Errorf("destination %s is not this pod: the inbound port is no open relay", dst)
+	}
+	return nil
+}
+
+// protocol decides how to serve a connection: by discovery's word, by an opaque port, or by
+// its first bytes. A destination nobody knows is relayed untouched, without waiting for bytes.
+func (p *Proxy) protocol(direction string, svc *service, dst netip.AddrPort, c *net.TCPConn) (string, net.Conn) {
+	skip := func(result string) (string, net.Conn) {
+		p.metrics.Detected(direction, dst.Port(), result)
+		return protoOpaque, c
+	}
+	if direction == metrics.Outbound {
+		if svc == nil {
+			return skip("unknown-destination")
+		}
+		switch svc.Protocol {
+		case discovery.ProtocolHTTP2:
+			p.metrics.Detected(direction, dst.Port(), "declared-http2")
+			return protoHTTP2, c
+		case discovery.ProtocolOpaque:
+			return skip("declared-opaque")
+		}
+	}
+	if slices.Contains(p.cfg.OpaquePorts, dst.Port()) {
+		return skip("opaque-port")
+	}
+	return p.sniff(direction, dst, c)
+}
+
+// routeOutbound picks an endpoint of the destination's service for one HTTP/2 stream.
+func (p *Proxy) routeOutbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {
+	svc := p.routes.lookup(dst)
+	if svc == nil {
+		return h2.Route{}, fmt.Errorf("no service at %s any more", dst)
+	}
+	pick, err := svc.balancer.Pick()
+	if err != nil {
+		return h2.Route{}, fmt.Errorf("service %s: %w", svc.Name, err)
+	}
+	m := p.metrics.Route(metrics.Outbound, svc.authority, pick.Endpoint.Addr)
+	return h2.Route{Addr: pick.Endpoint.Addr, Done: func(r h2.Result) {
+		var err error
+		if r.Upstream {
+			err = r.Err
+		}
+		pick.Done(err, r.Duration)
+		m.Observe(r.Status, r.GRPCStatus, failed(r), r.Duration)
+	}}, nil
+}
+
+// routeInbound sends every stream to the application on loopback, at the original port.
+func (p *Proxy) routeInbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {
+	app := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
+	m := p.metrics.Route(metrics.Inbound, dst.String(), app)
+	return h2.Route{Addr: app, Done: func(r h2.Result) {
+		m.Observe(r.Status, r.GRPCStatus, failed(r), r.Duration)
+	}}, nil
+}
+
+// failed classifies a stream as Linkerd does: an error, a 5xx, or a gRPC status other than OK.
+func failed(r h2.Result) bool {
+	return r.Err != nil || r.Status >= 500 || r.GRPCStatus > 0
+}
+
+// localAddrs caches the pod's own addresses for the inbound open-relay check. A miss
+// refreshes it, at most once a second, so an address added later is still found.
+type localAddrs struct {
+	mu      sync.Mutex
+	addrs   map[netip.Addr]bool
+	fetched time.Time
+}
+
+func (l *localAddrs) has(a netip.Addr) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.addrs[a] {
+		return true
+	}
+	if time.Since(l.fetched) < time.Second {
+		return false
+	}
+	l.fetched = time.Now()
+	l.addrs = map[netip.Addr]bool{}
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range ifaddrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				l.addrs[ip.Unmap()] = true
+			}
+		}
+	}
+	return l.addrs[a]
+}

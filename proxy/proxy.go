@@ -1,0 +1,258 @@
+// Package proxy is Detour's sidecar: it accepts the connections init redirected to it,
+// recovers their original destinations, detects their protocol and hands each to the forwarder
+// that fits: HTTP/2 and gRPC balanced per stream, HTTP/1 per request, everything else relayed
+// byte for byte. A destination discovery does not know leaves the proxy untouched.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/detourmesh/detour/proxy/admin"
+	"github.com/detourmesh/detour/proxy/balance"
+	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/proxy/h2"
+	"github.com/detourmesh/detour/proxy/metrics"
+)
+
+// DefaultOpaquePorts are ports whose servers speak first (SMTP, MySQL, PostgreSQL, Redis,
+// memcached, ...): connections to them skip protocol detection, which would otherwise wait for
+// a client that is itself waiting.
+var DefaultOpaquePorts = []uint16{25, 587, 3306, 4444, 4567, 4568, 5432, 6379, 9300, 11211}
+
+// Config configures a Proxy. Zero durations take the documented defaults.
+type Config struct {
+	OutboundPort, InboundPort, AdminPort uint16
+	// Discovery says which destinations are services and where their endpoints are. Nil means
+	// none: every outbound connection is relayed to its original destination.
+	Discovery discovery.Source
+	// OpaquePorts skip detection and are relayed as TCP, inbound and outbound.
+	OpaquePorts []uint16
+	// DetectTimeout bounds the wait for a client's first bytes; default 1 s. A client still
+	// silent then is relayed as opaque TCP, and the first such timeout per port is logged.
+	DetectTimeout time.Duration
+	// DrainTimeout is how long the outbound side keeps serving after shutdown begins, while
+	// the inbound side drains; default 30 s.
+	DrainTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Proxy is one sidecar. Run it once.
+type Proxy struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	routes  *routes
+	conns   *connTable
+	local   *localAddrs
+	h2out   *h2.Server
+	h2in    *h2.Server
+	dialer  net.Dialer
+
+	ready         atomic.Bool
+	draining      atomic.Bool
+	stop          chan struct{} // closed when shutdown begins
+	stopOnce      sync.Once
+	loggedTimeout sync.Map // port -> struct{}: detection timeouts already logged
+}
+
+// New returns a proxy for cfg.
+func New(cfg Config) *Proxy {
+	if cfg.DetectTimeout <= 0 {
+		cfg.DetectTimeout = time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	p := &Proxy{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		metrics: metrics.New(),
+		routes:  newRoutes(balance.Options{}),
+		conns:   newConnTable(),
+		local:   &localAddrs{},
+		dialer:  net.Dialer{Timeout: 5 * time.Second},
+		stop:    make(chan struct{}),
+	}
+	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeOutbound), Logger: cfg.Logger})
+	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeInbound), Logger: cfg.Logger})
+	return p
+}
+
+// Shutdown begins a graceful shutdown, as SIGTERM does; Run returns when it is over.
+func (p *Proxy) Shutdown() { p.stopOnce.Do(func() { close(p.stop) }) }
+
+// Metrics exposes the proxy's metrics registry (tests and benchmarks read it).
+func (p *Proxy) Metrics() *metrics.Metrics { return p.metrics }
+
+type listener struct {
+	net.Listener
+	direction string
+}
+
+// Run listens, serves until ctx ends or Shutdown is called, then drains: the inbound side stops
+// accepting and sends GOAWAY at once, the outbound side keeps serving the app until the drain
+// timeout. It returns nil after a clean drain.
+func (p *Proxy) Run(ctx context.Context) error {
+	var outbound, inbound []net.Listener
+	closeAll := func() {
+		for _, l := range slices.Concat(outbound, inbound) {
+			l.Close()
+		}
+	}
+	var err error
+	if outbound, err = listenBoth(p.cfg.OutboundPort); err != nil {
+		return fmt.Errorf("outbound listener: %w", err)
+	}
+	if inbound, err = listenBoth(p.cfg.InboundPort); err != nil {
+		closeAll()
+		return fmt.Errorf("inbound listener: %w", err)
+	}
+	adminLns, err := admin.Listen(p.cfg.AdminPort)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	adminSrv := admin.NewServer(admin.Handler(admin.Config{
+		Registry: p.metrics.Registry,
+		Ready:    p.readiness,
+		Debug: map[string]func(*http.Request) any{
+			"endpoints":   func(*http.Request) any { return p.routes.doc() },
+			"connections": func(*http.Request) any { return p.conns.doc() },
+		},
+		Shutdown: p.Shutdown,
+		Logger:   p.log,
+	}))
+
+	// serveCtx ends only when the proxy exits: connections outlive the start of a drain.
+	serveCtx, endServe := context.WithCancel(context.Background())
+	defer endServe()
+	var g errgroup.Group
+	for _, l := range adminLns {
+		g.Go(func() error {
+			if err := adminSrv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("admin server: %w", err)
+			}
+			return nil
+		})
+	}
+	if p.cfg.Discovery != nil {
+		snaps := p.cfg.Discovery.Watch(serveCtx)
+		first, ok := <-snaps
+		if ok {
+			p.routes.update(first)
+		}
+		g.Go(func() error {
+			for s := range snaps {
+				p.routes.update(s)
+				p.log.Info("discovery updated", "revision", s.Revision(), "services", len(s.Services()))
+			}
+			return nil
+		})
+	} else {
+		p.routes.update(discovery.NewSnapshot("cluster.local", "none", nil))
+	}
+	var conns sync.WaitGroup
+	for _, l := range slices.Concat(tag(outbound, metrics.Outbound), tag(inbound, metrics.Inbound)) {
+		g.Go(func() error { return p.accept(serveCtx, l, &conns) })
+	}
+	p.ready.Store(true)
+	p.log.Info("proxy ready", "outbound", p.cfg.OutboundPort, "inbound", p.cfg.InboundPort, "admin", p.cfg.AdminPort)
+
+	select {
+	case <-ctx.Done():
+	case <-p.stop:
+	}
+	p.draining.Store(true)
+	p.log.Info("draining", "timeout", p.cfg.DrainTimeout)
+	for _, l := range inbound {
+		l.Close()
+	}
+	drainCtx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
+	defer cancel()
+	if err := p.h2in.Shutdown(drainCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		p.log.Warn("draining inbound HTTP/2", "err", err)
+	}
+	<-drainCtx.Done()
+
+	for _, l := range outbound {
+		l.Close()
+	}
+	adminSrv.Close()
+	p.h2out.Close()
+	p.h2in.Close()
+	endServe() // ends the discovery watch and the forwarders
+	p.conns.closeAll()
+	err = g.Wait()
+	conns.Wait()
+	p.log.Info("proxy stopped")
+	return err
+}
+
+func tag(lns []net.Listener, direction string) []listener {
+	out := make([]listener, len(lns))
+	for i, l := range lns {
+		out[i] = listener{l, direction}
+	}
+	return out
+}
+
+func (p *Proxy) readiness() error {
+	switch {
+	case p.draining.Load():
+		return errors.New("draining")
+	case !p.ready.Load():
+		return errors.New("starting")
+	}
+	return nil
+}
+
+// listenBoth listens on port for IPv4 and, where the namespace has it, IPv6.
+func listenBoth(port uint16) ([]net.Listener, error) {
+	ln4, err := net.Listen("tcp4", netip.AddrPortFrom(netip.IPv4Unspecified(), port).String())
+	if err != nil {
+		return nil, err
+	}
+	lns := []net.Listener{ln4}
+	if ln6, err := net.Listen("tcp6", netip.AddrPortFrom(netip.IPv6Unspecified(), port).String()); err == nil {
+		lns = append(lns, ln6)
+	}
+	return lns, nil
+}
+
+func (p *Proxy) accept(ctx context.Context, l listener, conns *sync.WaitGroup) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			p.log.Warn("accept", "direction", l.direction, "err", err)
+			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: do not spin
+			continue
+		}
+		conns.Add(1)
+		go func() {
+			defer conns.Done()
+			p.handle(ctx, c.(*net.TCPConn), l.direction)
+		}()
+	}
+}
