@@ -25,8 +25,10 @@ test: deps build
 demo: deps build
 	$(BIN) demo
 
+# The mesh benchmark (direct vs two proxies, gRPC over one connection) and the init install.
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./init/...
+	$(GO) test -run '^$$' -bench Mesh -benchtime 1x -count 1 -v ./integration/
+	$(GO) test -run '^$$' -bench Install -benchtime 20x -count 1 ./init/apply/
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
