@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+
 	"path/filepath"
 	"strings"
 	"sync"
@@ -208,4 +209,13 @@ func (m *meshPod) waitReady(t testing.TB) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// cmdOut runs a command in the calling thread's namespace (call it inside Do).
+func cmdOut(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %v: %w: %s", name, args, err, out)
+	}
+	return string(out), nil
 }

@@ -12,7 +12,7 @@ import (
 // TEMPORARY until proxy/detect and proxy/relay land.
 
 type peekedConn struct {
-	*net.TCPConn
+	net.Conn
 	r io.Reader
 }
 
@@ -53,6 +53,7 @@ func (p *Proxy) relay(ctx context.Context, direction string, svc *service, dst n
 	defer up.Close()
 	done := make(chan struct{}, 2)
 	go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { <-ctx.Done(); c.Close() }()
 	go func() { io.Copy(c, up); done <- struct{}{} }()
 	<-done
 	<-done

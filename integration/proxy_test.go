@@ -1,0 +1,307 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/detourmesh/detour/examples/stockkube/stockpb"
+	"github.com/detourmesh/detour/netns"
+	"github.com/detourmesh/detour/netns/nstest"
+)
+
+// serveTCP runs handle for every connection to port on every address of pod.
+func serveTCP(t testing.TB, pod *netns.Pod, port uint16, handle func(net.Conn)) {
+	t.Helper()
+	for _, network := range []string{"tcp4", "tcp6"} {
+		var ln net.Listener
+		if err := pod.NS.Do(func() error {
+			var err error
+			ln, err = net.Listen(network, fmt.Sprintf(":%d", port))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer c.Close(); handle(c) }()
+			}
+		}()
+	}
+}
+
+func echo(c net.Conn) { io.Copy(c, c) }
+
+// greet speaks first, like SMTP or MySQL, then echoes.
+func greet(c net.Conn) {
+	fmt.Fprintf(c, "220 ready\r\n")
+	io.Copy(c, c)
+}
+
+// TestTCPThroughTheMesh: protocols the proxy does not speak pass byte for byte, and a server
+// that speaks first is not kept waiting by detection on an opaque port.
+func TestTCPThroughTheMesh(t *testing.T) {
+	topo := nstest.Topology(t)
+	client, server := addPod(t, topo, "client"), addPod(t, topo, "server")
+	serveTCP(t, server, 9000, echo)
+	serveTCP(t, server, 3306, greet) // in the default opaque ports
+	mesh(t, server, "")
+	mesh(t, client, "", "--detect-timeout", "5s")
+
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			t.Run("an echo protocol passes byte for byte both ways", func(t *testing.T) {
+				c := dial(t, client.NS, netip.AddrPortFrom(fam.addr(server), 9000))
+				payload := make([]byte, 1<<20)
+				for i := range payload {
+					payload[i] = byte(i*31 + i>>8)
+				}
+				go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
+				got, err := io.ReadAll(c)
+				if err != nil || string(got) != string(payload) {
+					t.Fatalf("echoed %d bytes (err %v), want the same %d bytes back", len(got), err, len(payload))
+				}
+			})
+			t.Run("a server that speaks first answers at once on an opaque port", func(t *testing.T) {
+				c := dial(t, client.NS, netip.AddrPortFrom(fam.addr(server), 3306))
+				c.SetReadDeadline(time.Now().Add(time.Second)) // far below the 5 s detection timeout
+				line, err := bufio.NewReader(c).ReadString('\n')
+				if err != nil || line != "220 ready\r\n" {
+					t.Fatalf("greeting %q, %v: detection must not hold a server-first protocol", line, err)
+				}
+			})
+		})
+	}
+}
+
+// TestInboundIsNoOpenRelay: a connection that reaches the inbound port but was meant for
+// another host is closed, not forwarded.
+func TestInboundIsNoOpenRelay(t *testing.T) {
+	topo := nstest.Topology(t)
+	attacker, victim, third := addPod(t, topo, "attacker"), addPod(t, topo, "victim"), addPod(t, topo, "third")
+	serveTCP(t, third, 9000, echo)
+	m := mesh(t, victim, "")
+	// The attacker routes traffic for the third pod through the victim and hopes its
+	// PREROUTING redirect forwards it.
+	err := attacker.NS.Do(func() error {
+		_, err := cmdOut("ip", "route", "add", third.IPv4.String()+"/32", "via", victim.IPv4.String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, attacker.NS, netip.AddrPortFrom(third.IPv4, 9000))
+	c.Write([]byte("hello"))
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := c.Read(make([]byte, 16)); err == nil {
+		t.Fatalf("got %d bytes back through the victim's inbound port", n)
+	}
+	if !strings.Contains(m.log.String(), "no open relay") {
+		t.Fatalf("the refusal was not logged:\n%s", m.log)
+	}
+}
+
+// TestUnknownDestinationsLeaveUntouched: outbound traffic to a destination discovery does not
+// know goes to its original address, and HTTP to it is not rewritten.
+func TestUnknownDestinationsLeaveUntouched(t *testing.T) {
+	topo := nstest.Topology(t)
+	client, server := addPod(t, topo, "client"), addPod(t, topo, "server") // server not meshed
+	got := make(chan string, 1)
+	serveTCP(t, server, 8081, func(c net.Conn) {
+		req, _ := io.ReadAll(io.LimitReader(c, 17))
+		got <- string(req)
+		c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
+	})
+	mesh(t, client, writeDiscovery(t, "trustDomain: cluster.local\nservices: []\n"))
+	c := dial(t, client.NS, netip.AddrPortFrom(server.IPv4, 8081))
+	c.Write([]byte("GET /x HTTP/1.1\r\nHost: h\r\n\r\n"))
+	select {
+	case r := <-got:
+		if r != "GET /x HTTP/1.1\r\n" {
+			t.Fatalf("the server received %q", r)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the request did not reach its original destination")
+	}
+}
+
+// TestAdminAndMetrics: the admin port answers, and gRPC traffic shows in the metrics of both
+// proxies with its status codes.
+func TestAdminAndMetrics(t *testing.T) {
+	c := newStockCluster(t, 1, nil)
+	client, replicas := c.mesh(t)
+	cc := grpcClientIn(t, c.client.NS, c.vip4.String())
+	sc := stockpb.NewStockDataClient(cc)
+	for range 5 {
+		if _, err := sc.GetQuote(context.Background(), &stockpb.QuoteRequest{Symbol: "ACME"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sc.GetQuote(context.Background(), &stockpb.QuoteRequest{Symbol: "NOPE"})
+
+	ep := netip.AddrPortFrom(c.replicas[0].IPv4, 8080).String()
+	for _, tt := range []struct {
+		pod  *meshPod
+		path string
+		want []string
+	}{
+		{client, "/live", []string{`"status": "live"`}},
+		{client, "/ready", []string{`"ready": true`}},
+		{client, "/metrics", []string{
+			fmt.Sprintf(`detour_responses_total{authority="stockdata.stocks",classification="success",direction="outbound",endpoint="%s",grpc_status="0",status_code="200"} 5`, ep),
+			fmt.Sprintf(`detour_responses_total{authority="stockdata.stocks",classification="failure",direction="outbound",endpoint="%s",grpc_status="5",status_code="200"} 1`, ep),
+			`detour_response_latency_seconds_bucket{authority="stockdata.stocks",direction="outbound"`,
+			`detour_tcp_open_connections{direction="outbound",protocol="http2"} 1`,
+			`detour_protocol_detections_total{direction="outbound",port="80",result="http2"} 1`,
+		}},
+		{replicas[0], "/metrics", []string{
+			`detour_responses_total{authority="` + ep + `",classification="success",direction="inbound",endpoint="127.0.0.1:8080",grpc_status="0",status_code="200"} 5`,
+		}},
+		{client, "/debug/endpoints", []string{`"name": "stockdata.stocks"`, `"address": "` + ep + `"`}},
+		{client, "/debug/connections", []string{`"direction": "outbound"`, `"service": "stockdata.stocks"`, `"protocol": "http2"`}},
+	} {
+		code, body := tt.pod.admin(t, tt.path)
+		if code != http.StatusOK {
+			t.Errorf("%s %s: %d %s", tt.pod.Name, tt.path, code, body)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s %s lacks %s", tt.pod.Name, tt.path, w)
+			}
+		}
+		if strings.HasPrefix(tt.path, "/debug") {
+			var v any
+			if err := json.Unmarshal([]byte(body), &v); err != nil {
+				t.Errorf("%s is not JSON: %v", tt.path, err)
+			}
+		}
+	}
+}
+
+// TestDrainOnSIGTERM: the inbound side stops taking connections, the outbound side keeps
+// serving until the drain timeout, then the proxy exits 0.
+func TestDrainOnSIGTERM(t *testing.T) {
+	topo := nstest.Topology(t)
+	pod, peer := addPod(t, topo, "pod"), addPod(t, topo, "peer")
+	serveTCP(t, peer, 9000, echo)
+	serveTCP(t, pod, 9000, echo)
+	m := mesh(t, pod, "", "--drain-timeout", "2s")
+	m.proxy.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(time.Second)
+	for {
+		code, body := m.admin(t, "/ready")
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "draining") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/ready while draining: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Outbound still works during the drain.
+	c := dial(t, pod.NS, netip.AddrPortFrom(peer.IPv4, 9000))
+	c.Write([]byte("x"))
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("outbound during the drain: %v", err)
+	}
+	// Inbound is refused.
+	var err error
+	peer.NS.Do(func() error {
+		var ic net.Conn
+		ic, err = net.DialTimeout("tcp", netip.AddrPortFrom(pod.IPv4, 9000).String(), time.Second)
+		if err == nil {
+			ic.Close()
+		}
+		return nil
+	})
+	if err == nil {
+		t.Fatal("an inbound connection was accepted during the drain")
+	}
+	select {
+	case err := <-m.exited:
+		m.exited <- err
+		if err != nil {
+			t.Fatalf("proxy exit: %v\n%s", err, m.log)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the proxy did not exit after its drain timeout")
+	}
+}
+
+// TestShutdownEndpoint: POST /shutdown from loopback drains, from elsewhere it is refused.
+func TestShutdownEndpoint(t *testing.T) {
+	topo := nstest.Topology(t)
+	pod, other := addPod(t, topo, "pod"), addPod(t, topo, "other")
+	m := mesh(t, pod, "", "--drain-timeout", "100ms")
+	post := func(ns *netns.NS, host netip.Addr) int {
+		resp, err := httpClientIn(ns).Post(fmt.Sprintf("http://%s/shutdown", netip.AddrPortFrom(host, 7190)), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(other.NS, pod.IPv4); code != http.StatusForbidden {
+		t.Fatalf("/shutdown from another pod: %d, want 403", code)
+	}
+	if code := post(pod.NS, netip.MustParseAddr("127.0.0.1")); code != http.StatusAccepted {
+		t.Fatalf("/shutdown from loopback: %d, want 202", code)
+	}
+	select {
+	case err := <-m.exited:
+		m.exited <- err
+		if err != nil {
+			t.Fatalf("proxy exit: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the proxy did not exit after /shutdown")
+	}
+}
+
+// TestDiscoveryReloadUnderLoad: a replica added to the discovery file starts taking calls on
+// the same client connection, and no call fails during the reload.
+func TestDiscoveryReloadUnderLoad(t *testing.T) {
+	c := newStockCluster(t, 2, nil)
+	path := writeDiscovery(t, stockDiscovery(c.vip4, c.vip6, c.replicas[:1]))
+	mesh(t, c.client, path)
+	mesh(t, c.replicas[0], "")
+	mesh(t, c.replicas[1], "")
+	cc := grpcClientIn(t, c.client.NS, c.vip4.String())
+	if got := callConcurrently(t, cc, 20); got[c.replicas[0].Name] != 20 {
+		t.Fatalf("before the reload: %v", got)
+	}
+	if err := os.WriteFile(path+".new", []byte(stockDiscovery(c.vip4, c.vip6, c.replicas)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := callConcurrently(t, cc, 20) // fails the test on any failed call
+		if got[c.replicas[1].Name] > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new replica never got a call: %v", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
