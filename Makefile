@@ -9,8 +9,9 @@ TESTLOG := bin/integration.log
 
 .PHONY: build deps test demo bench lint clean generate
 
+# detour, and the StockKube example's stockdata and stockweb beside it (the demo runs them).
 build:
-	$(GO) build -o $(BIN) ./cmd/detour
+	$(GO) build -o bin/ ./cmd/detour ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb
 
 deps:
 	@scripts/deps.sh $(DEPS)

@@ -1,22 +1,26 @@
-// Package demo runs Detour on a node made of network namespaces, with no cluster: the first
-// thing a new user runs (`make demo`). Everything it builds lives in namespaces named
-// "dt-demo-…" and is removed when it ends, or by the next run if it crashed.
+// Package demo runs the StockKube mesh on one node made of network namespaces, with no
+// cluster: the first thing a new user runs (`make demo`). It shows the problem Detour solves,
+// one gRPC connection pinned to one replica, and the fix, every call balanced. Everything it
+// builds lives in namespaces named "dt-demo-…" and is removed when it ends, or by the next run
+// if it crashed.
 package demo
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/detourmesh/detour/netns"
-	"github.com/detourmesh/detour/proxy/origdst"
 )
 
 // Prefix starts the name of every namespace the demo makes.
@@ -24,30 +28,96 @@ const Prefix = "dt-demo-"
 
 // Options configure a run.
 type Options struct {
-	Detour string // the detour binary run inside the pods; default: this executable
-	Out    io.Writer
+	Replicas int           // StockData replicas, default 2
+	NoMesh   bool          // show only the cluster without Detour
+	Duration time.Duration // keep running this long after setting up; 0: until ctx ends
+	Port     uint16        // first loopback port of the forwarders, default 8000
+	Bin      string        // folder holding detour, stockdata and stockweb; default: this executable's
+	Out      io.Writer
 }
 
-// Run builds a node with two pods, installs the redirect in one and shows a plain HTTP client
-// (curl) in it being captured on the outbound port with its original destination, while the
-// proxy's own UID goes straight through. It removes everything it made before returning.
+var (
+	vip4       = netip.MustParseAddrPort("198.19.0.10:80")
+	vip6       = netip.MustParseAddrPort("[fd00:de71::10]:80")
+	stockPort  = uint16(8080)
+	webPort    = uint16(8000)
+	adminPort  = uint16(7190)
+	proxyUID   = uint32(2102)
+	loopback   = netip.MustParseAddr("127.0.0.1")
+	quotesPath = "/api/quotes"
+)
+
+// demo is one run's state.
+type demo struct {
+	o       Options
+	s       *steps
+	topo    *netns.Topology
+	web     *netns.Pod
+	stock   []*netns.Pod
+	procs   *processes
+	fwds    []*forwarder
+	webProc *process
+}
+
+// Run builds the node, shows StockWeb's 100 calls without and then with the mesh, keeps
+// running with forwarders from the host's loopback until ctx ends or Duration passes, and
+// removes everything it made before returning.
 func Run(ctx context.Context, o Options) (err error) {
-	if o.Detour == "" {
-		if o.Detour, err = os.Executable(); err != nil {
+	if o.Replicas <= 0 {
+		o.Replicas = 2
+	}
+	if o.Port == 0 {
+		o.Port = 8000
+	}
+	if o.Bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		o.Bin = filepath.Dir(exe)
+	}
+	for _, b := range []string{"detour", "stockdata", "stockweb"} {
+		if _, err := os.Stat(filepath.Join(o.Bin, b)); err != nil {
+			return fmt.Errorf("%s is missing from %s: build it with `make build`", b, o.Bin)
+		}
+	}
+	logs, err := os.MkdirTemp("", "detour-demo-logs-")
+	if err != nil {
+		return err
+	}
+	d := &demo{o: o, s: &steps{out: o.Out}, procs: &processes{logs: logs}}
+	defer func() {
+		cleanErr := d.cleanup()
+		if err == nil {
+			err = cleanErr
+			os.RemoveAll(logs)
+		} else {
+			fmt.Fprintf(o.Out, "process logs are kept in %s\n", logs)
+		}
+	}()
+	fmt.Fprintf(o.Out, "StockKube on one node: StockWeb makes 100 concurrent gRPC calls to StockData over ONE connection.\n\n")
+	if err := d.build(ctx); err != nil {
+		return err
+	}
+	if err := d.show(ctx, "without the mesh: kube-proxy balances connections, so the one connection sticks to one replica"); err != nil {
+		return err
+	}
+	if !o.NoMesh {
+		if err := d.mesh(ctx); err != nil {
+			return err
+		}
+		if err := d.show(ctx, "with the mesh: Detour balances every call over every replica"); err != nil {
 			return err
 		}
 	}
-	s := &steps{out: o.Out, total: 5}
-	var topo *netns.Topology
-	defer func() {
-		if topo == nil {
-			return
-		}
-		s.do("removing every namespace, rule and process of the demo", func() (string, error) {
-			return "", topo.Close()
-		})
-	}()
-	if err := s.do("sweeping what an earlier run left", func() (string, error) {
+	if err := d.forward(); err != nil {
+		return err
+	}
+	return d.wait(ctx)
+}
+
+func (d *demo) build(ctx context.Context) error {
+	if err := d.s.do("sweeping what an earlier run left", func() (string, error) {
 		gone, err := netns.Sweep(Prefix)
 		if len(gone) == 0 {
 			return "nothing left over", err
@@ -56,130 +126,311 @@ func Run(ctx context.Context, o Options) (err error) {
 	}); err != nil {
 		return err
 	}
-	var app, web *netns.Pod
-	if err := s.do("building the node: bridge dt0 and pods app and web", func() (string, error) {
+	if err := d.s.do(fmt.Sprintf("building the node: bridge dt0, pods stockweb and %d StockData replicas, service %s", d.o.Replicas, vip4), func() (string, error) {
 		var err error
-		if topo, err = netns.NewTopology(Prefix); err != nil {
+		if d.topo, err = netns.NewTopology(Prefix); err != nil {
 			return "", err
 		}
-		if app, err = topo.AddPod("app"); err != nil {
+		if d.web, err = d.topo.AddPod("stockweb"); err != nil {
 			return "", err
 		}
-		web, err = topo.AddPod("web")
-		return fmt.Sprintf("app %s %s, web %s %s", app.IPv4, app.IPv6, web.IPv4, web.IPv6), err
+		var b4, b6 []netip.AddrPort
+		var lines []string
+		for i := range d.o.Replicas {
+			p, err := d.topo.AddPod(fmt.Sprintf("stockdata-%d", i))
+			if err != nil {
+				return "", err
+			}
+			d.stock = append(d.stock, p)
+			b4 = append(b4, netip.AddrPortFrom(p.IPv4, stockPort))
+			b6 = append(b6, netip.AddrPortFrom(p.IPv6, stockPort))
+			lines = append(lines, fmt.Sprintf("%s %s", p.Name, p.IPv4))
+		}
+		if err := d.topo.AddService(vip4, b4); err != nil {
+			return "", err
+		}
+		if err := d.topo.AddService(vip6, b6); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("stockweb %s, %s", d.web.IPv4, strings.Join(lines, ", ")), nil
 	}); err != nil {
 		return err
 	}
-	if err := s.do("detour init in app", func() (string, error) {
-		var out strings.Builder
-		cmd := exec.CommandContext(ctx, o.Detour, "init")
-		cmd.Stdout, cmd.Stderr = &out, &out
-		err := app.NS.Run(cmd)
-		return indent(out.String()), err
+	if err := d.s.do("starting the StockData replicas", func() (string, error) {
+		for _, p := range d.stock {
+			if _, err := d.procs.start(ctx, p, "stockdata", -1, filepath.Join(d.o.Bin, "stockdata"),
+				"--listen", fmt.Sprintf(":%d", stockPort), "--id", p.Name); err != nil {
+				return "", err
+			}
+		}
+		return "", d.waitTCP(ctx, d.stock, stockPort)
 	}); err != nil {
 		return err
 	}
+	return d.startWeb(ctx, "starting StockWeb: one gRPC connection to "+vip4.String())
+}
 
-	// Stand-ins for the proxy (in app) and for web's server, each answering with who it is.
-	captured := make(chan string, 4)
-	stop, err := serve(app.NS, netip.AddrPortFrom(netip.IPv4Unspecified(), 7140), func(c *net.TCPConn) string {
-		dst, err := origdst.Lookup(c)
-		if err != nil {
-			return "origdst: " + err.Error()
-		}
-		captured <- fmt.Sprintf("connection from %s captured on app's outbound port 7140, original destination %s", c.RemoteAddr(), dst)
-		return "captured by Detour's outbound port; you were going to " + dst.String()
-	})
-	if err != nil {
-		return err
-	}
-	defer stop()
-	stopWeb, err := serve(web.NS, netip.AddrPortFrom(web.IPv4, 8080), func(c *net.TCPConn) string {
-		return "hello from web, you are " + c.RemoteAddr().String()
-	})
-	if err != nil {
-		return err
-	}
-	defer stopWeb()
-
-	url := fmt.Sprintf("http://%s/", netip.AddrPortFrom(web.IPv4, 8080))
-	if err := s.do("curl "+url+" in app, as the app's user (root)", func() (string, error) {
-		body, err := curl(ctx, app.NS, url, -1)
+func (d *demo) startWeb(ctx context.Context, what string) error {
+	return d.s.do(what, func() (string, error) {
+		var err error
+		d.webProc, err = d.procs.start(ctx, d.web, "stockweb", -1, filepath.Join(d.o.Bin, "stockweb"),
+			"--listen", fmt.Sprintf(":%d", webPort), "--stockdata", vip4.String())
 		if err != nil {
 			return "", err
+		}
+		return "", d.waitHealthy(ctx, d.web, webPort)
+	})
+}
+
+// waitHealthy waits for an HTTP 200 from /healthz: once a pod is meshed, its inbound proxy
+// accepts connections before the app listens, so a TCP connect proves nothing.
+func (d *demo) waitHealthy(ctx context.Context, p *netns.Pod, port uint16) error {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: dialIn(d.topo.Node), DisableKeepAlives: true}}
+	url := fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(p.IPv4, port))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is not healthy after 10s: %w (logs in %s)", p.Name, err, d.procs.logs)
 		}
 		select {
-		case line := <-captured:
-			return fmt.Sprintf("curl got: %q\n        %s", body, line), nil
-		case <-time.After(2 * time.Second):
-			return "", fmt.Errorf("curl got %q but nothing was captured: the redirect does not work", body)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(25 * time.Millisecond):
 		}
+	}
+}
+
+// mesh installs Detour in every pod, as an injected sidecar would, and restarts StockWeb so its
+// connection is made through its proxy (Kubernetes restarts pods when it injects sidecars).
+func (d *demo) mesh(ctx context.Context) error {
+	disc, err := d.discoveryFile()
+	if err != nil {
+		return err
+	}
+	pods := append([]*netns.Pod{d.web}, d.stock...)
+	if err := d.s.do("detour init in every pod: redirect rules installed and proven", func() (string, error) {
+		for _, p := range pods {
+			if _, err := d.procs.run(ctx, p, filepath.Join(d.o.Bin, "detour"), "init", "-o", "json"); err != nil {
+				return "", fmt.Errorf("init in %s: %w", p.Name, err)
+			}
+		}
+		return fmt.Sprintf("%d pods, IPv4 and IPv6", len(pods)), nil
 	}); err != nil {
 		return err
 	}
-	return s.do("curl "+url+" in app, as the proxy's UID 2102", func() (string, error) {
-		body, err := curl(ctx, app.NS, url, 2102)
+	if err := d.s.do("starting a detour proxy sidecar in every pod, as UID 2102", func() (string, error) {
+		for _, p := range pods {
+			args := []string{"proxy", "--drain-timeout", "1s"}
+			if p == d.web {
+				args = append(args, "--discovery", "file:"+disc)
+			}
+			if _, err := d.procs.start(ctx, p, "proxy", int(proxyUID), filepath.Join(d.o.Bin, "detour"), args...); err != nil {
+				return "", err
+			}
+		}
+		for _, p := range pods {
+			if err := d.waitReady(ctx, p); err != nil {
+				return "", err
+			}
+		}
+		return "all proxies ready (/ready on the admin port)", nil
+	}); err != nil {
+		return err
+	}
+	if err := d.s.do("stopping StockWeb, so it reconnects through its sidecar", func() (string, error) {
+		return "", d.procs.stop(d.webProc)
+	}); err != nil {
+		return err
+	}
+	return d.startWeb(ctx, "starting StockWeb again: still one gRPC connection to "+vip4.String())
+}
+
+// discoveryFile writes the StockData service for the StockWeb proxy: both VIPs, every replica.
+func (d *demo) discoveryFile() (string, error) {
+	var b strings.Builder
+	b.WriteString("trustDomain: cluster.local\nservices:\n")
+	fmt.Fprintf(&b, "  - name: stockdata.stocks\n    addresses: [%q, %q]\n    protocol: http2\n    endpoints:\n", vip4.String(), vip6.String())
+	for _, p := range d.stock {
+		fmt.Fprintf(&b, "      - address: %q\n        zone: node-1\n", netip.AddrPortFrom(p.IPv4, stockPort).String())
+	}
+	path := filepath.Join(d.procs.logs, "discovery.yaml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return "", err
+	}
+	return path, os.Chmod(d.procs.logs, 0o755)
+}
+
+// quotes is what the demo reads of StockWeb's /api/quotes.
+type quotes struct {
+	Counts map[string]int `json:"counts"`
+	Calls  int            `json:"calls"`
+	Errors int            `json:"errors"`
+}
+
+// show loads StockWeb's quotes once (100 calls) and prints the calls per server.
+func (d *demo) show(ctx context.Context, title string) error {
+	return d.s.do("StockWeb page load: "+title, func() (string, error) {
+		client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DialContext: dialIn(d.topo.Node)}}
+		req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s%s", netip.AddrPortFrom(d.web.IPv4, webPort), quotesPath), nil)
 		if err != nil {
 			return "", err
 		}
-		if !strings.HasPrefix(body, "hello from web") {
-			return "", fmt.Errorf("the proxy UID was redirected: curl got %q", body)
+		resp, err := client.Do(req)
+		if err != nil {
+			return "", err
 		}
-		return fmt.Sprintf("curl got: %q: the proxy's own traffic is not redirected", body), nil
+		defer resp.Body.Close()
+		var q quotes
+		if err := json.NewDecoder(resp.Body).Decode(&q); err != nil {
+			return "", fmt.Errorf("reading StockWeb's answer: %w", err)
+		}
+		var b strings.Builder
+		tw := tabwriter.NewWriter(&b, 0, 0, 3, ' ', 0)
+		fmt.Fprintln(tw, "SERVER\tCALLS\t")
+		servers := make([]string, 0, len(d.stock))
+		for _, p := range d.stock {
+			servers = append(servers, p.Name)
+		}
+		for s := range q.Counts {
+			if !slices.Contains(servers, s) {
+				servers = append(servers, s)
+			}
+		}
+		for _, s := range servers {
+			fmt.Fprintf(tw, "%s\t%d\t%s\n", s, q.Counts[s], strings.Repeat("#", q.Counts[s]/2))
+		}
+		tw.Flush()
+		if q.Errors > 0 {
+			fmt.Fprintf(&b, "%d of %d calls failed\n", q.Errors, q.Calls)
+		}
+		return b.String(), nil
 	})
 }
 
-// serve answers HTTP on addr inside ns with the text answer returns for each connection.
-func serve(ns *netns.NS, addr netip.AddrPort, answer func(*net.TCPConn) string) (stop func(), err error) {
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		ln, err = net.Listen("tcp", addr.String())
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("listening on %s in %s: %w", addr, ns.Name, err)
-	}
-	type connKey struct{}
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, answer(r.Context().Value(connKey{}).(*net.TCPConn)))
-		}),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, connKey{}, c)
-		},
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	go srv.Serve(ln)
-	return func() { srv.Close() }, nil
+// forward opens the loopback forwarders: StockWeb's page and every proxy's admin port.
+func (d *demo) forward() error {
+	return d.s.do("forwarding from the host's loopback into the pods (like kubectl port-forward)", func() (string, error) {
+		port := d.o.Port
+		add := func(name string, to netip.AddrPort, path string) error {
+			f, err := newForwarder(netip.AddrPortFrom(loopback, port), d.topo.Node, to)
+			if err != nil {
+				return fmt.Errorf("forwarding %s: %w", name, err)
+			}
+			f.label = fmt.Sprintf("%-24s http://%s%s", name, f.addr, path)
+			d.fwds = append(d.fwds, f)
+			port++
+			return nil
+		}
+		if err := add("StockWeb page", netip.AddrPortFrom(d.web.IPv4, webPort), "/"); err != nil {
+			return "", err
+		}
+		if !d.o.NoMesh {
+			for _, p := range append([]*netns.Pod{d.web}, d.stock...) {
+				if err := add(p.Name+" proxy metrics", netip.AddrPortFrom(p.IPv4, adminPort), "/metrics"); err != nil {
+					return "", err
+				}
+			}
+		}
+		var lines []string
+		for _, f := range d.fwds {
+			lines = append(lines, f.label)
+		}
+		return strings.Join(lines, "\n"), nil
+	})
 }
 
-// curl runs curl inside ns, as uid when uid >= 0, and returns what it printed.
-func curl(ctx context.Context, ns *netns.NS, url string, uid int) (string, error) {
-	var out, errb strings.Builder
-	cmd := exec.CommandContext(ctx, "curl", "-sS", "-m", "3", url)
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if uid >= 0 {
-		netns.AsUID(cmd, uint32(uid), uint32(uid))
+func (d *demo) wait(ctx context.Context) error {
+	if d.o.Duration > 0 {
+		fmt.Fprintf(d.o.Out, "\nrunning for %s, then cleaning up (Ctrl-C stops sooner)\n", d.o.Duration)
+		select {
+		case <-ctx.Done():
+		case <-time.After(d.o.Duration):
+		}
+		return nil
 	}
-	if err := ns.Run(cmd); err != nil {
-		return "", fmt.Errorf("curl %s: %w: %s", url, err, strings.TrimSpace(errb.String()))
+	fmt.Fprintf(d.o.Out, "\nrunning; reload the StockWeb page to see every call's server. Ctrl-C stops and cleans up.\n")
+	<-ctx.Done()
+	return nil
+}
+
+func (d *demo) cleanup() error {
+	for _, f := range d.fwds {
+		f.close()
 	}
-	return out.String(), nil
+	var errs []error
+	errs = append(errs, d.procs.stopAll())
+	if d.topo != nil {
+		errs = append(errs, d.s.do("removing every namespace, rule and process of the demo", func() (string, error) {
+			return "", d.topo.Close()
+		}))
+	}
+	return errors.Join(errs...)
+}
+
+// waitReady waits for a pod's proxy to answer /ready.
+func (d *demo) waitReady(ctx context.Context, p *netns.Pod) error {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: dialIn(d.topo.Node)}}
+	url := fmt.Sprintf("http://%s/ready", netip.AddrPortFrom(p.IPv4, adminPort))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the proxy in %s is not ready after 10s (%v); see its log in %s", p.Name, err, d.procs.logs)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+// waitTCP waits until every pod accepts TCP on port.
+func (d *demo) waitTCP(ctx context.Context, pods []*netns.Pod, port uint16) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range pods {
+		for {
+			c, err := dialIn(d.topo.Node)(ctx, "tcp", netip.AddrPortFrom(p.IPv4, port).String())
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s does not accept connections on port %d: %w (logs in %s)", p.Name, port, err, d.procs.logs)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(25 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 // steps prints numbered progress with the time each step took.
 type steps struct {
-	out   io.Writer
-	n     int
-	total int
+	out io.Writer
+	n   int
 }
 
 func (s *steps) do(what string, fn func() (string, error)) error {
 	s.n++
-	label := fmt.Sprintf("[%d/%d]", s.n, s.total)
-	if s.n > s.total {
-		label = "[end]"
-	}
-	fmt.Fprintf(s.out, "%s %s ... ", label, what)
+	fmt.Fprintf(s.out, "[%d] %s ... ", s.n, what)
 	start := time.Now()
 	detail, err := fn()
 	took := time.Since(start).Round(100 * time.Microsecond)
@@ -189,11 +440,7 @@ func (s *steps) do(what string, fn func() (string, error)) error {
 	}
 	fmt.Fprintf(s.out, "%s\n", took)
 	if detail = strings.TrimRight(detail, "\n"); detail != "" {
-		fmt.Fprintf(s.out, "        %s\n", detail)
+		fmt.Fprintf(s.out, "      %s\n", strings.ReplaceAll(detail, "\n", "\n      "))
 	}
 	return nil
-}
-
-func indent(s string) string {
-	return strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n        ")
 }

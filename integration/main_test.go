@@ -40,7 +40,9 @@ func run(m *testing.M) int {
 			return 1
 		}
 		detourBin = filepath.Join(dir, "detour")
-		build := exec.Command("go", "build", "-o", detourBin, "../cmd/detour")
+		// The demo finds stockdata and stockweb beside detour.
+		build := exec.Command("go", "build", "-o", dir+"/", "../cmd/detour",
+			"../examples/stockkube/cmd/stockdata", "../examples/stockkube/cmd/stockweb")
 		build.Stdout, build.Stderr = os.Stdout, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "building detour:", err)

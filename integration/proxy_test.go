@@ -20,9 +20,10 @@ import (
 	"github.com/detourmesh/detour/netns/nstest"
 )
 
-// serveTCP runs handle for every connection to port on every address of pod.
-func serveTCP(t testing.TB, pod *netns.Pod, port uint16, handle func(net.Conn)) {
+// listenAll listens on port on every IPv4 and IPv6 address of pod until the test ends.
+func listenAll(t testing.TB, pod *netns.Pod, port uint16) []net.Listener {
 	t.Helper()
+	var lns []net.Listener
 	for _, network := range []string{"tcp4", "tcp6"} {
 		var ln net.Listener
 		if err := pod.NS.Do(func() error {
@@ -33,6 +34,15 @@ func serveTCP(t testing.TB, pod *netns.Pod, port uint16, handle func(net.Conn)) 
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ln.Close() })
+		lns = append(lns, ln)
+	}
+	return lns
+}
+
+// serveTCP runs handle for every connection to port on every address of pod.
+func serveTCP(t testing.TB, pod *netns.Pod, port uint16, handle func(net.Conn)) {
+	t.Helper()
+	for _, ln := range listenAll(t, pod, port) {
 		go func() {
 			for {
 				c, err := ln.Accept()

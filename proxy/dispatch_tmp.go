@@ -1,38 +1,41 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
 	"net/netip"
-	"time"
+
+	"github.com/detourmesh/detour/proxy/detect"
 )
 
-// TEMPORARY until proxy/detect and proxy/relay land.
+// sniffMax bounds the bytes read to detect a protocol: room for a large TLS ClientHello.
+const sniffMax = 8 << 10
 
-type peekedConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
-
+// sniff detects the protocol from the client's first bytes. Each result, timeouts included,
+// is counted per port; the first timeout on a port is logged, so a user sees why a
+// connection waited (and which port to declare opaque).
 func (p *Proxy) sniff(direction string, dst netip.AddrPort, c *net.TCPConn) (string, net.Conn) {
-	buf := make([]byte, 24)
-	c.SetReadDeadline(time.Now().Add(p.cfg.DetectTimeout))
-	n, _ := io.ReadFull(c, buf)
-	c.SetReadDeadline(time.Time{})
-	buf = buf[:n]
-	conn := &peekedConn{c, io.MultiReader(bytes.NewReader(buf), c)}
-	if bytes.Equal(buf, []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")) {
-		p.metrics.Detected(direction, dst.Port(), protoHTTP2)
-		return protoHTTP2, conn
+	res, conn, err := detect.Sniff(c, p.cfg.DetectTimeout, sniffMax)
+	if err != nil {
+		p.metrics.Detected(direction, dst.Port(), "error")
+		return protoOpaque, conn
 	}
-	p.metrics.Detected(direction, dst.Port(), protoOpaque)
-	return protoOpaque, conn
+	if res.TimedOut {
+		p.metrics.Detected(direction, dst.Port(), "timeout")
+		if _, seen := p.loggedTimeout.LoadOrStore(dst.Port(), true); !seen {
+			p.log.Warn("protocol detection timed out: the client sent nothing; relaying as TCP. "+
+				"If the server speaks first on this port, add it to --opaque-ports to skip the wait",
+				"direction", direction, "port", dst.Port(), "timeout", p.cfg.DetectTimeout)
+		}
+		return protoOpaque, conn
+	}
+	proto := res.Protocol.String()
+	p.metrics.Detected(direction, dst.Port(), proto)
+	return proto, conn
 }
 
+// TEMPORARY until proxy/relay lands.
 func (p *Proxy) relay(ctx context.Context, direction string, svc *service, dst netip.AddrPort, c net.Conn) {
 	target := dst
 	if direction == "inbound" {
@@ -53,7 +56,6 @@ func (p *Proxy) relay(ctx context.Context, direction string, svc *service, dst n
 	defer up.Close()
 	done := make(chan struct{}, 2)
 	go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-	go func() { <-ctx.Done(); c.Close() }()
 	go func() { io.Copy(c, up); done <- struct{}{} }()
 	<-done
 	<-done

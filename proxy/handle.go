@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/detourmesh/detour/proxy/discovery"
 	"github.com/detourmesh/detour/proxy/h2"
+	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/metrics"
 	"github.com/detourmesh/detour/proxy/origdst"
 )
@@ -52,14 +54,21 @@ func (p *Proxy) handle(ctx context.Context, c *net.TCPConn, direction string) {
 	proto, conn := p.protocol(direction, svc, dst, c)
 	info.setProtocol(proto)
 	defer p.metrics.ConnOpened(direction, proto)()
-	switch proto {
-	case protoHTTP2:
-		srv := p.h2out
-		if direction == metrics.Inbound {
-			srv = p.h2in
-		}
-		if err := srv.ServeConn(ctx, conn, dst); err != nil {
-			p.log.Debug("HTTP/2 connection ended", "direction", direction, "client", client, "dst", dst, "err", err)
+	var serve func(context.Context, net.Conn, netip.AddrPort) error
+	switch {
+	case proto == protoHTTP2 && direction == metrics.Outbound:
+		serve = p.h2out.ServeConn
+	case proto == protoHTTP2:
+		serve = p.h2in.ServeConn
+	case proto == protoHTTP1 && direction == metrics.Outbound:
+		serve = p.h1out.ServeConn
+	case proto == protoHTTP1:
+		serve = p.h1in.ServeConn
+	}
+	switch {
+	case serve != nil:
+		if err := serve(ctx, conn, dst); err != nil {
+			p.log.Debug("connection ended", "direction", direction, "protocol", proto, "client", client, "dst", dst, "err", err)
 		}
 	default:
 		p.relay(ctx, direction, svc, dst, conn)
@@ -95,6 +104,9 @@ func (p *Proxy) protocol(direction string, svc *service, dst netip.AddrPort, c *
 		case discovery.ProtocolHTTP2:
 			p.metrics.Detected(direction, dst.Port(), "declared-http2")
 			return protoHTTP2, c
+		case discovery.ProtocolHTTP1:
+			p.metrics.Detected(direction, dst.Port(), "declared-http1")
+			return protoHTTP1, c
 		case discovery.ProtocolOpaque:
 			return skip("declared-opaque")
 		}
@@ -105,39 +117,78 @@ func (p *Proxy) protocol(direction string, svc *service, dst netip.AddrPort, c *
 	return p.sniff(direction, dst, c)
 }
 
-// routeOutbound picks an endpoint of the destination's service for one HTTP/2 stream.
-func (p *Proxy) routeOutbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {
+// outcome is how one request ended, in the terms the balancer and metrics need.
+type outcome struct {
+	status, grpcStatus int // grpcStatus < 0: none
+	err                error
+	upstream           bool // the failure is the endpoint's fault
+	took               time.Duration
+}
+
+// failed classifies a request as Linkerd does: an error, a 5xx, or a gRPC status other than OK.
+func (o outcome) failed() bool { return o.err != nil || o.status >= 500 || o.grpcStatus > 0 }
+
+// pickOutbound chooses the endpoint of dst's service for one request and returns the function
+// that records how the request ended.
+func (p *Proxy) pickOutbound(dst netip.AddrPort) (netip.AddrPort, func(outcome), error) {
 	svc := p.routes.lookup(dst)
 	if svc == nil {
-		return h2.Route{}, fmt.Errorf("no service at %s any more", dst)
+		return netip.AddrPort{}, nil, fmt.Errorf("no service at %s any more", dst)
 	}
 	pick, err := svc.balancer.Pick()
 	if err != nil {
-		return h2.Route{}, fmt.Errorf("service %s: %w", svc.Name, err)
+		return netip.AddrPort{}, nil, fmt.Errorf("service %s: %w", svc.Name, err)
 	}
 	m := p.metrics.Route(metrics.Outbound, svc.authority, pick.Endpoint.Addr)
-	return h2.Route{Addr: pick.Endpoint.Addr, Done: func(r h2.Result) {
-		var err error
-		if r.Upstream {
-			err = r.Err
+	return pick.Endpoint.Addr, func(o outcome) {
+		var blame error
+		if o.upstream {
+			blame = o.err
 		}
-		pick.Done(err, r.Duration)
-		m.Observe(r.Status, r.GRPCStatus, failed(r), r.Duration)
-	}}, nil
+		pick.Done(blame, o.took)
+		m.Observe(o.status, o.grpcStatus, o.failed(), o.took)
+	}, nil
 }
 
-// routeInbound sends every stream to the application on loopback, at the original port.
-func (p *Proxy) routeInbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {
+// pickInbound sends every request to the application on loopback, at the original port.
+func (p *Proxy) pickInbound(dst netip.AddrPort) (netip.AddrPort, func(outcome)) {
 	app := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
 	m := p.metrics.Route(metrics.Inbound, dst.String(), app)
-	return h2.Route{Addr: app, Done: func(r h2.Result) {
-		m.Observe(r.Status, r.GRPCStatus, failed(r), r.Duration)
-	}}, nil
+	return app, func(o outcome) { m.Observe(o.status, o.grpcStatus, o.failed(), o.took) }
 }
 
-// failed classifies a stream as Linkerd does: an error, a 5xx, or a gRPC status other than OK.
-func failed(r h2.Result) bool {
-	return r.Err != nil || r.Status >= 500 || r.GRPCStatus > 0
+func h2Outcome(r h2.Result) outcome {
+	return outcome{status: r.Status, grpcStatus: r.GRPCStatus, err: r.Err, upstream: r.Upstream, took: r.Duration}
+}
+
+func h1Outcome(r http1.Result) outcome {
+	return outcome{status: r.Status, grpcStatus: -1, err: r.Err, upstream: r.Upstream, took: r.Duration}
+}
+
+func (p *Proxy) routeH2Outbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {
+	addr, done, err := p.pickOutbound(dst)
+	if err != nil {
+		return h2.Route{}, err
+	}
+	return h2.Route{Addr: addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}, nil
+}
+
+func (p *Proxy) routeH2Inbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {
+	addr, done := p.pickInbound(dst)
+	return h2.Route{Addr: addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}, nil
+}
+
+func (p *Proxy) routeH1Outbound(dst netip.AddrPort, _ *http.Request) (http1.Route, error) {
+	addr, done, err := p.pickOutbound(dst)
+	if err != nil {
+		return http1.Route{}, err
+	}
+	return http1.Route{Addr: addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}, nil
+}
+
+func (p *Proxy) routeH1Inbound(dst netip.AddrPort, _ *http.Request) (http1.Route, error) {
+	addr, done := p.pickInbound(dst)
+	return http1.Route{Addr: addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}, nil
 }
 
 // localAddrs caches the pod's own addresses for the inbound open-relay check. A miss

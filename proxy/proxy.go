@@ -23,6 +23,7 @@ import (
 	"github.com/detourmesh/detour/proxy/balance"
 	"github.com/detourmesh/detour/proxy/discovery"
 	"github.com/detourmesh/detour/proxy/h2"
+	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/metrics"
 )
 
@@ -58,6 +59,8 @@ type Proxy struct {
 	local   *localAddrs
 	h2out   *h2.Server
 	h2in    *h2.Server
+	h1out   *http1.Server
+	h1in    *http1.Server
 	dialer  net.Dialer
 
 	ready         atomic.Bool
@@ -88,8 +91,10 @@ func New(cfg Config) *Proxy {
 		dialer:  net.Dialer{Timeout: 5 * time.Second},
 		stop:    make(chan struct{}),
 	}
-	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeOutbound), Logger: cfg.Logger})
-	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeInbound), Logger: cfg.Logger})
+	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Outbound), Logger: cfg.Logger})
+	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger})
+	p.h1out = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Outbound), Logger: cfg.Logger})
+	p.h1in = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Inbound), Logger: cfg.Logger})
 	return p
 }
 
@@ -184,8 +189,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	drainCtx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
 	defer cancel()
-	if err := p.h2in.Shutdown(drainCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		p.log.Warn("draining inbound HTTP/2", "err", err)
+	var drain errgroup.Group
+	drain.Go(func() error { return p.h2in.Shutdown(drainCtx) })
+	drain.Go(func() error { return p.h1in.Shutdown(drainCtx) })
+	if err := drain.Wait(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		p.log.Warn("draining inbound", "err", err)
 	}
 	<-drainCtx.Done()
 
@@ -195,6 +203,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 	adminSrv.Close()
 	p.h2out.Close()
 	p.h2in.Close()
+	p.h1out.Close()
+	p.h1in.Close()
 	endServe() // ends the discovery watch and the forwarders
 	p.conns.closeAll()
 	err = g.Wait()

@@ -7,12 +7,26 @@ import (
 )
 
 func newDemoCommand() *cobra.Command {
-	return &cobra.Command{
+	var o demo.Options
+	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Run Detour on a node made of network namespaces, no cluster needed (needs root)",
-		Args:  cobra.NoArgs,
+		Short: "Run the StockKube mesh on a node made of network namespaces, no cluster needed (needs root)",
+		Long: `demo builds a node from network namespaces: a StockWeb pod, StockData replicas behind a
+service VIP implemented the way kube-proxy does it, and shows StockWeb's 100 concurrent gRPC
+calls over one connection, first without the mesh (one replica serves them all) and then with
+Detour's init and proxy in every pod (every replica serves its share). It then keeps running
+with forwarders from the host's loopback; Ctrl-C removes everything it made.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return demo.Run(cmd.Context(), demo.Options{Out: cmd.OutOrStdout()})
+			o.Out = cmd.OutOrStdout()
+			return demo.Run(cmd.Context(), o)
 		},
 	}
+	fl := cmd.Flags()
+	fl.IntVar(&o.Replicas, "replicas", 2, "StockData replicas")
+	fl.BoolVar(&o.NoMesh, "no-mesh", false, "show the cluster without Detour only")
+	fl.DurationVar(&o.Duration, "duration", 0, "keep running this long, then clean up (0: until Ctrl-C)")
+	fl.Uint16Var(&o.Port, "port", 8000, "first port on 127.0.0.1 for the forwarders (StockWeb, then each proxy's metrics)")
+	fl.StringVar(&o.Bin, "bin", "", "folder with the detour, stockdata and stockweb binaries (default: detour's own)")
+	return cmd
 }

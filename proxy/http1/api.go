@@ -1,0 +1,121 @@
+package http1
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+)
+
+// Router picks the upstream endpoint of each request.
+//
+// Route is called on the client connection's goroutine, once per request, after the request
+// head has been read and validated, so it must not block: like grpc-go's Picker it should read an
+// immutable snapshot. dst is the client connection's original destination as given to ServeConn.
+// r is valid only during the call: the Router must not read r.Body, modify r, or retain it. An
+// error makes the engine answer 503 with the error text as a one-line body.
+type Router interface {
+	Route(dst netip.AddrPort, r *http.Request) (Route, error)
+}
+
+// RouterFunc adapts a function to Router.
+type RouterFunc func(dst netip.AddrPort, r *http.Request) (Route, error)
+
+// Route calls f.
+func (f RouterFunc) Route(dst netip.AddrPort, r *http.Request) (Route, error) { return f(dst, r) }
+
+// Route is where one request goes.
+type Route struct {
+	// Addr is the upstream endpoint; requests to the same Addr share pooled connections.
+	Addr netip.AddrPort
+	// Done, if not nil, is called exactly once when the exchange ends (response body finished,
+	// or failed), on the client connection's goroutine with no engine locks held. It must not
+	// block: it feeds the balancer (latency, in-flight counts) and metrics.
+	Done func(Result)
+}
+
+// Result describes how a request ended.
+type Result struct {
+	Addr netip.AddrPort
+	// Status is the final HTTP status sent to the client (from the upstream, or 502 synthesized
+	// by the engine); 101 for an upgrade that became a relay; 0 if no response was sent.
+	Status int
+	// Err is nil when the exchange completed normally (for an upgrade: both directions of the
+	// relay ended cleanly). Otherwise it says what ended it.
+	Err error
+	// Upstream reports whether a failure is attributed to the upstream endpoint (dial failure,
+	// lost connection, malformed response) rather than to the client; balancers use it to eject
+	// hosts.
+	Upstream bool
+	// Duration runs from the end of the request head to the end of the exchange.
+	Duration time.Duration
+	// ReqBytes and RespBytes count body bytes (decoded, without chunk framing) forwarded from the
+	// client and from the upstream; for an upgrade, the relayed bytes.
+	ReqBytes, RespBytes int64
+	// Retries counts replays of the request on a fresh connection after a pooled connection
+	// turned out to be closed by the upstream.
+	Retries int
+}
+
+// Dialer opens a connection to an upstream endpoint. It is called on the client connection's
+// goroutine and may block until ctx ends (Config.DialTimeout bounds it). A TLS dialer must return
+// a connection that has completed its handshake.
+type Dialer func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	Router Router       // required
+	Dial   Dialer       // default: plain TCP
+	Logger *slog.Logger // default: slog.Default()
+
+	// MaxHeaderBytes bounds the bytes read for one request head (request line and fields) and
+	// for the trailer section of a chunked request; a larger head gets 431 and the connection is
+	// closed. Default 64 KiB.
+	MaxHeaderBytes int
+	// ReadHeaderTimeout bounds the time from the first byte of a request to the end of its head
+	// (slowloris). Default 10 s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a client keep-alive connection that waits this long for its next
+	// request. Default 5 min.
+	IdleTimeout time.Duration
+	// WriteTimeout closes a connection whose socket write has been blocked this long (a peer that
+	// stopped reading must not hold an upstream connection forever). Default 15 s.
+	WriteTimeout time.Duration
+	// DialTimeout bounds one upstream dial. Default 5 s.
+	DialTimeout time.Duration
+	// MaxIdlePerEndpoint bounds the idle keep-alive connections pooled per upstream endpoint;
+	// negative disables pooling. Default 32.
+	MaxIdlePerEndpoint int
+	// UpstreamIdleTimeout closes a pooled upstream connection idle this long. Default 90 s.
+	UpstreamIdleTimeout time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.Dial == nil {
+		var d net.Dialer
+		c.Dial = func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr.String())
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = 64 << 10
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defDur(&c.ReadHeaderTimeout, 10*time.Second)
+	defDur(&c.IdleTimeout, 5*time.Minute)
+	defDur(&c.WriteTimeout, 15*time.Second)
+	defDur(&c.DialTimeout, 5*time.Second)
+	defDur(&c.UpstreamIdleTimeout, 90*time.Second)
+	if c.MaxIdlePerEndpoint == 0 {
+		c.MaxIdlePerEndpoint = 32
+	}
+}
