@@ -2,7 +2,7 @@ package integration
 
 import (
 	"fmt"
-		"net/http"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"strings"

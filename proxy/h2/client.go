@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -30,6 +32,8 @@ type clientConn struct {
 	maxID     uint32 // highest client stream id seen
 	goaway    bool   // GOAWAY sent: no new streams
 	idleSince int64  // srv clock when the last stream ended
+
+	replayBytes atomic.Int64 // request bytes all streams keep for replay
 
 	// Read goroutine only.
 	gotSettings bool
@@ -71,6 +75,7 @@ func (cc *clientConn) serve() error {
 	cc.flushLocked()
 	cc.wmu.Unlock()
 
+	batch := 0
 	for {
 		f, err := cc.fr.ReadFrame()
 		if err != nil {
@@ -115,7 +120,8 @@ func (cc *clientConn) serve() error {
 		if err != nil {
 			return cc.connFail(err)
 		}
-		if cc.inputDrained() {
+		if batch++; batch >= maxBatch || cc.inputDrained() {
+			batch = 0
 			cc.fl.flush()
 			if cc.peerGoAway && cc.streamCount() == 0 {
 				return nil
@@ -220,9 +226,21 @@ func (cc *clientConn) removeStream(s *stream) {
 	closeNow := n == 0 && cc.goaway
 	cc.mu.Unlock()
 	if closeNow {
-		cc.flush()
-		cc.close()
+		cc.shutdownWrite()
 	}
+}
+
+// shutdownWrite ends a connection that has said GOAWAY and has no streams left: it flushes,
+// half-closes (so unread client frames cannot turn the close into a reset that destroys the
+// last response), and leaves the read loop a second to see the client's EOF.
+func (cc *clientConn) shutdownWrite() {
+	cc.flush()
+	cw, ok := cc.nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		cc.close()
+		return
+	}
+	cc.nc.SetReadDeadline(time.Now().Add(time.Second))
 }
 
 // startGoAway sends GOAWAY with the last stream id seen and closes the connection once its
@@ -241,7 +259,7 @@ func (cc *clientConn) startGoAway(code http2.ErrCode, debug string) {
 	cc.flushLocked()
 	cc.wmu.Unlock()
 	if n == 0 {
-		cc.close()
+		cc.shutdownWrite()
 	}
 }
 
@@ -333,10 +351,11 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 		cc.respondDirect(id, 431, "request header fields too large", end)
 		return nil
 	}
-	var h Head
+	srv := cc.srv
+	s := &stream{srv: srv, cc: cc, id: id, grpcStatus: -1}
 	reason, connect := "", false
 	if d.bad == "" {
-		reason, connect = parseRequest(d.fields, &h)
+		reason, connect = parseRequest(append(s.fieldBuf[:0], d.fields...), &s.head)
 	} else {
 		reason = d.bad
 	}
@@ -353,8 +372,8 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 		return nil
 	}
 
-	srv := cc.srv
-	s := &stream{srv: srv, cc: cc, id: id, head: h, start: time.Now(), grpcStatus: -1}
+	h := &s.head
+	s.start = time.Now()
 	s.grpc = strings.HasPrefix(h.Get("content-type"), "application/grpc")
 	s.req.recvAvail = int32(srv.cfg.InitialWindow)
 	s.resp.recvAvail = int32(srv.cfg.InitialWindow)
@@ -407,7 +426,8 @@ func (cc *clientConn) onTrailers(s *stream, end bool) error {
 	case reason != "":
 		fin = s.abortLocked(errors.New("malformed request trailers: "+reason), http2.ErrCodeProtocol, true, false, &cc.fl)
 	default:
-		s.req.trailers, s.req.hasTrailer, s.req.endRecv = fields, true, true
+		// Kept for the drain below and for a replay; fields is the decoder's scratch.
+		s.req.trailers, s.req.hasTrailer, s.req.endRecv = slices.Clone(fields), true, true
 		s.drain(&s.req, &cc.conn, s.id, s.upConn(), s.uid, &cc.fl)
 		fin = s.complete() && s.finishLocked(nil, 0, false)
 	}

@@ -18,6 +18,9 @@ const (
 	defaultMaxFrame = 16384    // RFC 9113 §4.2
 	maxWindow       = 1<<31 - 1
 	clientPreface   = http2.ClientPreface
+	// maxBatch bounds the frames a read loop handles before flushing what it wrote, so a peer
+	// that never lets its input drain cannot hold back other streams' frames.
+	maxBatch = 32
 )
 
 // conn is the part shared by client and upstream connections: the read side (used only by the
@@ -39,9 +42,9 @@ type conn struct {
 	enc            *hpack.Encoder
 	encBuf         bytes.Buffer
 	hbuf           [9]byte
-	sendWindow     int32 // connection-level window the peer granted us
-	peerInitWindow int32 // peer's SETTINGS_INITIAL_WINDOW_SIZE
-	peerMaxFrame   int32 // peer's SETTINGS_MAX_FRAME_SIZE
+	sendWindow     int32     // connection-level window the peer granted us
+	peerInitWindow int32     // peer's SETTINGS_INITIAL_WINDOW_SIZE
+	peerMaxFrame   int32     // peer's SETTINGS_MAX_FRAME_SIZE
 	blocked        []*stream // streams waiting on sendWindow
 	werr           error
 
@@ -225,11 +228,17 @@ func (c *conn) frameHeaderBlock(id uint32, end bool) {
 	c.encBuf.Reset()
 }
 
-// writeFieldsLocked writes a header block made of regular fields (trailers, or a response after
-// its :status was encoded).
+// encFields adds regular fields to the header block being built (the caller holds wmu).
 func (c *conn) encFields(fs []hpack.HeaderField) {
 	for i := range fs {
-		c.enc.WriteField(fs[i])
+		f := fs[i]
+		switch f.Name {
+		case "grpc-timeout", "content-length":
+			// Different on nearly every request: indexing them would only evict the fields
+			// that do repeat from the 4 KiB dynamic table.
+			f.Sensitive = true
+		}
+		c.enc.WriteField(f)
 	}
 }
 
@@ -256,7 +265,9 @@ type connError struct {
 	reason string
 }
 
-func (e connError) Error() string { return "http2: connection error: " + e.code.String() + ": " + e.reason }
+func (e connError) Error() string {
+	return "http2: connection error: " + e.code.String() + ": " + e.reason
+}
 
 // bufPool hands out per-stream buffers in a few size classes, as *[]byte so Put does not allocate.
 type bufPool struct{ classes [4]sync.Pool }

@@ -3,12 +3,14 @@ package h2
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -385,3 +387,147 @@ func TestIdleUpstreamConnectionsClose(t *testing.T) {
 }
 
 var _ = hpack.HeaderField{}
+
+func TestSlowUpstreamBackpressuresTheClient(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		sc.headers(f.StreamID, false, ":status", "200", "content-type", "application/grpc")
+	})
+	ru.noGrant = true // reads nothing beyond the initial 65535-byte windows
+	const window = 128 << 10
+	addr, srv, _ := startProxy(t, Config{Router: newRecorder(ru.addr), InitialWindow: window})
+	cc := dialGRPC(t, addr, grpc.WithInitialWindowSize(64<<10))
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	st, err := cc.NewStream(ctx, descClient, mClientStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan int, 1)
+	go func() {
+		msg := make([]byte, 128<<10)
+		n := 0
+		for i := 0; i < 64; i++ { // 8 MiB, far beyond every window
+			if st.SendMsg(&msg) != nil {
+				break
+			}
+			n++
+		}
+		sent <- n
+	}()
+	waitFor(t, "the engine to buffer request bytes", func() bool { return bufferedBytes(srv) > 0 })
+	time.Sleep(300 * time.Millisecond) // let the client push all it can
+	if b := bufferedBytes(srv); b > window {
+		t.Errorf("engine buffered %d request bytes; it advertised %d", b, window)
+	}
+	if r := ru.received.Load(); r > 65535 {
+		t.Errorf("upstream received %d bytes; it granted 65535", r)
+	}
+	cancel()
+	if n := <-sent; n >= 64 {
+		t.Errorf("client sent all %d messages without backpressure", n)
+	}
+}
+
+func TestUnansweredKeepaliveFailsUpstreamStreams(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {}) // never answers, never acks PING
+	rec := newRecorder(ru.addr)
+	addr, _, _ := startProxy(t, Config{Router: rec, UpstreamKeepalive: 50 * time.Millisecond})
+	cc := dialGRPC(t, addr)
+	in, out := []byte("x"), []byte(nil)
+	if err := cc.Invoke(ctxT(t), mUnary, &in, &out); status.Code(err) != codes.Unavailable {
+		t.Fatalf("got %v, want Unavailable once the silent upstream is dropped", err)
+	}
+	if res := rec.waitResult(t); !res.Upstream {
+		t.Errorf("Result = %+v", res)
+	}
+}
+
+func TestClientThatStopsReadingDoesNotStallSharedUpstream(t *testing.T) {
+	ts := startGRPCServer(t, "a")
+	addr, srv, _ := startProxy(t, Config{Router: newRecorder(ts.addr), WriteTimeout: 200 * time.Millisecond, Logger: discardLogger()})
+	// A raw client grants a huge window, asks for 1 GiB of server stream and never reads.
+	rc := dialRaw(t, addr)
+	rc.do(func(fr *http2.Framer) error {
+		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+		return fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	})
+	rc.headers(1, false, ":method", "POST", ":scheme", "http", ":authority", "a", ":path", mServerStream, "content-type", "application/grpc", "te", "trailers")
+	req := grpcFrame(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 1024), 1<<20))
+	rc.do(func(fr *http2.Framer) error { return fr.WriteData(1, true, req) })
+	waitFor(t, "the engine's write to block", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		for cc := range srv.clients {
+			if cc.writeStart.Load() != 0 {
+				return true
+			}
+		}
+		return false
+	})
+	// Another client on the same upstream connection still gets answers.
+	gc := dialGRPC(t, addr)
+	in, out := []byte("x"), []byte(nil)
+	if err := gc.Invoke(ctxT(t), mUnary, &in, &out); err != nil {
+		t.Fatalf("call behind a stuck client: %v", err)
+	}
+	if ts.conns.Load() != 1 {
+		t.Errorf("%d upstream connections, want the shared one", ts.conns.Load())
+	}
+	waitFor(t, "the stuck client connection to be closed", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.clients) == 1
+	})
+}
+
+func TestUpstreamLostMidResponseEndsWithUnavailableTrailers(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		sc.headers(f.StreamID, false, ":status", "200", "content-type", "application/grpc")
+		sc.data(f.StreamID, false, grpcFrame([]byte("first")))
+		time.AfterFunc(20*time.Millisecond, func() { sc.c.Close() })
+	})
+	rec := newRecorder(ru.addr)
+	addr, _, _ := startProxy(t, Config{Router: rec})
+	cc := dialGRPC(t, addr)
+	st, err := cc.NewStream(ctxT(t), descServer, mServerStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := []byte("x")
+	st.SendMsg(&m)
+	st.CloseSend()
+	var got []byte
+	if err := st.RecvMsg(&got); err != nil || string(got) != "first" {
+		t.Fatalf("first message: %q, %v", got, err)
+	}
+	err = st.RecvMsg(&got)
+	if s := status.Convert(err); s.Code() != codes.Unavailable || !strings.Contains(s.Message(), "upstream connection lost") {
+		t.Fatalf("after the upstream died: %v, want Unavailable naming the lost upstream", err)
+	}
+	if res := rec.waitResult(t); !res.Upstream || res.GRPCStatus != 14 {
+		t.Errorf("Result = %+v", res)
+	}
+}
+
+func TestQueueBoundFailsFastWithUnavailable(t *testing.T) {
+	seen := make(chan uint32, 200)
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) { seen <- f.StreamID }) // holds every stream
+	ru.settings = []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 1}}
+	addr, srv, _ := startProxy(t, Config{Router: newRecorder(ru.addr), MaxConnsPerEndpoint: 1, MaxQueuedPerEndpoint: 2})
+	rc := dialRaw(t, addr)
+	rc.headers(1, true, reqHeaders()...)
+	<-seen // the pooled connection is up and its one stream slot taken
+	waitFor(t, "the upstream's SETTINGS to apply", func() bool {
+		p := srv.pool(ru.addr)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.conns) == 1 && p.conns[0].maxStreams == 1
+	})
+	for _, id := range []uint32{3, 5, 7} { // two queue, the third is refused
+		rc.headers(id, true, reqHeaders()...)
+	}
+	h := rc.until("a synthesized answer", isHeaders(7)).(*http2.MetaHeadersFrame)
+	if fieldValue(h, "grpc-status") != "14" || !strings.Contains(fieldValue(h, "grpc-message"), "too many streams waiting") {
+		t.Fatalf("got %v", h.Fields)
+	}
+}

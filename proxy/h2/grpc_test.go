@@ -236,7 +236,7 @@ func TestClientCancelReachesServer(t *testing.T) {
 func TestPerStreamRoundRobinOverThreeServers(t *testing.T) {
 	servers := []*testServer{startGRPCServer(t, "a"), startGRPCServer(t, "b"), startGRPCServer(t, "c")}
 	rec := newRecorder(servers[0].addr, servers[1].addr, servers[2].addr)
-	addr, _, accepted := startProxy(t, Config{Router: rec})
+	addr, srv, accepted := startProxy(t, Config{Router: rec})
 	cc := dialGRPC(t, addr)
 	ctx := ctxT(t)
 	sem := make(chan struct{}, 30)
@@ -270,6 +270,14 @@ func TestPerStreamRoundRobinOverThreeServers(t *testing.T) {
 	if got := accepted.Load(); got != 1 {
 		t.Errorf("client opened %d connections, want 1", got)
 	}
+	waitFor(t, "streams to be released", func() bool { return bufferedStreams(srv) == 0 })
+	srv.mu.Lock()
+	for c := range srv.clients {
+		if n := c.replayBytes.Load(); n != 0 {
+			t.Errorf("replay budget leaked: %d bytes still accounted", n)
+		}
+	}
+	srv.mu.Unlock()
 }
 
 func TestUpstreamMaxConcurrentStreamsQueuesInsteadOfFailing(t *testing.T) {

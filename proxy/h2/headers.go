@@ -14,6 +14,7 @@ type hdec struct {
 	dec        *hpack.Decoder
 	max        uint32
 	fields     []hpack.HeaderField
+	scratch    []hpack.HeaderField
 	size       uint32
 	tooLarge   bool
 	bad        string // first reason the block is malformed, "" if none
@@ -27,8 +28,13 @@ func newHdec(max uint32) *hdec {
 	return d
 }
 
+// reset starts a block. fields reuses one scratch array: a caller that keeps fields past the
+// next block must copy them.
 func (d *hdec) reset() {
-	d.fields = make([]hpack.HeaderField, 0, 12) // retained by the stream (replay, Router)
+	if cap(d.fields) > cap(d.scratch) {
+		d.scratch = d.fields // keep the larger array
+	}
+	d.fields = d.scratch[:0]
 	d.size, d.tooLarge, d.bad, d.sawRegular = 0, false, "", false
 }
 

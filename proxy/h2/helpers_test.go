@@ -468,6 +468,12 @@ type rawUpstream struct {
 	handle func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame)
 	// onData, if set, sees request DATA.
 	onData func(sc *rawServerConn, f *http2.DataFrame)
+	// noGrant keeps the upstream from ever returning flow-control window (a server that
+	// stopped reading).
+	noGrant bool
+	// settings are sent in the upstream's SETTINGS frame; set before the first dial.
+	settings []http2.Setting
+	received atomic.Int64
 }
 
 type rawServerConn struct {
@@ -532,7 +538,7 @@ func (ru *rawUpstream) serve(c net.Conn, n int64) {
 	sc.enc = hpack.NewEncoder(&sc.encBuf)
 	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	sc.mu.Lock()
-	sc.fr.WriteSettings()
+	sc.fr.WriteSettings(ru.settings...)
 	sc.mu.Unlock()
 	for {
 		f, err := sc.fr.ReadFrame()
@@ -553,7 +559,8 @@ func (ru *rawUpstream) serve(c net.Conn, n int64) {
 			if ru.onData != nil {
 				ru.onData(sc, f)
 			}
-			if l := len(f.Data()); l > 0 {
+			ru.received.Add(int64(len(f.Data())))
+			if l := len(f.Data()); l > 0 && !ru.noGrant {
 				sc.mu.Lock()
 				sc.fr.WriteWindowUpdate(0, uint32(l))
 				sc.fr.WriteWindowUpdate(f.StreamID, uint32(l))

@@ -1,10 +1,11 @@
 package h2
 
 import (
-	"sync"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +97,8 @@ type stream struct {
 	route Route
 	pool  *pool
 	start time.Time
+	// fieldBuf backs head's fields for typical requests, saving an allocation per stream.
+	fieldBuf [12]hpack.HeaderField
 
 	closed atomic.Bool // mirrors done for lock-free checks by the pool
 
@@ -144,7 +147,13 @@ func (s *stream) deliver(h *half, src *conn, srcID uint32, dst *conn, dstID uint
 		fl.add(dst)
 	}
 	if h.keep {
-		if len(h.buf)+len(p) > s.srv.cfg.MaxReplayBytes {
+		// Replay bytes are bounded per stream and, so that many streams cannot pin
+		// MaxConcurrentStreams × MaxReplayBytes, per client connection (ConnWindow).
+		if len(h.buf)+len(p) > s.srv.cfg.MaxReplayBytes ||
+			s.cc.replayBytes.Add(int64(len(p))) > int64(s.srv.cfg.ConnWindow) {
+			if len(h.buf)+len(p) <= s.srv.cfg.MaxReplayBytes {
+				s.cc.replayBytes.Add(-int64(len(p)))
+			}
 			s.dropReplay()
 		} else {
 			h.append(&s.srv.bufs, p)
@@ -172,6 +181,7 @@ func (s *stream) dropReplay() {
 		return
 	}
 	h.keep = false
+	s.cc.replayBytes.Add(-int64(len(h.buf)))
 	if h.off > 0 {
 		n := copy(h.buf, h.buf[h.off:])
 		h.base += int64(h.off)
@@ -249,6 +259,11 @@ func (c *conn) writeDataLocked(s *stream, h *half, id uint32, p []byte, end bool
 		if n <= 0 {
 			if h.sendWindow > 0 && !h.inBlocked {
 				h.inBlocked = true
+				if len(c.blocked) >= 64 && len(c.blocked) == cap(c.blocked) {
+					// A peer that never reopens its connection window must not grow this list
+					// with streams that ended meanwhile.
+					c.blocked = slices.DeleteFunc(c.blocked, func(x *stream) bool { return x.closed.Load() })
+				}
 				c.blocked = append(c.blocked, s)
 			}
 			return sent, false
@@ -289,6 +304,9 @@ func (s *stream) finishLocked(err error, code http2.ErrCode, upFault bool) bool 
 		s.cc.wmu.Lock()
 		s.cc.frameRST(s.id, http2.ErrCodeNo)
 		s.cc.wmu.Unlock()
+	}
+	if s.req.keep {
+		s.cc.replayBytes.Add(-int64(len(s.req.buf)))
 	}
 	s.req.release(&s.srv.bufs)
 	s.resp.release(&s.srv.bufs)
@@ -415,7 +433,12 @@ func (s *stream) retryLocked() *upConn {
 	old := s.up
 	old.removeStream(s.uid, s)
 	old.wmu.Lock()
-	s.req.inBlocked = false
+	if s.req.inBlocked {
+		// Leave no trace on the old connection's blocked list: its window updates must not
+		// touch a half now guarded by another connection's lock.
+		old.blocked = slices.DeleteFunc(old.blocked, func(x *stream) bool { return x == s })
+		s.req.inBlocked = false
+	}
 	old.wmu.Unlock()
 	s.up, s.uid = nil, 0
 	s.retries++

@@ -7,13 +7,20 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 
 	"golang.org/x/net/http2"
 )
 
-const maxStreamID = 1<<31 - 1
+const (
+	maxStreamID = 1<<31 - 1
+	// initialMaxStreams is assumed until the upstream's first SETTINGS (RFC 9113 §6.5.2
+	// recommends no less than 100); defaultMaxStreams if that SETTINGS sets no limit.
+	initialMaxStreams = 100
+	defaultMaxStreams = 1000
+)
 
 // pool holds the multiplexed connections to one upstream endpoint and the streams waiting for a
 // stream slot on one of them. Its mutex is never held while taking another lock.
@@ -189,8 +196,9 @@ type upConn struct {
 	dec  *hdec
 	fl   flusher // the read goroutine's
 
-	nextID uint32 // guarded by wmu
-	dead   bool   // guarded by mu: the read loop ended, no new streams
+	gotSettings bool   // read goroutine only
+	nextID      uint32 // guarded by wmu
+	dead        bool   // guarded by mu: the read loop ended, no new streams
 
 	// Guarded by pool.mu.
 	active     int
@@ -204,7 +212,7 @@ type upConn struct {
 func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
 	srv := p.srv
 	cfg := &srv.cfg
-	u := &upConn{pool: p, nextID: 1, maxStreams: 100} // RFC 9113 §6.5.2: assume 100 until SETTINGS
+	u := &upConn{pool: p, nextID: 1, maxStreams: initialMaxStreams}
 	u.conn.init(srv, nc, false)
 	u.streams = make(map[uint32]*stream)
 	u.dec = newHdec(cfg.MaxHeaderListSize)
@@ -305,6 +313,7 @@ func (u *upConn) readLoop() {
 }
 
 func (u *upConn) serve() error {
+	batch := 0
 	for {
 		f, err := u.fr.ReadFrame()
 		if err != nil {
@@ -321,7 +330,16 @@ func (u *upConn) serve() error {
 		case *http2.HeadersFrame:
 			err = u.onHeaders(f)
 		case *http2.SettingsFrame:
-			err = u.applySettings(f, &u.fl, func(v uint32) { u.pool.setMaxStreams(u, v, &u.fl) })
+			sawMax := false
+			err = u.applySettings(f, &u.fl, func(v uint32) {
+				sawMax = true
+				u.pool.setMaxStreams(u, v, &u.fl)
+			})
+			if !f.IsAck() && !u.gotSettings && !sawMax {
+				// No limit announced: like x/net's transport, use 1000 rather than unbounded.
+				u.pool.setMaxStreams(u, defaultMaxStreams, &u.fl)
+			}
+			u.gotSettings = true
 		case *http2.WindowUpdateFrame:
 			err = u.onWindowUpdate(f, &u.fl)
 		case *http2.RSTStreamFrame:
@@ -343,7 +361,8 @@ func (u *upConn) serve() error {
 		if err != nil {
 			return u.connFail(err)
 		}
-		if u.inputDrained() {
+		if batch++; batch >= maxBatch || u.inputDrained() {
+			batch = 0
 			u.fl.flush()
 			u.lastRead.Store(u.srv.now())
 		}
@@ -467,6 +486,9 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 			s.grpcStatus = grpcStatus(fields)
 			s.resp.trailers, s.resp.hasTrailer, s.resp.endRecv = fields, true, true
 			s.drain(&s.resp, &u.conn, id, &s.cc.conn, s.id, fl)
+			if !s.resp.endSent {
+				s.resp.trailers = slices.Clone(fields) // waits for the client's window; fields is scratch
+			}
 			fin = s.complete() && s.finishLocked(nil, 0, false)
 		}
 	}
