@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	osexec "os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -313,5 +314,32 @@ func TestDiscoveryReloadUnderLoad(t *testing.T) {
 			t.Fatalf("the new replica never got a call: %v", got)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestProxyRefusesBadConfiguration: invalid settings are a clear error at start, from flags
+// and from the environment alike.
+func TestProxyRefusesBadConfiguration(t *testing.T) {
+	ns := nstest.New(t)
+	bad := writeDiscovery(t, "trustDomain: cluster.local\nservices:\n  - name: a.b\n    addresses: [\"198.19.0.1:80\"]\n    colour: blue\n")
+	for _, tt := range []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"a missing discovery file", nil, []string{"--discovery", "file:/nonexistent/discovery.yaml"}, "no such file"},
+		{"an unknown discovery source", nil, []string{"--discovery", "consul:x"}, "want file:PATH"},
+		{"an unknown field in the discovery file, with its line", nil, []string{"--discovery", "file:" + bad}, "discovery.yaml:5"},
+		{"a bad opaque port", nil, []string{"--opaque-ports", "0"}, "--opaque-ports"},
+		{"a bad log level from the environment", []string{"DETOUR_LOG_LEVEL=loud"}, nil, "--log-level"},
+		{"a bad port from the environment", []string{"DETOUR_ADMIN_PORT=99999"}, nil, "DETOUR_ADMIN_PORT"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := detour(t, ns, func(c *osexec.Cmd) { c.Env = append(os.Environ(), tt.env...) }, append([]string{"proxy"}, tt.args...)...)
+			if r.err == nil || !strings.Contains(r.stderr, tt.want) {
+				t.Fatalf("exit %v, stderr %q: want a failure mentioning %q", r.err, r.stderr, tt.want)
+			}
+		})
 	}
 }
