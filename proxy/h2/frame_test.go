@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -29,8 +28,8 @@ func isHeaders(id uint32) func(http2.Frame) bool {
 	}
 }
 
-// echoUpstream answers every request with 200 and the given extra response fields, echoing
-// the request fields it saw as "x-req-<name>" is not needed: tests read ru.seen instead.
+// okUpstream answers every request with a gRPC OK carrying the given extra response fields,
+// and sends the request it saw to seen (if not nil).
 func okUpstream(t *testing.T, seen chan<- *http2.MetaHeadersFrame, extra ...string) *rawUpstream {
 	return startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
 		if seen != nil {
@@ -385,8 +384,6 @@ func TestIdleUpstreamConnectionsClose(t *testing.T) {
 		t.Errorf("%d upstream connections", ru.conns.Load())
 	}
 }
-
-var _ = hpack.HeaderField{}
 
 func TestSlowUpstreamBackpressuresTheClient(t *testing.T) {
 	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {

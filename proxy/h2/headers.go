@@ -4,7 +4,6 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
-	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -225,10 +224,8 @@ func encodeGRPCMessage(s string) string {
 
 // gRPC status codes the engine synthesizes.
 const (
-	grpcUnavailable      = 14
-	grpcInternal         = 13
-	grpcResourceExausted = 8
-	grpcUnimplemented    = 12
+	grpcUnavailable = 14
+	grpcInternal    = 13
 )
 
 func statusText(code int) string {
@@ -246,5 +243,3 @@ func statusText(code int) string {
 	}
 	return "500"
 }
-
-var _ = http2.ErrCodeNo
