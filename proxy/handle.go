@@ -57,6 +57,7 @@ func (p *Proxy) handle(ctx context.Context, c *net.TCPConn, direction string) {
 	var serve func(context.Context, net.Conn, netip.AddrPort) error
 	switch {
 	case proto == protoHTTP2 && direction == metrics.Outbound:
+		p.warm(svc.Service) // a service detected as HTTP/2: connect to all its endpoints now
 		serve = p.h2out.ServeConn
 	case proto == protoHTTP2:
 		serve = p.h2in.ServeConn

@@ -159,11 +159,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 		snaps := p.cfg.Discovery.Watch(serveCtx)
 		first, ok := <-snaps
 		if ok {
-			p.routes.update(first)
+			p.update(first)
 		}
 		g.Go(func() error {
 			for s := range snaps {
-				p.routes.update(s)
+				p.update(s)
 				p.log.Info("discovery updated", "revision", s.Revision(), "services", len(s.Services()))
 			}
 			return nil
@@ -211,6 +211,23 @@ func (p *Proxy) Run(ctx context.Context) error {
 	conns.Wait()
 	p.log.Info("proxy stopped")
 	return err
+}
+
+// update installs a discovery snapshot and opens connections ahead of time to the endpoints of
+// services declared HTTP/2, so no endpoint of a burst waits for a dial its peers did not.
+func (p *Proxy) update(s *discovery.Snapshot) {
+	p.routes.update(s)
+	for _, svc := range s.Services() {
+		if svc.Protocol == discovery.ProtocolHTTP2 {
+			p.warm(svc)
+		}
+	}
+}
+
+func (p *Proxy) warm(svc *discovery.Service) {
+	for _, ep := range svc.Endpoints {
+		p.h2out.Warm(ep.Addr)
+	}
 }
 
 func tag(lns []net.Listener, direction string) []listener {

@@ -163,6 +163,24 @@ func (s *Server) pool(addr netip.AddrPort) *pool {
 	return p
 }
 
+// Warm opens a connection to addr ahead of its first stream when the pool has none and is not
+// dialing one, so the first requests to a newly discovered endpoint do not queue behind a dial
+// while its peers already answer (linkerd2-proxy's balancer likewise only picks endpoints whose
+// connection is ready). It does not block; a failed dial is logged at debug level, and the next
+// stream dials again.
+func (s *Server) Warm(addr netip.AddrPort) {
+	p := s.pool(addr)
+	p.mu.Lock()
+	dial := len(p.conns) == 0 && p.dialing == 0
+	if dial {
+		p.dialing++
+	}
+	p.mu.Unlock()
+	if dial {
+		s.goDial(p)
+	}
+}
+
 // goDial dials for p on a new goroutine owned by the Server.
 func (s *Server) goDial(p *pool) {
 	s.wg.Add(1)
