@@ -4,6 +4,7 @@ GO      ?= go
 BIN     := bin/detour
 # command=Debian package, installed by scripts/deps.sh when the command is missing.
 DEPS    := iptables=iptables iptables-legacy=iptables ip=iproute2 curl=curl h2load=nghttp2-client
+TESTDEPS := $(DEPS) chromium=chromium
 PKGS    := ./...
 TESTLOG := bin/integration.log
 
@@ -18,10 +19,11 @@ deps:
 
 # Unit tests and fuzz seed corpora everywhere, then the integration suite on real namespaces.
 # DETOUR_REQUIRE_ROOT=1 turns a would-be skip of a root test into a failure.
-test: deps build
+test: build
+	@scripts/deps.sh $(TESTDEPS)
 	DETOUR_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 10m $$($(GO) list $(PKGS) | grep -v /integration)
 	@mkdir -p bin
-	DETOUR_REQUIRE_ROOT=1 DETOUR_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 10m -v ./integration/... 2>&1 | tee $(TESTLOG); exit $${PIPESTATUS[0]}
+	DETOUR_REQUIRE_ROOT=1 DETOUR_BIN=$(abspath $(BIN)) DETOUR_ARTIFACTS=$(abspath bin/artifacts) $(GO) test -count=1 -timeout 10m -v ./integration/... 2>&1 | tee $(TESTLOG); exit $${PIPESTATUS[0]}
 
 demo: deps build
 	$(BIN) demo

@@ -6,12 +6,16 @@ import (
 	"io"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
+	"github.com/detourmesh/detour/internal/browser"
 	"github.com/detourmesh/detour/netns/nstest"
 )
 
@@ -140,6 +144,83 @@ func TestDemoCleansUpAfterACrash(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "removed dt-demo-") {
 		t.Errorf("the run after the crash did not say it swept the leftovers:\n%s", out)
+	}
+	noDemoLeftovers(t)
+}
+
+// startDemo runs `detour demo` with args until it prints that it is up, and returns it with
+// what it printed so far.
+func startDemo(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(detourBin, append([]string{"demo"}, args...)...)
+	out := &syncBuffer{}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	up := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			out.Write([]byte(sc.Text() + "\n"))
+			if strings.Contains(sc.Text(), "running; reload the StockWeb page") {
+				up <- true
+			}
+		}
+		close(up)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		pw.Close()
+	})
+	select {
+	case ok := <-up:
+		if !ok {
+			t.Fatalf("the demo ended before it was up:\n%s", out)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the demo was not up after 60s:\n%s", out)
+	}
+	return cmd, out
+}
+
+// TestDemoPageInABrowser opens StockWeb through the demo's loopback forwarder in headless
+// Chromium, as a user would, and finds several servers in the Server column; then SIGTERM
+// ends the demo and everything it made.
+func TestDemoPageInABrowser(t *testing.T) {
+	nstest.RequireRoot(t)
+	cmd, out := startDemo(t, "--port", "18200", "--replicas", "3")
+	ctx := browser.Open(t)
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate("http://127.0.0.1:18200/"),
+		chromedp.WaitVisible(chromedp.CSS("td.server")),
+	); err != nil {
+		t.Fatal(err)
+	}
+	servers, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`Array.from(document.querySelectorAll("td.server"), td => td.textContent.trim())`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	browser.Screenshot(t, ctx, browser.ArtifactPath(t, "stockweb-through-the-mesh.png"))
+	distinct := slices.Compact(slices.Sorted(slices.Values(servers)))
+	if len(servers) != 100 || len(distinct) < 2 {
+		t.Fatalf("%d Server cells naming %v: want 100 naming at least two replicas\n%s", len(servers), distinct, out)
+	}
+	t.Logf("the page shows servers %v", distinct)
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the demo exited with %v after SIGTERM\n%s", err, out)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the demo did not end within 30s of SIGTERM\n%s", out)
 	}
 	noDemoLeftovers(t)
 }
