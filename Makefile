@@ -47,4 +47,5 @@ generate:
 	GOFLAGS= $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 	GOFLAGS= $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 	PATH=$$PATH:$$($(GO) env GOPATH)/bin protoc --go_out=. --go_opt=module=github.com/detourmesh/detour \
-		--go-grpc_out=. --go-grpc_opt=module=github.com/detourmesh/detour examples/stockkube/stockpb/stock.proto
+		--go-grpc_out=. --go-grpc_opt=module=github.com/detourmesh/detour examples/stockkube/stockpb/stock.proto \
+		api/discoverypb/discovery.proto api/identitypb/identity.proto
