@@ -219,3 +219,16 @@ func cmdOut(name string, args ...string) (string, error) {
 	}
 	return string(out), nil
 }
+
+// waitLog waits for text in the proxy's log, which reaches the test through a pipe a little
+// after the proxy wrote it.
+func (m *meshPod) waitLog(t testing.TB, text string) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for !strings.Contains(m.log.String(), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy in %s never logged %q:\n%s", m.Name, text, m.log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

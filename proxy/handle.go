@@ -72,7 +72,7 @@ func (p *Proxy) handle(ctx context.Context, c *net.TCPConn, direction string) {
 			p.log.Debug("connection ended", "direction", direction, "protocol", proto, "client", client, "dst", dst, "err", err)
 		}
 	default:
-		p.relay(ctx, direction, svc, dst, conn)
+		p.relayTCP(ctx, direction, svc, dst, conn)
 	}
 }
 

@@ -30,6 +30,7 @@ const (
 
 var protocolNames = [...]string{Opaque: "opaque", HTTP1: "http1", HTTP2: "http2", TLS: "tls"}
 
+// String returns the protocol's name as metrics and logs use it: opaque, http1, http2, tls.
 func (p Protocol) String() string {
 	if int(p) < len(protocolNames) {
 		return protocolNames[p]

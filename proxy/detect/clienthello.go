@@ -61,7 +61,7 @@ func handshakeMessage(b []byte) ([]byte, error) {
 		if b[0] != recordTypeHandshake {
 			return nil, fmt.Errorf("tls: record type %d in a ClientHello, want handshake (22)", b[0])
 		}
-		if b[1] != 3 {
+		if b[1] != 3 || b[2] > 4 {
 			return nil, fmt.Errorf("tls: record version %d.%d", b[1], b[2])
 		}
 		n := int(b[3])<<8 | int(b[4])

@@ -103,7 +103,9 @@ func TestSniff(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			client, server := tcpPair(t)
 			var written []byte
+			wrote := make(chan struct{})
 			go func() {
+				defer close(wrote)
 				for i, c := range tt.chunks {
 					if i > 0 {
 						time.Sleep(20 * time.Millisecond)
@@ -121,7 +123,13 @@ func TestSniff(t *testing.T) {
 			if max == 0 {
 				max = 16 << 10
 			}
-			res, conn, err := Sniff(server, 300*time.Millisecond, max)
+			// A long timeout unless the case is about timing out, so a slow machine does not
+			// turn a trickle into a timeout.
+			timeout := 10 * time.Second
+			if tt.want.TimedOut {
+				timeout = 200 * time.Millisecond
+			}
+			res, conn, err := Sniff(server, timeout, max)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -140,9 +148,8 @@ func TestSniff(t *testing.T) {
 				t.Errorf("Sniff returned %T, want the raw conn only when nothing was peeked (peeked %d)", conn, peeked)
 			}
 			// Everything the client wrote comes out of the returned conn, in order.
-			if tt.close || res.TimedOut {
-				client.CloseWrite()
-			}
+			<-wrote
+			client.CloseWrite()
 			got, err := io.ReadAll(conn)
 			if err != nil {
 				t.Fatalf("reading the sniffed conn: %v", err)

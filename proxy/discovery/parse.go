@@ -25,6 +25,7 @@ type Error struct {
 	Msg   string // what is wrong and, where it helps, what to write instead
 }
 
+// Error formats the problem as file:line: field: message.
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString(e.File)
@@ -45,6 +46,7 @@ func (e *Error) Error() string {
 // prints one problem per line.
 type ErrorList []*Error
 
+// Error formats every problem, one per line.
 func (l ErrorList) Error() string {
 	var b strings.Builder
 	for i, e := range l {

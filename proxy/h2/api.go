@@ -18,6 +18,53 @@ type Head struct {
 	// Header holds the regular fields in wire order, names lowercase. The Router must not modify
 	// or retain it after Route returns.
 	Header []hpack.HeaderField
+	// Conn describes the client connection the stream arrived on, as given to ServeConnWith
+	// (zero for ServeConn). It is never nil and is shared by the connection's streams: read it,
+	// do not modify it.
+	Conn *ConnInfo
+}
+
+// ConnInfo is what the engine's caller knows about a client connection beyond its original
+// destination, handed to the Router with every stream so that it can authorize requests by who
+// sent them.
+type ConnInfo struct {
+	// Peer is the client's authenticated identity: the SPIFFE ID mutual TLS verified
+	// (mtls.PeerID), "" for a plaintext client.
+	Peer string
+}
+
+// Refusal is the error a Router returns to deny a request on purpose (an authorization policy
+// said no) rather than failing to route it. The engine answers the stream itself: a gRPC request
+// gets a trailers-only response with grpc-status GRPCStatus and Message as grpc-message, any
+// other request HTTPStatus with Message as body. The refusal is the client's doing, not the
+// upstream's: if the Router returned a Route with Done alongside it, Done sees Upstream false.
+type Refusal struct {
+	// HTTPStatus answers non-gRPC requests; default 403 Forbidden.
+	HTTPStatus int
+	// GRPCStatus answers gRPC requests; default 7 PERMISSION_DENIED (0, OK, makes no sense for a
+	// refusal and takes the default).
+	GRPCStatus int
+	// Message says why, for the client; default "permission denied".
+	Message string
+}
+
+// Error returns the message the client receives.
+func (r *Refusal) Error() string {
+	if r.Message == "" {
+		return "permission denied"
+	}
+	return r.Message
+}
+
+func (r *Refusal) statuses() (httpStatus, grpcStatus int) {
+	httpStatus, grpcStatus = r.HTTPStatus, r.GRPCStatus
+	if httpStatus < 100 || httpStatus > 999 {
+		httpStatus = 403
+	}
+	if grpcStatus <= 0 {
+		grpcStatus = grpcPermissionDenied
+	}
+	return httpStatus, grpcStatus
 }
 
 // Get returns the value of the first field named name (lowercase), or "".
@@ -34,9 +81,11 @@ func (h *Head) Get(name string) string {
 //
 // Route is called on the client connection's read goroutine, once per stream, so it must not
 // block: like grpc-go's Picker it should read an immutable snapshot. dst is the client
-// connection's original destination as given to ServeConn. An error makes the engine answer the
-// stream itself: gRPC requests get trailers-only grpc-status UNAVAILABLE with the error text as
-// grpc-message, other requests a 503 with the error text as body.
+// connection's original destination as given to ServeConn; h.Conn says who the client is. An
+// error makes the engine answer the stream itself: a *Refusal (see there) with its statuses,
+// typically PERMISSION_DENIED / 403; any other error with trailers-only grpc-status UNAVAILABLE
+// and the error text as grpc-message for gRPC requests, a 503 with the error text as body for
+// other requests.
 type Router interface {
 	Route(dst netip.AddrPort, h *Head) (Route, error)
 }

@@ -24,9 +24,10 @@ var (
 // clientConn is one downstream HTTP/2 connection. Its read goroutine is the ServeConn caller's.
 type clientConn struct {
 	conn
-	dst netip.AddrPort
-	dec *hdec
-	fl  flusher // the read goroutine's
+	dst  netip.AddrPort
+	info ConnInfo // Head.Conn of its streams
+	dec  *hdec
+	fl   flusher // the read goroutine's
 
 	// Guarded by conn.mu.
 	maxID     uint32 // highest client stream id seen
@@ -387,10 +388,22 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 	cc.streams[id] = s
 	cc.mu.Unlock()
 
-	route, err := srv.cfg.Router.Route(cc.dst, &s.head)
+	h.Conn = &cc.info
+	route, err := srv.cfg.Router.Route(cc.dst, h)
 	s.route = route
-	if err == nil && !route.Addr.IsValid() {
+	var refusal *Refusal
+	switch {
+	case err == nil && !route.Addr.IsValid():
 		err = errors.New("router returned no endpoint")
+	case errors.As(err, &refusal):
+		httpStatus, grpcCode := refusal.statuses()
+		s.mu.Lock()
+		fin := s.failLocked(refusal, false, httpStatus, grpcCode, &cc.fl)
+		s.mu.Unlock()
+		if fin {
+			s.cleanup(&cc.fl)
+		}
+		return nil
 	}
 	if err != nil {
 		s.mu.Lock()

@@ -1,6 +1,7 @@
 package h2
 
 import (
+	"strconv"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -224,8 +225,9 @@ func encodeGRPCMessage(s string) string {
 
 // gRPC status codes the engine synthesizes.
 const (
-	grpcUnavailable = 14
-	grpcInternal    = 13
+	grpcUnavailable      = 14
+	grpcPermissionDenied = 7
+	grpcInternal         = 13
 )
 
 func statusText(code int) string {
@@ -240,6 +242,11 @@ func statusText(code int) string {
 		return "502"
 	case 503:
 		return "503"
+	case 403:
+		return "403"
+	}
+	if code >= 100 && code <= 999 {
+		return strconv.Itoa(code) // a Refusal's own status
 	}
 	return "500"
 }

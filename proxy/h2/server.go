@@ -58,7 +58,14 @@ func (s *Server) now() int64 { return int64(time.Since(s.epoch)) }
 // start with the HTTP/2 client preface (a sniffing listener may replay peeked bytes). dst is the
 // connection's original destination, passed to the Router. A clean close returns nil.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn, dst netip.AddrPort) error {
+	return s.ServeConnWith(ctx, c, dst, ConnInfo{})
+}
+
+// ServeConnWith is ServeConn for a connection the caller knows more about, typically the peer
+// identity mutual TLS verified; the Router sees info as Head.Conn on every stream.
+func (s *Server) ServeConnWith(ctx context.Context, c net.Conn, dst netip.AddrPort, info ConnInfo) error {
 	cc := newClientConn(s, c, dst)
+	cc.info = info
 	s.mu.Lock()
 	if s.shutdown || s.closed {
 		s.mu.Unlock()

@@ -13,11 +13,59 @@ import (
 //
 // Route is called on the client connection's goroutine, once per request, after the request
 // head has been read and validated, so it must not block: like grpc-go's Picker it should read an
-// immutable snapshot. dst is the client connection's original destination as given to ServeConn.
-// r is valid only during the call: the Router must not read r.Body, modify r, or retain it. An
-// error makes the engine answer 503 with the error text as a one-line body.
+// immutable snapshot. dst is the client connection's original destination as given to ServeConn;
+// ConnInfoOf(r) says who the client is. r is valid only during the call: the Router must not
+// read r.Body, modify r, or retain it. A *Refusal makes the engine answer with its status
+// (typically 403); any other error a 503 with the error text as a one-line body.
 type Router interface {
 	Route(dst netip.AddrPort, r *http.Request) (Route, error)
+}
+
+// ConnInfo is what the engine's caller knows about a client connection beyond its original
+// destination, shown to the Router with every request so that it can authorize requests by who
+// sent them.
+type ConnInfo struct {
+	// Peer is the client's authenticated identity: the SPIFFE ID mutual TLS verified
+	// (mtls.PeerID), "" for a plaintext client.
+	Peer string
+}
+
+type connInfoKey struct{}
+
+// ConnInfoOf returns the ConnInfo of the connection r arrived on, as given to ServeConnWith;
+// zero for ServeConn. The engine carries it in r's context, the only per-request slot an
+// *http.Request has for it.
+func ConnInfoOf(r *http.Request) ConnInfo {
+	if info, ok := r.Context().Value(connInfoKey{}).(*ConnInfo); ok {
+		return *info
+	}
+	return ConnInfo{}
+}
+
+// Refusal is the error a Router returns to deny a request on purpose (an authorization policy
+// said no) rather than failing to route it: the engine answers HTTPStatus with Message as a
+// one-line body and nothing goes upstream. It is the client's doing, not the upstream's: if the
+// Router returned a Route with Done alongside it, Done sees the status and Upstream false.
+type Refusal struct {
+	// HTTPStatus defaults to 403 Forbidden.
+	HTTPStatus int
+	// Message says why, for the client; default "permission denied".
+	Message string
+}
+
+// Error returns the message the client receives.
+func (r *Refusal) Error() string {
+	if r.Message == "" {
+		return "permission denied"
+	}
+	return r.Message
+}
+
+func (r *Refusal) status() int {
+	if r.HTTPStatus < 100 || r.HTTPStatus > 999 {
+		return http.StatusForbidden
+	}
+	return r.HTTPStatus
 }
 
 // RouterFunc adapts a function to Router.

@@ -48,6 +48,7 @@ type clientConn struct {
 	dst    netip.AddrPort
 	remote string
 	ctx    context.Context // ends with the connection: cancels its dials
+	reqCtx context.Context // carries the ConnInfo to the Router; nil without one
 	cancel context.CancelFunc
 
 	lr headLimitReader
@@ -360,6 +361,10 @@ func (c *clientConn) parseHead() (*request, error) {
 	}
 	if rq.chunked {
 		rq.req.TransferEncoding = []string{"chunked"}
+	}
+	if c.reqCtx != nil {
+		// A copy of the Request, paid only on connections with a ConnInfo (mTLS inbound).
+		rq.req = rq.req.WithContext(c.reqCtx)
 	}
 	return rq, nil
 }

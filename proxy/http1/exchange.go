@@ -48,6 +48,9 @@ func (e *nothingReceivedError) Unwrap() error { return e.err }
 func (c *clientConn) forward(ctx context.Context, rq *request) bool {
 	r := rq.req
 	route, err := c.s.cfg.Router.Route(c.dst, r)
+	if refusal := (*Refusal)(nil); errors.As(err, &refusal) {
+		return c.refuse(rq, route, refusal)
+	}
 	if err != nil {
 		host := r.Host
 		if host == "" {
@@ -66,6 +69,20 @@ func (c *clientConn) forward(ctx context.Context, rq *request) bool {
 		}
 	}()
 	return x.run(ctx)
+}
+
+// refuse answers a request the Router refused; it reports whether the client connection can
+// carry another request.
+func (c *clientConn) refuse(rq *request, route Route, refusal *Refusal) bool {
+	r := rq.req
+	keep := rq.body == nil && rq.keepAlive
+	status := refusal.status()
+	c.s.cfg.Logger.Debug("http1: refused request", "dst", c.dst, "remote", c.remote, "status", status, "reason", refusal)
+	c.writeError(status, refusal.Error(), !keep, r.Method == http.MethodHead)
+	if route.Done != nil {
+		route.Done(Result{Addr: route.Addr, Status: status, Err: refusal, Duration: time.Since(rq.start)})
+	}
+	return keep
 }
 
 func (x *exchange) run(ctx context.Context) bool {

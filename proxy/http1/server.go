@@ -41,8 +41,17 @@ func NewServer(cfg Config) *Server {
 // shut down. c may replay sniffed bytes. dst is the connection's original destination, passed to
 // the Router. A clean end (the client closed between requests, a timeout, a shutdown) returns
 // nil; a malformed request returns the reason it was refused.
-func (s *Server) ServeConn(ctx context.Context, c net.Conn, dst netip.AddrPort) (err error) {
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, dst netip.AddrPort) error {
+	return s.ServeConnWith(ctx, c, dst, ConnInfo{})
+}
+
+// ServeConnWith is ServeConn for a connection the caller knows more about, typically the peer
+// identity mutual TLS verified; the Router reads info with ConnInfoOf on every request.
+func (s *Server) ServeConnWith(ctx context.Context, c net.Conn, dst netip.AddrPort, info ConnInfo) (err error) {
 	cc := newClientConn(ctx, s, c, dst)
+	if info != (ConnInfo{}) {
+		cc.reqCtx = context.WithValue(ctx, connInfoKey{}, &info)
+	}
 	s.mu.Lock()
 	if s.closed || s.shutdown.Load() {
 		s.mu.Unlock()

@@ -2,15 +2,18 @@ package proxy
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/netip"
+	"time"
 
+	"github.com/detourmesh/detour/proxy/balance"
 	"github.com/detourmesh/detour/proxy/detect"
+	"github.com/detourmesh/detour/proxy/metrics"
+	"github.com/detourmesh/detour/proxy/relay"
 )
 
 // sniffMax bounds the bytes read to detect a protocol: room for a large TLS ClientHello.
-const sniffMax = 8 << 10
+const sniffMax = 16 << 10
 
 // sniff detects the protocol from the client's first bytes. Each result, timeouts included,
 // is counted per port; the first timeout on a port is logged, so a user sees why a
@@ -35,28 +38,34 @@ func (p *Proxy) sniff(direction string, dst netip.AddrPort, c *net.TCPConn) (str
 	return proto, conn
 }
 
-// TEMPORARY until proxy/relay lands.
-func (p *Proxy) relay(ctx context.Context, direction string, svc *service, dst netip.AddrPort, c net.Conn) {
+// relayTCP relays a connection byte for byte: to its original destination, to an endpoint of
+// its service picked per connection, or, inbound, to the application on loopback.
+func (p *Proxy) relayTCP(ctx context.Context, direction string, svc *service, dst netip.AddrPort, c net.Conn) {
 	target := dst
-	if direction == "inbound" {
+	if direction == metrics.Inbound {
 		target = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
 	}
+	var pick *balance.Pick
 	if svc != nil {
-		pick, err := svc.balancer.Pick()
+		pk, err := svc.balancer.Pick()
 		if err != nil {
+			p.log.Warn("no endpoint for connection", "service", svc.Name, "dst", dst, "err", err)
 			return
 		}
-		defer pick.Done(nil, 0)
-		target = pick.Endpoint.Addr
+		pick, target = &pk, pk.Endpoint.Addr
 	}
+	start := time.Now()
 	up, err := p.dialer.DialContext(ctx, "tcp", target.String())
+	if pick != nil {
+		pick.Done(err, time.Since(start)) // a connection's cost to the balancer is its connect time
+	}
 	if err != nil {
+		p.log.Debug("relay dial failed", "direction", direction, "target", target, "err", err)
 		return
 	}
-	defer up.Close()
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-	go func() { io.Copy(c, up); done <- struct{}{} }()
-	<-done
-	<-done
+	fromClient, fromServer, err := relay.RelayContext(ctx, c, up)
+	p.metrics.Bytes(direction, fromClient, fromServer)
+	if err != nil {
+		p.log.Debug("relay ended", "direction", direction, "target", target, "err", err)
+	}
 }

@@ -1,0 +1,256 @@
+package discovery
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/detourmesh/detour/api/discoverypb"
+)
+
+// ControllerOptions configures a Controller source. Address and TLS are required.
+type ControllerOptions struct {
+	// Address is the controller's gRPC address, host:port.
+	Address string
+	// TLS verifies the controller: identity.ClientTLS(trust anchors, identity.ControllerID(td)).
+	TLS *tls.Config
+	// Identity is the proxy's SPIFFE ID, sent for the controller's logs.
+	Identity string
+	// Targets limits the services watched to those with these VIPs or authorities; empty: all.
+	Targets []string
+	// StartTimeout bounds the wait for the first snapshot in StartController; default 30 s.
+	StartTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the wait between reconnections; default 500 ms and 30 s.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Controller is a Source that follows the controller's Discovery.Watch stream. It validates every
+// snapshot exactly as the file source does (FromProto), and when the controller goes away or sends
+// something invalid it keeps the last good snapshot and reconnects with backoff.
+type Controller struct {
+	opts    ControllerOptions
+	current atomic.Pointer[Snapshot]
+	first   chan struct{} // closed at the first snapshot
+	done    chan struct{} // closed when the stream goroutine has exited
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced at every new snapshot
+	lastErr error
+}
+
+var _ Source = (*Controller)(nil)
+
+// StartController connects to the controller and waits up to opts.StartTimeout for its first
+// snapshot, so a proxy never starts without a routing table; on timeout it fails with the reason
+// the controller could not be used. On success a goroutine owned by ctx keeps the stream open
+// (reconnecting as needed) until ctx is done; Done reports when it has exited.
+func StartController(ctx context.Context, opts ControllerOptions) (*Controller, error) {
+	if opts.Address == "" || opts.TLS == nil {
+		return nil, errors.New("discovery from the controller needs its address and TLS configuration (trust anchors)")
+	}
+	if opts.StartTimeout <= 0 {
+		opts.StartTimeout = 30 * time.Second
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 500 * time.Millisecond
+	}
+	if opts.MaxBackoff < opts.MinBackoff {
+		opts.MaxBackoff = max(30*time.Second, opts.MinBackoff)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	conn, err := grpc.NewClient(opts.Address,
+		grpc.WithTransportCredentials(credentials.NewTLS(opts.TLS)),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: opts.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: opts.MaxBackoff},
+			MinConnectTimeout: 10 * time.Second,
+		}),
+		// A controller that vanishes without closing the connection (a node lost) is noticed
+		// within 40 s instead of the kernel's TCP timeout.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxFileSize)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("discovery controller %q: %w", opts.Address, err)
+	}
+	c := &Controller{
+		opts:    opts,
+		first:   make(chan struct{}),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	go func() {
+		defer close(c.done)
+		defer conn.Close()
+		c.run(runCtx, discoverypb.NewDiscoveryClient(conn))
+	}()
+	timer := time.NewTimer(opts.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-c.first:
+		context.AfterFunc(ctx, cancel) // the goroutine's lifetime is ctx's from here
+		return c, nil
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	cancel()
+	<-c.done
+	c.mu.Lock()
+	last := c.lastErr
+	c.mu.Unlock()
+	if last == nil {
+		last = ctx.Err()
+	}
+	if last == nil {
+		last = errors.New("no snapshot arrived")
+	}
+	return nil, fmt.Errorf("no discovery snapshot from the controller at %s within %s: %w (check that the controller runs and that the trust anchor is its ca.crt)",
+		opts.Address, opts.StartTimeout, last)
+}
+
+// Snapshot returns the snapshot in force: the last good one the controller sent.
+func (c *Controller) Snapshot() *Snapshot { return c.current.Load() }
+
+// Done is closed when the stream goroutine has exited, after the ctx given to StartController
+// is done.
+func (c *Controller) Done() <-chan struct{} { return c.done }
+
+// Watch implements Source.
+func (c *Controller) Watch(ctx context.Context) <-chan *Snapshot {
+	ch := make(chan *Snapshot, 1)
+	last := c.current.Load()
+	ch <- last
+	go func() {
+		defer close(ch)
+		for {
+			c.mu.Lock()
+			changed := c.changed
+			c.mu.Unlock()
+			if s := c.current.Load(); s != last {
+				last = s
+				// Latest wins, as in File.poll: this goroutine is the only sender.
+				select {
+				case ch <- s:
+				default:
+					select {
+					case <-ch:
+					default:
+					}
+					ch <- s
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			}
+		}
+	}()
+	return ch
+}
+
+func (c *Controller) publish(s *Snapshot) {
+	first := c.current.Swap(s) == nil
+	c.mu.Lock()
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.lastErr = nil
+	c.mu.Unlock()
+	if first {
+		close(c.first)
+	}
+}
+
+func (c *Controller) run(ctx context.Context, client discoverypb.DiscoveryClient) {
+	var delay time.Duration
+	var logged string
+	for {
+		got, err := c.stream(ctx, client)
+		if ctx.Err() != nil {
+			return
+		}
+		if got {
+			delay = 0
+		}
+		c.mu.Lock()
+		c.lastErr = err
+		c.mu.Unlock()
+		// One log line per distinct problem: a controller away for an hour logs once.
+		if msg := err.Error(); msg != logged {
+			logged = msg
+			keeping := "none yet"
+			if s := c.current.Load(); s != nil {
+				keeping = s.Revision()
+			}
+			c.opts.Logger.Warn("discovery stream from the controller lost; keeping the last good snapshot and reconnecting",
+				"controller", c.opts.Address, "revision", keeping, "err", msg)
+		}
+		delay = min(max(delay*2, c.opts.MinBackoff), c.opts.MaxBackoff)
+		wait := time.Duration(float64(delay) * (0.8 + 0.4*rand.Float64()))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// stream runs one Watch call until it fails; got reports whether it delivered a snapshot.
+func (c *Controller) stream(ctx context.Context, client discoverypb.DiscoveryClient) (got bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := client.Watch(sctx, &discoverypb.WatchRequest{Identity: c.opts.Identity, Targets: c.opts.Targets})
+	if err != nil {
+		return false, err
+	}
+	var badRev string
+	for {
+		pb, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return got, errors.New("the controller closed the stream")
+		}
+		if err != nil {
+			return got, err
+		}
+		snap, err := FromProto(pb)
+		if err != nil {
+			if pb.GetRevision() != badRev {
+				badRev = pb.GetRevision()
+				c.opts.Logger.Error("the controller sent an invalid discovery snapshot; keeping the last good one",
+					"controller", c.opts.Address, "revision", pb.GetRevision(), "err", err)
+			}
+			continue
+		}
+		if !got {
+			c.opts.Logger.Info("discovery stream from the controller connected", "controller", c.opts.Address)
+		}
+		got = true
+		if cur := c.current.Load(); cur != nil && cur.Revision() == snap.Revision() {
+			// The same content again (a reconnection): consumers keep the snapshot they have.
+			c.mu.Lock()
+			c.lastErr = nil
+			c.mu.Unlock()
+			continue
+		}
+		c.opts.Logger.Info("discovery snapshot from the controller", "revision", snap.Revision(), "services", len(snap.Services()))
+		c.publish(snap)
+	}
+}
