@@ -161,6 +161,9 @@ func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *
 		args = append(args, "--discovery", "file:"+discoveryPath)
 	}
 	cmd := exec.Command(detourBin, append(args, flags...)...)
+	if v := os.Getenv("DETOUR_PROXY_GOMAXPROCS"); v != "" {
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+v) // for benchmarks of the proxy's runtime settings
+	}
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	netns.AsUID(cmd, proxyUID, proxyUID)

@@ -122,8 +122,9 @@ func (p *Proxy) protocol(direction string, svc *service, dst netip.AddrPort, c *
 type outcome struct {
 	status, grpcStatus int // grpcStatus < 0: none
 	err                error
-	upstream           bool // the failure is the endpoint's fault
-	took               time.Duration
+	upstream           bool          // the failure is the endpoint's fault
+	took               time.Duration // what the client waited
+	served             time.Duration // what the endpoint took: took less any wait for a connection
 }
 
 // failed classifies a request as Linkerd does: an error, a 5xx, or a gRPC status other than OK.
@@ -146,7 +147,7 @@ func (p *Proxy) pickOutbound(dst netip.AddrPort) (netip.AddrPort, func(outcome),
 		if o.upstream {
 			blame = o.err
 		}
-		pick.Done(blame, o.took)
+		pick.Done(blame, o.served)
 		m.Observe(o.status, o.grpcStatus, o.failed(), o.took)
 	}, nil
 }
@@ -159,11 +160,11 @@ func (p *Proxy) pickInbound(dst netip.AddrPort) (netip.AddrPort, func(outcome)) 
 }
 
 func h2Outcome(r h2.Result) outcome {
-	return outcome{status: r.Status, grpcStatus: r.GRPCStatus, err: r.Err, upstream: r.Upstream, took: r.Duration}
+	return outcome{status: r.Status, grpcStatus: r.GRPCStatus, err: r.Err, upstream: r.Upstream, took: r.Duration, served: r.Duration - r.Queued}
 }
 
 func h1Outcome(r http1.Result) outcome {
-	return outcome{status: r.Status, grpcStatus: -1, err: r.Err, upstream: r.Upstream, took: r.Duration}
+	return outcome{status: r.Status, grpcStatus: -1, err: r.Err, upstream: r.Upstream, took: r.Duration, served: r.Duration}
 }
 
 func (p *Proxy) routeH2Outbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {

@@ -11,13 +11,11 @@ import (
 
 // Options tunes P2C. The zero value gives the defaults.
 type Options struct {
-	// DefaultRTT is the latency assumed for an endpoint before its first response; default
-	// 1 ms. It decays like any estimate, and the first real sample replaces it outright.
-	//
-	// linkerd2-proxy uses 30 ms, which makes a new endpoint look slow next to established ones
-	// and ramps it in over tens of seconds (a slow start). Detour's endpoints are mostly a LAN
-	// hop away with sub-millisecond latency, so 1 ms lets a new endpoint take a share as soon
-	// as its peers have a few requests in flight, and the first sample ends the guess.
+	// DefaultRTT is the estimate Stats reports for an endpoint before its first response;
+	// default 1 ms. It is never compared: P2C judges a pair in which either endpoint has no
+	// sample yet by in-flight load alone, so a new endpoint takes an even share until it has
+	// answered (linkerd2-proxy assumes 30 ms instead, a slow start), and the first endpoints to
+	// answer a burst do not draw the rest of it away from equal peers still unsampled.
 	DefaultRTT time.Duration
 	// Decay is the time constant of the moving average; default 10 s (linkerd2-proxy, Finagle).
 	// A sample above the estimate is taken at once (the "peak"); below it, the estimate moves
@@ -133,6 +131,12 @@ func (b *P2C) cheaper(e, f *entry) bool {
 	ev, fv := e.st.ewma.Load(), f.st.ewma.Load()
 	eEst, eTick := unpack(ev)
 	fEst, fTick := unpack(fv)
+	if eEst < 0 || fEst < 0 {
+		// One side has no latency sample yet: judge by load alone rather than against a guess.
+		// Otherwise the first endpoints to answer a burst look faster than the default RTT
+		// and draw the rest of it, however equal the endpoints are.
+		return float64(e.st.inflight.Load()+1)*e.invWeight < float64(f.st.inflight.Load()+1)*f.invWeight
+	}
 	ec := math.Abs(float64(eEst)) * float64(e.st.inflight.Load()+1) * e.invWeight
 	fc := math.Abs(float64(fEst)) * float64(f.st.inflight.Load()+1) * f.invWeight
 	// The tick difference, sign-extended from 40 bits: positive when e was updated later.

@@ -2,6 +2,7 @@ package h2
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -54,6 +55,19 @@ func (r *Refusal) Error() string {
 		return "permission denied"
 	}
 	return r.Message
+}
+
+// asRefusal returns the Refusal in err's chain, or nil. The nil check comes first because the
+// target errors.As fills escapes to the heap: streams that route fine must not pay for it.
+func asRefusal(err error) *Refusal {
+	if err == nil {
+		return nil
+	}
+	var r *Refusal
+	if errors.As(err, &r) {
+		return r
+	}
+	return nil
 }
 
 func (r *Refusal) statuses() (httpStatus, grpcStatus int) {
@@ -124,6 +138,10 @@ type Result struct {
 	Upstream bool
 	// Duration runs from the request HEADERS to the end of the stream.
 	Duration time.Duration
+	// Queued is the part of Duration spent waiting for an upstream connection (a dial) or a
+	// stream slot before the request went upstream; all of it if it never did. A balancer
+	// should judge the endpoint by Duration - Queued: a dial is not the endpoint's latency.
+	Queued time.Duration
 	// ReqBytes and RespBytes count DATA payload bytes received from the client and the upstream.
 	ReqBytes, RespBytes int64
 	// Retries counts replays of the request on a fresh upstream connection after the upstream

@@ -391,11 +391,11 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 	h.Conn = &cc.info
 	route, err := srv.cfg.Router.Route(cc.dst, h)
 	s.route = route
-	var refusal *Refusal
-	switch {
-	case err == nil && !route.Addr.IsValid():
+	if err == nil && !route.Addr.IsValid() {
 		err = errors.New("router returned no endpoint")
-	case errors.As(err, &refusal):
+	}
+	if refusal := asRefusal(err); refusal != nil {
+		// Denied on purpose: answered with the Refusal's statuses, and not the upstream's fault.
 		httpStatus, grpcCode := refusal.statuses()
 		s.mu.Lock()
 		fin := s.failLocked(refusal, false, httpStatus, grpcCode, &cc.fl)

@@ -97,6 +97,7 @@ type stream struct {
 	route Route
 	pool  *pool
 	start time.Time
+	sent  time.Time // when the request headers went upstream (the last try's); zero if never
 	// fieldBuf backs head's fields for typical requests, saving an allocation per stream.
 	fieldBuf [12]hpack.HeaderField
 
@@ -330,11 +331,20 @@ func (s *stream) cleanup(fl *flusher) {
 			ResetCode:  s.rstCode,
 			Upstream:   s.upFault,
 			Duration:   time.Since(s.start),
+			Queued:     s.queued(),
 			ReqBytes:   s.req.bytes,
 			RespBytes:  s.resp.bytes,
 			Retries:    s.retries,
 		})
 	}
+}
+
+// queued is how long the stream waited for an upstream connection or stream slot.
+func (s *stream) queued() time.Duration {
+	if s.sent.IsZero() {
+		return time.Since(s.start)
+	}
+	return s.sent.Sub(s.start)
 }
 
 // rstUpstreamLocked resets the upstream stream, if there is one. The caller holds s.mu.

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -285,6 +286,7 @@ func (u *upConn) start(s *stream, fl *flusher) {
 	u.streams[uid] = s
 	u.mu.Unlock()
 	s.up, s.uid = u, uid
+	s.sent = time.Now()
 	s.req.sendWindow = u.peerInitWindow
 	h := &s.head
 	end := s.req.endRecv && s.req.pending() == 0 && !s.req.hasTrailer
