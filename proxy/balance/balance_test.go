@@ -494,3 +494,33 @@ func BenchmarkRoundRobinPickDone(b *testing.B) {
 		p.Done(nil, time.Millisecond)
 	}
 }
+
+// TestP2CUnsampledPeersShareABurstEvenly: in a burst over fresh endpoints, the first to answer
+// must not draw the rest of the burst just because its sample beats a guessed default.
+func TestP2CUnsampledPeersShareABurstEvenly(t *testing.T) {
+	clock := newFakeClock()
+	b := NewP2C(Options{Now: clock.Now})
+	b.Update(endpoints(1, 1, 1))
+	counts := map[netip.AddrPort]int{}
+	var held []Pick
+	for i := range 99 {
+		p, err := b.Pick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[p.Endpoint.Addr]++
+		if i == 5 {
+			p.Done(nil, 100*time.Microsecond) // one fast answer early in the burst
+			continue
+		}
+		held = append(held, p)
+	}
+	for _, p := range held {
+		p.Done(nil, time.Millisecond)
+	}
+	for i := 1; i <= 3; i++ {
+		if n := counts[addr(i)]; n < 28 || n > 38 {
+			t.Errorf("endpoint %d got %d of 99 picks, want about 33: %v", i, n, counts)
+		}
+	}
+}
