@@ -172,14 +172,14 @@ func TestAdminAndMetrics(t *testing.T) {
 		{client, "/live", []string{`"status": "live"`}},
 		{client, "/ready", []string{`"ready": true`}},
 		{client, "/metrics", []string{
-			fmt.Sprintf(`detour_responses_total{authority="stockdata.stocks",classification="success",direction="outbound",endpoint="%s",grpc_status="0",status_code="200"} 5`, ep),
-			fmt.Sprintf(`detour_responses_total{authority="stockdata.stocks",classification="failure",direction="outbound",endpoint="%s",grpc_status="5",status_code="200"} 1`, ep),
+			fmt.Sprintf(`detour_responses_total{authority="stockdata.stocks",classification="success",direction="outbound",endpoint="%s",grpc_status="0",peer_identity="",status_code="200",tls="false"} 5`, ep),
+			fmt.Sprintf(`detour_responses_total{authority="stockdata.stocks",classification="failure",direction="outbound",endpoint="%s",grpc_status="5",peer_identity="",status_code="200",tls="false"} 1`, ep),
 			`detour_response_latency_seconds_bucket{authority="stockdata.stocks",direction="outbound"`,
 			`detour_tcp_open_connections{direction="outbound",protocol="http2"} 1`,
 			`detour_protocol_detections_total{direction="outbound",port="80",result="http2"} 1`,
 		}},
 		{replicas[0], "/metrics", []string{
-			`detour_responses_total{authority="` + ep + `",classification="success",direction="inbound",endpoint="127.0.0.1:8080",grpc_status="0",status_code="200"} 5`,
+			`detour_responses_total{authority="` + ep + `",classification="success",direction="inbound",endpoint="127.0.0.1:8080",grpc_status="0",peer_identity="",status_code="200",tls="false"} 5`,
 		}},
 		{client, "/debug/endpoints", []string{`"name": "stockdata.stocks"`, `"address": "` + ep + `"`}},
 		{client, "/debug/connections", []string{`"direction": "outbound"`, `"service": "stockdata.stocks"`, `"protocol": "http2"`}},

@@ -18,6 +18,7 @@ type connDoc struct {
 	Dst       string    `json:"original_destination"`
 	Service   string    `json:"service,omitempty"`
 	Protocol  string    `json:"protocol"`
+	Peer      string    `json:"peer_identity,omitempty"` // a meshed client's proven identity
 	Since     time.Time `json:"since"`
 }
 
@@ -25,6 +26,7 @@ type connDoc struct {
 type connInfo struct {
 	doc      connDoc // fixed at accept, but for Protocol
 	protocol atomic.Pointer[string]
+	peer     atomic.Pointer[string]
 	conn     io.Closer
 }
 
@@ -47,6 +49,7 @@ func (t *connTable) add(conn io.Closer, direction string, client, dst netip.Addr
 }
 
 func (c *connInfo) setProtocol(p string) { c.protocol.Store(&p) }
+func (c *connInfo) setPeer(id string)    { c.peer.Store(&id) }
 
 func (t *connTable) remove(c *connInfo) {
 	t.mu.Lock()
@@ -75,6 +78,9 @@ func (t *connTable) doc() []connDoc {
 	for _, c := range t.conns {
 		d := c.doc
 		d.Protocol = "detecting"
+		if id := c.peer.Load(); id != nil {
+			d.Peer = *id
+		}
 		if p := c.protocol.Load(); p != nil {
 			d.Protocol = *p
 		}

@@ -23,6 +23,7 @@ const (
 	protoHTTP2  = "http2"
 	protoTLS    = "tls"
 	protoOpaque = "opaque"
+	protoMesh   = "mesh-tls" // TLS from another Detour proxy (ALPN detour/*), terminated here
 )
 
 // handle serves one accepted client connection to its end.
@@ -71,8 +72,10 @@ func (p *Proxy) handle(ctx context.Context, c *net.TCPConn, direction string) {
 		if err := serve(ctx, conn, dst); err != nil {
 			p.log.Debug("connection ended", "direction", direction, "protocol", proto, "client", client, "dst", dst, "err", err)
 		}
+	case proto == protoMesh:
+		p.serveMesh(ctx, conn, client, dst, info)
 	default:
-		p.relayTCP(ctx, direction, svc, dst, conn)
+		p.relayTCP(ctx, direction, svc, dst, conn, "")
 	}
 }
 
@@ -141,7 +144,11 @@ func (p *Proxy) pickOutbound(dst netip.AddrPort) (netip.AddrPort, func(outcome),
 	if err != nil {
 		return netip.AddrPort{}, nil, fmt.Errorf("service %s: %w", svc.Name, err)
 	}
-	m := p.metrics.Route(metrics.Outbound, svc.authority, pick.Endpoint.Addr)
+	peer := ""
+	if p.cfg.Identity != nil {
+		peer = pick.Endpoint.Identity // the identity the mesh dialer makes the endpoint prove
+	}
+	m := p.metrics.Route(metrics.Outbound, svc.authority, pick.Endpoint.Addr, peer)
 	return pick.Endpoint.Addr, func(o outcome) {
 		var blame error
 		if o.upstream {
@@ -152,11 +159,37 @@ func (p *Proxy) pickOutbound(dst netip.AddrPort) (netip.AddrPort, func(outcome),
 	}, nil
 }
 
-// pickInbound sends every request to the application on loopback, at the original port.
-func (p *Proxy) pickInbound(dst netip.AddrPort) (netip.AddrPort, func(outcome)) {
-	app := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
-	m := p.metrics.Route(metrics.Inbound, dst.String(), app)
-	return app, func(o outcome) { m.Observe(o.status, o.grpcStatus, o.failed(), o.took) }
+// pickInbound sends every request to the application on loopback, at the original port, once
+// the policy lets the client (peer: its identity, "" for plaintext) reach that port.
+func (p *Proxy) pickInbound(dst netip.AddrPort, peer string) (netip.AddrPort, func(outcome), string) {
+	app := appAddr(dst)
+	m := p.metrics.Route(metrics.Inbound, dst.String(), app, peer)
+	done := func(o outcome) { m.Observe(o.status, o.grpcStatus, o.failed(), o.took) }
+	if ok, why := p.cfg.Policy.DecideString(dst.Port(), peer); !ok {
+		p.denied(dst.Port(), peer, why)
+		return app, done, why
+	}
+	return app, done, ""
+}
+
+// appAddr is where the application listens for what arrived at dst.
+func appAddr(dst netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
+}
+
+// denied counts a refusal by policy and logs it, at most once a second per port and peer.
+func (p *Proxy) denied(port uint16, peer, why string) {
+	p.metrics.Denied(metrics.Inbound, port, peer)
+	key := fmt.Sprintf("%d %s", port, peer)
+	now := time.Now()
+	if last, ok := p.denyLog.Load(key); ok && now.Sub(last.(time.Time)) < time.Second {
+		return
+	}
+	p.denyLog.Store(key, now)
+	if peer == "" {
+		peer = "plaintext"
+	}
+	p.log.Info("denied by policy", "port", port, "peer", peer, "reason", why)
 }
 
 func h2Outcome(r h2.Result) outcome {
@@ -175,9 +208,13 @@ func (p *Proxy) routeH2Outbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error
 	return h2.Route{Addr: addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}, nil
 }
 
-func (p *Proxy) routeH2Inbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {
-	addr, done := p.pickInbound(dst)
-	return h2.Route{Addr: addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}, nil
+func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error) {
+	addr, done, denied := p.pickInbound(dst, h.Conn.Peer)
+	route := h2.Route{Addr: addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}
+	if denied != "" {
+		return route, &h2.Refusal{Message: denied} // 403, or gRPC PERMISSION_DENIED
+	}
+	return route, nil
 }
 
 func (p *Proxy) routeH1Outbound(dst netip.AddrPort, _ *http.Request) (http1.Route, error) {
@@ -188,9 +225,13 @@ func (p *Proxy) routeH1Outbound(dst netip.AddrPort, _ *http.Request) (http1.Rout
 	return http1.Route{Addr: addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}, nil
 }
 
-func (p *Proxy) routeH1Inbound(dst netip.AddrPort, _ *http.Request) (http1.Route, error) {
-	addr, done := p.pickInbound(dst)
-	return http1.Route{Addr: addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}, nil
+func (p *Proxy) routeH1Inbound(dst netip.AddrPort, r *http.Request) (http1.Route, error) {
+	addr, done, denied := p.pickInbound(dst, http1.ConnInfoOf(r).Peer)
+	route := http1.Route{Addr: addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}
+	if denied != "" {
+		return route, &http1.Refusal{Message: denied}
+	}
+	return route, nil
 }
 
 // localAddrs caches the pod's own addresses for the inbound open-relay check. A miss

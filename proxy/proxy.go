@@ -6,6 +6,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,7 +25,9 @@ import (
 	"github.com/detourmesh/detour/proxy/discovery"
 	"github.com/detourmesh/detour/proxy/h2"
 	"github.com/detourmesh/detour/proxy/http1"
+	"github.com/detourmesh/detour/proxy/identity"
 	"github.com/detourmesh/detour/proxy/metrics"
+	"github.com/detourmesh/detour/proxy/mtls"
 )
 
 // DefaultOpaquePorts are ports whose servers speak first (SMTP, MySQL, PostgreSQL, Redis,
@@ -47,6 +50,15 @@ type Config struct {
 	// the inbound side drains; default 30 s.
 	DrainTimeout time.Duration
 	Logger       *slog.Logger
+
+	// Identity is the proxy's workload identity for mutual TLS with other meshed proxies. Nil
+	// means none: the proxy refuses to reach endpoints discovery says are meshed (it never
+	// downgrades them to plaintext) and refuses mesh TLS arriving inbound.
+	Identity identity.Source
+	// Policy decides which clients may reach which inbound ports (permissive by default).
+	Policy mtls.Policy
+	// Debug adds documents under /debug/ on the admin port, e.g. "identity".
+	Debug map[string]func() any
 }
 
 // Proxy is one sidecar. Run it once.
@@ -62,6 +74,11 @@ type Proxy struct {
 	h1out   *http1.Server
 	h1in    *http1.Server
 	dialer  net.Dialer
+	// dialMesh dials an outbound endpoint for opaque TCP: mesh TLS (ALPN detour/tcp) when
+	// discovery says it is meshed, plain TCP otherwise.
+	dialMesh  func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
+	serverTLS *tls.Config // nil without an identity
+	denyLog   sync.Map    // "port peer" -> time of the last denial logged
 
 	ready         atomic.Bool
 	draining      atomic.Bool
@@ -91,9 +108,17 @@ func New(cfg Config) *Proxy {
 		dialer:  net.Dialer{Timeout: 5 * time.Second},
 		stop:    make(chan struct{}),
 	}
-	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Outbound), Logger: cfg.Logger})
-	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger})
-	p.h1out = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Outbound), Logger: cfg.Logger})
+	dialH2, dialH1 := p.plainOnly, p.plainOnly
+	p.dialMesh = p.plainOnly
+	if cfg.Identity != nil {
+		p.serverTLS = mtls.ServerConfig(cfg.Identity, []string{mtls.ALPNH2, mtls.ALPNTCP})
+		dialH2 = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNH2)
+		dialH1 = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNTCP)
+		p.dialMesh = dialH1
+	}
+	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Outbound), Dial: dialH2, Logger: cfg.Logger})
+	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger, MaxConnsPerEndpoint: 1})
+	p.h1out = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Outbound), Dial: dialH1, Logger: cfg.Logger})
 	p.h1in = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Inbound), Logger: cfg.Logger})
 	return p
 }
@@ -135,10 +160,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	adminSrv := admin.NewServer(admin.Handler(admin.Config{
 		Registry: p.metrics.Registry,
 		Ready:    p.readiness,
-		Debug: map[string]func(*http.Request) any{
-			"endpoints":   func(*http.Request) any { return p.routes.doc() },
-			"connections": func(*http.Request) any { return p.conns.doc() },
-		},
+		Debug:    p.debugDocs(),
 		Shutdown: p.Shutdown,
 		Logger:   p.log,
 	}))
@@ -245,7 +267,32 @@ func (p *Proxy) readiness() error {
 	case !p.ready.Load():
 		return errors.New("starting")
 	}
+	if p.cfg.Identity != nil {
+		if _, err := p.cfg.Identity.Certificate(); err != nil {
+			return fmt.Errorf("waiting for a workload certificate: %w", err)
+		}
+	}
 	return nil
+}
+
+func (p *Proxy) debugDocs() map[string]func(*http.Request) any {
+	docs := map[string]func(*http.Request) any{
+		"endpoints":   func(*http.Request) any { return p.routes.doc() },
+		"connections": func(*http.Request) any { return p.conns.doc() },
+	}
+	for name, fn := range p.cfg.Debug {
+		docs[name] = func(*http.Request) any { return fn() }
+	}
+	return docs
+}
+
+// plainOnly dials plain TCP, and refuses an endpoint discovery says is meshed: without an
+// identity the proxy cannot prove itself or check the endpoint, and it never downgrades.
+func (p *Proxy) plainOnly(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+	if id, meshed := p.routes.identity(addr); meshed {
+		return nil, fmt.Errorf("endpoint %s is meshed (%s) but this proxy has no workload identity to speak mutual TLS with", addr, id)
+	}
+	return p.dialer.DialContext(ctx, "tcp", addr.String())
 }
 
 // listenBoth listens on port for IPv4 and, where the namespace has it, IPv6.

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/detourmesh/detour/proxy/balance"
 	"github.com/detourmesh/detour/proxy/discovery"
 )
@@ -21,6 +23,9 @@ type service struct {
 type table struct {
 	snap     *discovery.Snapshot
 	services map[*discovery.Service]*service
+	// meshed maps a meshed endpoint's address to the identity its proxy must prove; an
+	// identity that does not parse maps to the zero ID, so dialling it fails closed.
+	meshed map[netip.AddrPort]spiffeid.ID
 }
 
 func (t *table) lookup(dst netip.AddrPort) *service {
@@ -53,7 +58,7 @@ func newRoutes(opts balance.Options) *routes {
 func (r *routes) update(snap *discovery.Snapshot) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t := &table{snap: snap, services: map[*discovery.Service]*service{}}
+	t := &table{snap: snap, services: map[*discovery.Service]*service{}, meshed: map[netip.AddrPort]spiffeid.ID{}}
 	seen := map[string]bool{}
 	for _, s := range snap.Services() {
 		b, ok := r.balancers[s.Name]
@@ -64,6 +69,12 @@ func (r *routes) update(snap *discovery.Snapshot) {
 		}
 		b.Update(s.Endpoints)
 		seen[s.Name] = true
+		for _, e := range s.Endpoints {
+			if e.Meshed() {
+				id, _ := spiffeid.FromString(e.Identity) // the parser checked it
+				t.meshed[e.Addr] = id
+			}
+		}
 		auth := s.Name
 		if len(s.Authorities) > 0 {
 			auth = s.Authorities[0]
@@ -80,6 +91,16 @@ func (r *routes) update(snap *discovery.Snapshot) {
 }
 
 func (r *routes) lookup(dst netip.AddrPort) *service { return r.current.Load().lookup(dst) }
+
+// identity says whether the endpoint at addr is meshed and, if so, who it must prove to be.
+func (r *routes) identity(addr netip.AddrPort) (spiffeid.ID, bool) {
+	t := r.current.Load()
+	if t == nil {
+		return spiffeid.ID{}, false
+	}
+	id, ok := t.meshed[addr]
+	return id, ok
+}
 
 // endpointsDoc is /debug/endpoints: every service with its endpoints and their load.
 type endpointsDoc struct {

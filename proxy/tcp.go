@@ -2,13 +2,17 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/netip"
 	"time"
 
 	"github.com/detourmesh/detour/proxy/balance"
 	"github.com/detourmesh/detour/proxy/detect"
+	"github.com/detourmesh/detour/proxy/h2"
+	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/metrics"
+	"github.com/detourmesh/detour/proxy/mtls"
 	"github.com/detourmesh/detour/proxy/relay"
 )
 
@@ -34,16 +38,79 @@ func (p *Proxy) sniff(direction string, dst netip.AddrPort, c *net.TCPConn) (str
 		return protoOpaque, conn
 	}
 	proto := res.Protocol.String()
+	if res.Protocol == detect.TLS && direction == metrics.Inbound && mtls.IsMesh(res.Hello) {
+		proto = protoMesh
+	}
 	p.metrics.Detected(direction, dst.Port(), proto)
 	return proto, conn
 }
 
+// meshHandshakeTimeout bounds the TLS handshake of a connection from another proxy.
+const meshHandshakeTimeout = 10 * time.Second
+
+// serveMesh terminates mutual TLS from another proxy, checks its certificate chains to the trust
+// anchors, and serves what it carries as if it had arrived in plaintext from that identity.
+func (p *Proxy) serveMesh(ctx context.Context, c net.Conn, client, dst netip.AddrPort, info *connInfo) {
+	if p.serverTLS == nil {
+		p.metrics.Detected(metrics.Inbound, dst.Port(), "mesh-tls-refused")
+		p.log.Warn("refused mesh TLS: this proxy has no workload identity", "client", client, "dst", dst)
+		return
+	}
+	tc := tls.Server(c, p.serverTLS)
+	hctx, cancel := context.WithTimeout(ctx, meshHandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		p.metrics.Detected(metrics.Inbound, dst.Port(), "mesh-tls-refused")
+		p.log.Warn("refused mesh TLS", "client", client, "dst", dst, "err", err)
+		return
+	}
+	cs := tc.ConnectionState()
+	id, err := mtls.PeerID(cs)
+	if err != nil {
+		p.log.Warn("refused mesh TLS", "client", client, "dst", dst, "err", err)
+		return
+	}
+	peer := id.String()
+	info.setPeer(peer)
+	if cs.NegotiatedProtocol == mtls.ALPNH2 {
+		info.setProtocol(protoHTTP2)
+		if err := p.h2in.ServeConnWith(ctx, tc, dst, h2.ConnInfo{Peer: peer}); err != nil {
+			p.log.Debug("connection ended", "direction", metrics.Inbound, "peer", peer, "dst", dst, "err", err)
+		}
+		return
+	}
+	// detour/tcp: HTTP/1 is served request by request, anything else relayed.
+	res, inner, err := detect.Sniff(tc, p.cfg.DetectTimeout, sniffMax)
+	if err != nil {
+		return
+	}
+	if res.Protocol == detect.HTTP1 {
+		info.setProtocol(protoHTTP1)
+		if err := p.h1in.ServeConnWith(ctx, inner, dst, http1.ConnInfo{Peer: peer}); err != nil {
+			p.log.Debug("connection ended", "direction", metrics.Inbound, "peer", peer, "dst", dst, "err", err)
+		}
+		return
+	}
+	info.setProtocol(protoOpaque)
+	p.relayTCP(ctx, metrics.Inbound, nil, dst, inner, peer)
+}
+
 // relayTCP relays a connection byte for byte: to its original destination, to an endpoint of
-// its service picked per connection, or, inbound, to the application on loopback.
-func (p *Proxy) relayTCP(ctx context.Context, direction string, svc *service, dst netip.AddrPort, c net.Conn) {
+// its service picked per connection (over mesh TLS when it is meshed), or, inbound, to the
+// application on loopback once the policy lets peer ("" for plaintext) reach the port.
+func (p *Proxy) relayTCP(ctx context.Context, direction string, svc *service, dst netip.AddrPort, c net.Conn, peer string) {
 	target := dst
+	dial := p.dialMesh
 	if direction == metrics.Inbound {
-		target = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
+		if ok, why := p.cfg.Policy.DecideString(dst.Port(), peer); !ok {
+			p.denied(dst.Port(), peer, why)
+			return
+		}
+		target = appAddr(dst)
+		dial = func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
+			return p.dialer.DialContext(ctx, "tcp", a.String())
+		}
 	}
 	var pick *balance.Pick
 	if svc != nil {
@@ -55,7 +122,7 @@ func (p *Proxy) relayTCP(ctx context.Context, direction string, svc *service, ds
 		pick, target = &pk, pk.Endpoint.Addr
 	}
 	start := time.Now()
-	up, err := p.dialer.DialContext(ctx, "tcp", target.String())
+	up, err := dial(ctx, target)
 	if pick != nil {
 		pick.Done(err, time.Since(start)) // a connection's cost to the balancer is its connect time
 	}

@@ -29,13 +29,14 @@ type Metrics struct {
 	conns     *prometheus.CounterVec
 	bytes     *prometheus.CounterVec
 	detect    *prometheus.CounterVec
+	denials   *prometheus.CounterVec
 
 	routes sync.Map // routeKey -> *Route
 }
 
 type routeKey struct {
-	direction, authority string
-	endpoint             netip.AddrPort
+	direction, authority, peer string
+	endpoint                   netip.AddrPort
 }
 
 // New registers Detour's metrics, and the Go and process collectors, in a fresh registry.
@@ -45,16 +46,16 @@ func New() *Metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "detour_requests_total",
 			Help: "HTTP requests and gRPC calls forwarded, by direction, authority and endpoint.",
-		}, []string{"direction", "authority", "endpoint"}),
+		}, []string{"direction", "authority", "endpoint", "tls", "peer_identity"}),
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "detour_responses_total",
 			Help: "Responses by HTTP status code and grpc-status (empty when none); classification is success or failure.",
-		}, []string{"direction", "authority", "endpoint", "status_code", "grpc_status", "classification"}),
+		}, []string{"direction", "authority", "endpoint", "tls", "peer_identity", "status_code", "grpc_status", "classification"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "detour_response_latency_seconds",
 			Help:    "Time from a request's headers to the end of its response.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-		}, []string{"direction", "authority", "endpoint"}),
+		}, []string{"direction", "authority", "endpoint", "tls", "peer_identity"}),
 		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "detour_tcp_open_connections",
 			Help: "Client connections the proxy holds open, by direction and detected protocol.",
@@ -67,28 +68,34 @@ func New() *Metrics {
 			Name: "detour_tcp_bytes_total",
 			Help: "Bytes relayed on opaque TCP connections, by direction and peer that sent them (client or server).",
 		}, []string{"direction", "sender"}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_authz_denials_total",
+			Help: "Requests and connections refused by policy, by direction, destination port and peer identity (empty: plaintext).",
+		}, []string{"direction", "port", "peer_identity"}),
 		detect: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "detour_protocol_detections_total",
 			Help: "Protocol detection results by direction, destination port and result (http1, http2, tls, opaque, timeout, skipped).",
 		}, []string{"direction", "port", "result"}),
 	}
-	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect,
+	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect, m.denials,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
 
-// Route returns the metrics of requests in one direction to one authority and endpoint.
-func (m *Metrics) Route(direction, authority string, endpoint netip.AddrPort) *Route {
-	k := routeKey{direction, authority, endpoint}
+// Route returns the metrics of requests in one direction to one authority and endpoint, with
+// the peer's identity: the server's outbound, the client's inbound; "" for plaintext.
+func (m *Metrics) Route(direction, authority string, endpoint netip.AddrPort, peer string) *Route {
+	k := routeKey{direction, authority, peer, endpoint}
 	if r, ok := m.routes.Load(k); ok {
 		return r.(*Route)
 	}
 	ep := endpoint.String()
+	tls := strconv.FormatBool(peer != "")
 	r := &Route{
 		m:        m,
-		labels:   [3]string{direction, authority, ep},
-		requests: m.requests.WithLabelValues(direction, authority, ep),
-		latency:  m.latency.WithLabelValues(direction, authority, ep),
+		labels:   [5]string{direction, authority, ep, tls, peer},
+		requests: m.requests.WithLabelValues(direction, authority, ep, tls, peer),
+		latency:  m.latency.WithLabelValues(direction, authority, ep, tls, peer),
 	}
 	actual, _ := m.routes.LoadOrStore(k, r)
 	return actual.(*Route)
@@ -97,7 +104,7 @@ func (m *Metrics) Route(direction, authority string, endpoint netip.AddrPort) *R
 // Route is the metrics of one direction, authority and endpoint.
 type Route struct {
 	m         *Metrics
-	labels    [3]string
+	labels    [5]string
 	requests  prometheus.Counter
 	latency   prometheus.Observer
 	responses sync.Map // responseKey -> prometheus.Counter
@@ -125,7 +132,8 @@ func (r *Route) Observe(status, grpcStatus int, failed bool, d time.Duration) {
 		if failed {
 			class = "failure"
 		}
-		c, _ = r.responses.LoadOrStore(k, r.m.responses.WithLabelValues(r.labels[0], r.labels[1], r.labels[2], code, grpc, class))
+		l := r.labels
+		c, _ = r.responses.LoadOrStore(k, r.m.responses.WithLabelValues(l[0], l[1], l[2], l[3], l[4], code, grpc, class))
 	}
 	c.(prometheus.Counter).Inc()
 }
@@ -142,6 +150,11 @@ func (m *Metrics) ConnOpened(direction, protocol string) (closed func()) {
 func (m *Metrics) Bytes(direction string, fromClient, fromServer int64) {
 	m.bytes.WithLabelValues(direction, "client").Add(float64(fromClient))
 	m.bytes.WithLabelValues(direction, "server").Add(float64(fromServer))
+}
+
+// Denied counts a request or connection refused by policy.
+func (m *Metrics) Denied(direction string, port uint16, peer string) {
+	m.denials.WithLabelValues(direction, strconv.Itoa(int(port)), peer).Inc()
 }
 
 // Detected counts one protocol detection result on a destination port.

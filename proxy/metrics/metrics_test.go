@@ -12,8 +12,8 @@ import (
 func TestMetricsAreExportedWithTheirLabels(t *testing.T) {
 	m := New()
 	ep := netip.MustParseAddrPort("198.18.0.11:8080")
-	r := m.Route(Outbound, "stockdata.stocks:80", ep)
-	if m.Route(Outbound, "stockdata.stocks:80", ep) != r {
+	r := m.Route(Outbound, "stockdata.stocks:80", ep, "spiffe://cluster.local/ns/stocks/sa/stockdata")
+	if m.Route(Outbound, "stockdata.stocks:80", ep, "spiffe://cluster.local/ns/stocks/sa/stockdata") != r {
 		t.Fatal("Route does not cache its handles")
 	}
 	r.Observe(200, 0, false, 3*time.Millisecond)
@@ -26,8 +26,8 @@ func TestMetricsAreExportedWithTheirLabels(t *testing.T) {
 	want := `
 # HELP detour_responses_total Responses by HTTP status code and grpc-status (empty when none); classification is success or failure.
 # TYPE detour_responses_total counter
-detour_responses_total{authority="stockdata.stocks:80",classification="failure",direction="outbound",endpoint="198.18.0.11:8080",grpc_status="14",status_code="200"} 1
-detour_responses_total{authority="stockdata.stocks:80",classification="success",direction="outbound",endpoint="198.18.0.11:8080",grpc_status="0",status_code="200"} 2
+detour_responses_total{authority="stockdata.stocks:80",classification="failure",direction="outbound",endpoint="198.18.0.11:8080",grpc_status="14",peer_identity="spiffe://cluster.local/ns/stocks/sa/stockdata",status_code="200",tls="true"} 1
+detour_responses_total{authority="stockdata.stocks:80",classification="success",direction="outbound",endpoint="198.18.0.11:8080",grpc_status="0",peer_identity="spiffe://cluster.local/ns/stocks/sa/stockdata",status_code="200",tls="true"} 2
 # HELP detour_tcp_open_connections Client connections the proxy holds open, by direction and detected protocol.
 # TYPE detour_tcp_open_connections gauge
 detour_tcp_open_connections{direction="outbound",protocol="http2"} 1
@@ -46,14 +46,14 @@ detour_protocol_detections_total{direction="outbound",port="80",result="http2"} 
 	if v := testutil.ToFloat64(m.open.WithLabelValues(Outbound, "http2")); v != 0 {
 		t.Fatalf("open connections after close = %v", v)
 	}
-	if v := testutil.ToFloat64(m.requests.WithLabelValues(Outbound, "stockdata.stocks:80", ep.String())); v != 3 {
+	if v := testutil.ToFloat64(m.requests.WithLabelValues(Outbound, "stockdata.stocks:80", ep.String(), "true", "spiffe://cluster.local/ns/stocks/sa/stockdata")); v != 3 {
 		t.Fatalf("requests = %v, want 3", v)
 	}
 }
 
 func BenchmarkObserve(b *testing.B) {
 	m := New()
-	r := m.Route(Outbound, "stockdata.stocks:80", netip.MustParseAddrPort("198.18.0.11:8080"))
+	r := m.Route(Outbound, "stockdata.stocks:80", netip.MustParseAddrPort("198.18.0.11:8080"), "")
 	b.ReportAllocs()
 	for b.Loop() {
 		r.Observe(200, 0, false, time.Millisecond)
