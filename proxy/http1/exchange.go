@@ -48,10 +48,11 @@ func (e *nothingReceivedError) Unwrap() error { return e.err }
 func (c *clientConn) forward(ctx context.Context, rq *request) bool {
 	r := rq.req
 	route, err := c.s.cfg.Router.Route(c.dst, r)
-	if refusal := (*Refusal)(nil); errors.As(err, &refusal) {
-		return c.refuse(rq, route, refusal)
-	}
 	if err != nil {
+		var refusal *Refusal
+		if errors.As(err, &refusal) {
+			return c.refuse(rq, route, refusal)
+		}
 		host := r.Host
 		if host == "" {
 			host = c.dst.String()

@@ -95,9 +95,6 @@ func (ca *testCA) issuer(name string) *testCA {
 	}
 	cert := sign(ca.t, tmpl, ca.cert, &key.PublicKey, ca.key)
 	chain := append([]*x509.Certificate{cert}, ca.chain...)
-	if ca.chain == nil && ca.roots != nil {
-		chain = []*x509.Certificate{cert}
-	}
 	return &testCA{t: ca.t, cert: cert, key: key, chain: chain, roots: ca.roots}
 }
 
@@ -160,7 +157,7 @@ func newSource(id spiffeid.ID, roots *x509.CertPool, cert *tls.Certificate) *tes
 	return s
 }
 
-func (s *testSource) ID() spiffeid.ID        { return s.id }
+func (s *testSource) ID() spiffeid.ID       { return s.id }
 func (s *testSource) Roots() *x509.CertPool { return s.roots }
 func (s *testSource) Certificate() (*tls.Certificate, error) {
 	if c := s.cert.Load(); c != nil {

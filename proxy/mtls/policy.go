@@ -247,14 +247,17 @@ func (p Policy) DecideString(port uint16, peer string) (allowed bool, reason str
 	if peer != "" {
 		return true, "mTLS peer"
 	}
-	mode, ok := p.Ports[port]
-	if !ok {
-		mode = p.Default
-	}
-	if mode == Strict {
+	if p.modeOf(port) == Strict {
 		return false, fmt.Sprintf("port %d is strict: plaintext refused, only meshed clients over mTLS", port)
 	}
 	return true, "plaintext accepted (permissive)"
+}
+
+func (p Policy) modeOf(port uint16) Mode {
+	if m, ok := p.Ports[port]; ok {
+		return m
+	}
+	return p.Default
 }
 
 func idList(ids []spiffeid.ID) string {
