@@ -66,10 +66,16 @@ func grpcClientIn(t testing.TB, ns *netns.NS, target string) *grpc.ClientConn {
 // serveStockData runs a StockData replica named id on port 8080 of pod, on every address.
 func serveStockData(t testing.TB, pod *netns.Pod, id string, delay time.Duration) {
 	t.Helper()
+	serveStockDataOn(t, pod, 8080, id, delay)
+}
+
+// serveStockDataOn runs a StockData replica named id on port of pod, on every address.
+func serveStockDataOn(t testing.TB, pod *netns.Pod, port uint16, id string, delay time.Duration) {
+	t.Helper()
 	var lns []net.Listener
 	err := pod.NS.Do(func() error {
 		for _, network := range []string{"tcp4", "tcp6"} {
-			ln, err := net.Listen(network, ":8080")
+			ln, err := net.Listen(network, fmt.Sprintf(":%d", port))
 			if err != nil {
 				return err
 			}

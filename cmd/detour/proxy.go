@@ -1,16 +1,22 @@
 package main
 
 import (
+	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/detourmesh/detour/init/plan"
 	"github.com/detourmesh/detour/proxy"
 	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/proxy/mtls"
 )
 
 type proxyFlags struct {
@@ -19,6 +25,9 @@ type proxyFlags struct {
 	opaquePorts              string
 	detectTimeout, drain     time.Duration
 	logLevel                 string
+
+	identity, trustAnchor, token string
+	policy, portPolicy, allow    string
 }
 
 func newProxyCommand() *cobra.Command {
@@ -42,11 +51,17 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.Uint16Var(&f.outbound, "outbound-port", plan.DefaultOutboundPort, "outbound listener port")
 	fl.Uint16Var(&f.inbound, "inbound-port", plan.DefaultInboundPort, "inbound listener port")
 	fl.Uint16Var(&f.admin, "admin-port", plan.DefaultAdminPort, "admin port: /live, /ready, /metrics, /debug/*")
-	fl.StringVar(&f.discovery, "discovery", "", "where services come from: file:PATH (empty: none, every connection is relayed untouched)")
+	fl.StringVar(&f.discovery, "discovery", "", "where services come from: file:PATH or controller:HOST:PORT (empty: none, every connection is relayed untouched)")
 	fl.StringVar(&f.opaquePorts, "opaque-ports", portList(proxy.DefaultOpaquePorts), "ports relayed as TCP without protocol detection (server-speaks-first protocols)")
 	fl.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "longest wait for a client's first bytes before relaying as TCP")
 	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "how long the outbound side keeps serving after SIGTERM")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.identity, "identity", "", "this workload's SPIFFE ID; with it the proxy gets a certificate from the controller and speaks mutual TLS to meshed peers")
+	fl.StringVar(&f.trustAnchor, "trust-anchor", "", "PEM file of the trust anchors (the controller CA's ca.crt), to verify the controller")
+	fl.StringVar(&f.token, "identity-token", "", "file holding the proof of identity given to the controller (a bootstrap token)")
+	fl.StringVar(&f.policy, "policy", "permissive", "inbound policy: permissive (plaintext from unmeshed clients accepted) or strict (mesh TLS only)")
+	fl.StringVar(&f.portPolicy, "port-policy", "", "per-port policy, e.g. 8080=strict,9090=permissive")
+	fl.StringVar(&f.allow, "allow", "", "per-port allow-lists of client identities, e.g. 8080=spiffe://cluster.local/ns/web/sa/stockweb;9000=...")
 	return cmd
 }
 
@@ -73,7 +88,36 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		OutboundPort: f.outbound, InboundPort: f.inbound, AdminPort: f.admin,
 		OpaquePorts: ports, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, Logger: log,
 	}
-	switch kind, arg, _ := strings.Cut(f.discovery, ":"); {
+	if cfg.Policy, err = mtls.ParsePolicy(f.policy, f.portPolicy, f.allow); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(cmd.Context())
+	defer cancel()
+	var g errgroup.Group
+	defer g.Wait()
+	var anchors *x509.CertPool
+	var id spiffeid.ID
+	if f.trustAnchor != "" {
+		certs, err := identity.LoadTrustAnchors(f.trustAnchor)
+		if err != nil {
+			return fmt.Errorf("--trust-anchor: %w", err)
+		}
+		anchors = identity.Pool(certs)
+	}
+	kind, arg, _ := strings.Cut(f.discovery, ":")
+	if f.identity != "" {
+		if id, err = spiffeid.FromString(f.identity); err != nil {
+			return fmt.Errorf("--identity %q: %w", f.identity, err)
+		}
+		if kind != "controller" || f.trustAnchor == "" || f.token == "" {
+			return fmt.Errorf("--identity needs --discovery controller:HOST:PORT, --trust-anchor and --identity-token")
+		}
+		client := identity.NewClient(identity.ClientConfig{Controller: arg, TrustAnchors: f.trustAnchor, ID: id, TokenFile: f.token, Logger: log})
+		g.Go(func() error { return client.Run(ctx) })
+		cfg.Identity = client
+		cfg.Debug = map[string]func() any{"identity": func() any { return client.Status() }}
+	}
+	switch {
 	case f.discovery == "":
 	case kind == "file" && arg != "":
 		src, err := discovery.NewFile(arg, discovery.FileOptions{Logger: log})
@@ -81,10 +125,28 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 			return fmt.Errorf("--discovery: %w", err)
 		}
 		cfg.Discovery = src
+	case kind == "controller" && arg != "":
+		if anchors == nil {
+			return fmt.Errorf("--discovery controller:%s needs --trust-anchor to verify the controller", arg)
+		}
+		td := spiffeid.RequireTrustDomainFromString("cluster.local")
+		if !id.IsZero() {
+			td = id.TrustDomain()
+		}
+		src, err := discovery.StartController(ctx, discovery.ControllerOptions{
+			Address: arg, TLS: identity.ClientTLS(anchors, identity.ControllerID(td), time.Now),
+			Identity: f.identity, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("--discovery: %w", err)
+		}
+		cfg.Discovery = src
 	default:
-		return fmt.Errorf("--discovery %q: want file:PATH", f.discovery)
+		return fmt.Errorf("--discovery %q: want file:PATH or controller:HOST:PORT", f.discovery)
 	}
-	return proxy.New(cfg).Run(cmd.Context())
+	err = proxy.New(cfg).Run(cmd.Context())
+	cancel()
+	return err
 }
 
 func portList(ports []uint16) string {
