@@ -91,18 +91,23 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	if cfg.Policy, err = mtls.ParsePolicy(f.policy, f.portPolicy, f.allow); err != nil {
 		return err
 	}
+	// The identity client runs beside the proxy; if it stops for good, so does the proxy, and
+	// when the proxy ends (a signal, or /shutdown) so does the client.
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()
-	var g errgroup.Group
-	defer g.Wait()
+	g, ctx := errgroup.WithContext(ctx)
 	var anchors *x509.CertPool
 	var id spiffeid.ID
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
 	if f.trustAnchor != "" {
 		certs, err := identity.LoadTrustAnchors(f.trustAnchor)
 		if err != nil {
 			return fmt.Errorf("--trust-anchor: %w", err)
 		}
 		anchors = identity.Pool(certs)
+		if td, err = identity.TrustDomainOf(certs[0]); err != nil {
+			return fmt.Errorf("--trust-anchor: %w", err)
+		}
 	}
 	kind, arg, _ := strings.Cut(f.discovery, ":")
 	if f.identity != "" {
@@ -129,10 +134,6 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		if anchors == nil {
 			return fmt.Errorf("--discovery controller:%s needs --trust-anchor to verify the controller", arg)
 		}
-		td := spiffeid.RequireTrustDomainFromString("cluster.local")
-		if !id.IsZero() {
-			td = id.TrustDomain()
-		}
 		src, err := discovery.StartController(ctx, discovery.ControllerOptions{
 			Address: arg, TLS: identity.ClientTLS(anchors, identity.ControllerID(td), time.Now),
 			Identity: f.identity, Logger: log,
@@ -144,9 +145,11 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	default:
 		return fmt.Errorf("--discovery %q: want file:PATH or controller:HOST:PORT", f.discovery)
 	}
-	err = proxy.New(cfg).Run(cmd.Context())
-	cancel()
-	return err
+	g.Go(func() error {
+		defer cancel()
+		return proxy.New(cfg).Run(ctx)
+	})
+	return g.Wait()
 }
 
 func portList(ports []uint16) string {

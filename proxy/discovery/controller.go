@@ -127,6 +127,14 @@ func StartController(ctx context.Context, opts ControllerOptions) (*Controller, 
 // Snapshot returns the snapshot in force: the last good one the controller sent.
 func (c *Controller) Snapshot() *Snapshot { return c.current.Load() }
 
+// Err returns why the stream to the controller is down, or nil while it is up: for
+// /debug/endpoints and readiness reporting. The snapshot in force stays Snapshot's either way.
+func (c *Controller) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
+}
+
 // Done is closed when the stream goroutine has exited, after the ctx given to StartController
 // is done.
 func (c *Controller) Done() <-chan struct{} { return c.done }

@@ -130,3 +130,13 @@ func ControllerID(td spiffeid.TrustDomain) spiffeid.ID {
 	id, _ := spiffeid.FromSegments(td, "ns", "detour", "sa", "controller") // constant, valid segments
 	return id
 }
+
+// TrustDomainOf returns the trust domain a Detour trust anchor names in its URI SAN
+// (spiffe://<trust-domain>, as `detour controller ca init` writes it), so a proxy given only
+// --trust-anchor knows which controller identity to expect.
+func TrustDomainOf(anchor *x509.Certificate) (spiffeid.TrustDomain, error) {
+	if len(anchor.URIs) != 1 {
+		return spiffeid.TrustDomain{}, fmt.Errorf("trust anchor %q names no trust domain (want one URI SAN spiffe://<trust-domain>)", anchor.Subject)
+	}
+	return spiffeid.TrustDomainFromURI(anchor.URIs[0])
+}

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/detourmesh/detour/api/discoverypb"
+	"github.com/detourmesh/detour/api/identitypb"
+	"github.com/detourmesh/detour/controller/ca"
+	cdiscovery "github.com/detourmesh/detour/controller/discovery"
+	cidentity "github.com/detourmesh/detour/controller/identity"
+	"github.com/detourmesh/detour/proxy/discovery"
+	pidentity "github.com/detourmesh/detour/proxy/identity"
+)
+
+type controllerFlags struct {
+	source, listen, caDir, tokens string
+	certTTL                       time.Duration
+	output, logLevel              string
+}
+
+func newControllerCommand() *cobra.Command {
+	var f controllerFlags
+	cmd := &cobra.Command{
+		Use:   "controller",
+		Short: "Run the controller: discovery and workload certificates for the proxies, over gRPC with TLS",
+		Long: `controller serves Discovery.Watch (the services of --source) and Identity.Certify (workload
+certificates from the CA in --ca-dir, for proxies that prove their identity with a token from
+--tokens) on one gRPC port. The port serves TLS with a certificate the controller issues itself for
+spiffe://<trust-domain>/ns/detour/sa/controller; proxies verify it against the CA's ca.crt.
+Make the CA first with "detour controller ca init". The token file has one "TOKEN SPIFFE-ID" per line.
+-o selects the log format. Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_CA_DIR.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd); err != nil {
+				return err
+			}
+			return runController(cmd.Context(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.source, "source", "", "where services come from: file:PATH (a discovery file, followed as it changes)")
+	fl.StringVar(&f.listen, "listen", ":7086", "gRPC address for discovery and identity")
+	fl.StringVar(&f.caDir, "ca-dir", "", "directory of the CA made by \"detour controller ca init\"")
+	fl.StringVar(&f.tokens, "tokens", "", "bootstrap token file: one \"TOKEN SPIFFE-ID\" per line")
+	fl.DurationVar(&f.certTTL, "cert-ttl", cidentity.DefaultTTL, "lifetime of the workload certificates issued")
+	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.AddCommand(newControllerCACommand())
+	return cmd
+}
+
+func controllerLogger(output, levelText string) (*slog.Logger, error) {
+	if err := outputFormat(output); err != nil {
+		return nil, err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(levelText)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", levelText)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if output == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+}
+
+func runController(ctx context.Context, f controllerFlags) error {
+	log, err := controllerLogger(f.output, f.logLevel)
+	if err != nil {
+		return err
+	}
+	if f.caDir == "" || f.tokens == "" {
+		return errors.New("--ca-dir and --tokens are required (make a CA with: detour controller ca init --dir DIR)")
+	}
+	if f.certTTL < time.Second {
+		return fmt.Errorf("--cert-ttl %s: want at least 1s", f.certTTL)
+	}
+	authority, err := ca.Load(f.caDir)
+	if err != nil {
+		return fmt.Errorf("--ca-dir: %w (make one with: detour controller ca init --dir %s)", err, f.caDir)
+	}
+	td := authority.TrustDomain()
+	tokens, err := cidentity.LoadTokens(f.tokens, td)
+	if err != nil {
+		return fmt.Errorf("--tokens: %w", err)
+	}
+	var src discovery.Source
+	switch kind, arg, _ := strings.Cut(f.source, ":"); {
+	case kind == "file" && arg != "":
+		file, err := discovery.NewFile(arg, discovery.FileOptions{Logger: log})
+		if err != nil {
+			return fmt.Errorf("--source: %w", err)
+		}
+		src = file
+	default:
+		return fmt.Errorf("--source %q: want file:PATH", f.source)
+	}
+	tlsConfig, err := authority.ServerTLS(pidentity.ControllerID(td), f.certTTL)
+	if err != nil {
+		return fmt.Errorf("issuing the controller's own certificate: %w", err)
+	}
+	lis, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		// Proxies ping every 30 s to notice a lost controller; allow that, refuse floods.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+	)
+	disc := cdiscovery.NewServer(src, log)
+	discoverypb.RegisterDiscoveryServer(srv, disc)
+	identitypb.RegisterIdentityServer(srv, cidentity.NewServer(cidentity.Config{
+		CA: authority, Verifier: tokens, TTL: f.certTTL, Logger: log,
+	}))
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return disc.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serving gRPC: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		// disc.Run has returned or is returning, which ends the watches; unary calls finish.
+		stopped := make(chan struct{})
+		go func() { srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			srv.Stop()
+		}
+		return nil
+	})
+	log.Info("controller serving", "listen", lis.Addr().String(), "trust_domain", td.Name(),
+		"trust_anchor_sha256", ca.Fingerprint(authority.TrustAnchor()), "tokens", tokens.Len(),
+		"cert_ttl", f.certTTL.String())
+	return g.Wait()
+}
+
+type caInitFlags struct {
+	dir, trustDomain, output string
+}
+
+func newControllerCACommand() *cobra.Command {
+	caCmd := &cobra.Command{
+		Use:   "ca",
+		Short: "Manage the controller's certificate authority",
+		Args:  cobra.NoArgs,
+	}
+	var f caInitFlags
+	initCmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create the trust domain's CA: a trust anchor and an issuer, ECDSA P-256",
+		Long: `init writes ca.crt and ca.key (the self-signed trust anchor) and issuer.crt and
+issuer.key (the intermediate that signs workload certificates) into --dir. Keys are 0600. It never
+overwrites an existing CA. Give proxies ca.crt as their trust anchor; keep the keys secret.
+Every flag can also be set as DETOUR_<FLAG_NAME>.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd); err != nil {
+				return err
+			}
+			return runCAInit(cmd.OutOrStdout(), f)
+		},
+	}
+	fl := initCmd.Flags()
+	fl.StringVar(&f.dir, "dir", "", "directory for the CA files (created 0700 if missing)")
+	fl.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "the trust domain, e.g. cluster.local")
+	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	caCmd.AddCommand(initCmd)
+	return caCmd
+}
+
+// caReport is the -o json document of ca init.
+type caReport struct {
+	TrustDomain string     `json:"trust_domain"`
+	Dir         string     `json:"dir"`
+	TrustAnchor caCertInfo `json:"trust_anchor"`
+	Issuer      caCertInfo `json:"issuer"`
+}
+
+type caCertInfo struct {
+	Path        string    `json:"path"`
+	SHA256      string    `json:"sha256"`
+	NotAfter    time.Time `json:"not_after"`
+	KeyPath     string    `json:"key_path"`
+	Description string    `json:"description"`
+}
+
+func runCAInit(w io.Writer, f caInitFlags) error {
+	if err := outputFormat(f.output); err != nil {
+		return err
+	}
+	if f.dir == "" {
+		return errors.New("--dir is required: where to write the CA")
+	}
+	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)
+	}
+	authority, err := ca.Init(f.dir, td)
+	if err != nil {
+		return err
+	}
+	dir, _ := filepath.Abs(f.dir)
+	r := caReport{
+		TrustDomain: td.Name(),
+		Dir:         dir,
+		TrustAnchor: caCertInfo{
+			Path: filepath.Join(dir, ca.AnchorCertFile), KeyPath: filepath.Join(dir, ca.AnchorKeyFile),
+			SHA256: ca.Fingerprint(authority.TrustAnchor()), NotAfter: authority.TrustAnchor().NotAfter.UTC(),
+			Description: "give to every proxy (--trust-anchor)",
+		},
+		Issuer: caCertInfo{
+			Path: filepath.Join(dir, ca.IssuerCertFile), KeyPath: filepath.Join(dir, ca.IssuerKeyFile),
+			SHA256: ca.Fingerprint(authority.Issuer()), NotAfter: authority.Issuer().NotAfter.UTC(),
+			Description: "signs workload certificates (controller --ca-dir)",
+		},
+	}
+	if f.output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	fmt.Fprintf(w, "CA for trust domain %s created in %s\n\n", r.TrustDomain, r.Dir)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROLE\tCERTIFICATE\tEXPIRES\tSHA-256")
+	for _, c := range []struct {
+		role string
+		info caCertInfo
+	}{{"trust anchor", r.TrustAnchor}, {"issuer", r.Issuer}} {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s…\n", c.role, filepath.Base(c.info.Path), c.info.NotAfter.Format("2006-01-02"), c.info.SHA256[:16])
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nGive proxies %s as their trust anchor. Keep %s and %s secret.\n",
+		r.TrustAnchor.Path, ca.AnchorKeyFile, ca.IssuerKeyFile)
+	return nil
+}

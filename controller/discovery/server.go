@@ -1,0 +1,146 @@
+// Package discovery is the controller's Discovery service: it exists to serve one discovery
+// Source (the file today, Kubernetes later) to every proxy over gRPC, in the same model the
+// proxy's own file source produces (proxy/discovery), so a proxy behaves the same whichever it
+// reads. The source is followed once and each snapshot converted once, however many proxies
+// watch.
+package discovery
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/detourmesh/detour/api/discoverypb"
+	"github.com/detourmesh/detour/proxy/discovery"
+)
+
+// Server implements discoverypb.DiscoveryServer over a discovery.Source. Run must be running for
+// Watch to deliver anything.
+type Server struct {
+	discoverypb.UnimplementedDiscoveryServer
+	src discovery.Source
+	log *slog.Logger
+
+	mu      sync.Mutex
+	current *discoverypb.Snapshot // nil until the source delivers
+	changed chan struct{}         // closed and replaced when current changes
+	stopped chan struct{}         // closed when Run returns: watches end, so a graceful stop can finish
+}
+
+// NewServer returns a Discovery service for src.
+func NewServer(src discovery.Source, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{src: src, log: log, changed: make(chan struct{}), stopped: make(chan struct{})}
+}
+
+// Run follows the source until ctx is done, converting each snapshot for the watchers. When it
+// returns, every Watch ends with OK, so grpc.Server.GracefulStop does not wait for streams that
+// would otherwise never end; proxies reconnect to another controller or this one restarted.
+// Call it once.
+func (s *Server) Run(ctx context.Context) error {
+	defer close(s.stopped)
+	for snap := range s.src.Watch(ctx) {
+		pb := discovery.ToProto(snap)
+		s.mu.Lock()
+		s.current = pb
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// Current returns the snapshot in force and a channel closed when it is replaced.
+func (s *Server) Current() (*discoverypb.Snapshot, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current, s.changed
+}
+
+// Watch implements discoverypb.DiscoveryServer: the current snapshot at once, then each new one.
+// A watcher whose connection is slow is sent the newest snapshot when its last send completes,
+// never a queue of the ones it missed, so a slow proxy costs the controller one pending message.
+func (s *Server) Watch(req *discoverypb.WatchRequest, stream discoverypb.Discovery_WatchServer) error {
+	ctx := stream.Context()
+	targets, err := parseTargets(req.GetTargets())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
+	}
+	log := s.log.With("peer", addr, "identity", req.GetIdentity())
+	log.Info("discovery watch started", "targets", len(targets))
+	defer log.Info("discovery watch ended")
+	var sent *discoverypb.Snapshot
+	for {
+		cur, changed := s.Current()
+		if cur != nil && cur != sent {
+			if err := stream.Send(filter(cur, targets)); err != nil {
+				return err
+			}
+			sent = cur
+			continue // something newer may have come while Send blocked
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.stopped:
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// parseTargets normalizes the targets of a WatchRequest as the discovery file spells addresses:
+// IP:port canonical, authorities lower case.
+func parseTargets(raw []string) (map[string]bool, error) {
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	if len(raw) > 10000 {
+		return nil, errors.New("more than 10000 targets: watch every service instead (no targets)")
+	}
+	t := make(map[string]bool, len(raw))
+	for _, r := range raw {
+		if ap, err := netip.ParseAddrPort(r); err == nil {
+			t[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()] = true
+			continue
+		}
+		t[strings.ToLower(strings.TrimSuffix(r, "."))] = true
+	}
+	return t, nil
+}
+
+// filter returns the part of snap whose services have an address or authority in targets.
+func filter(snap *discoverypb.Snapshot, targets map[string]bool) *discoverypb.Snapshot {
+	if targets == nil {
+		return snap
+	}
+	out := &discoverypb.Snapshot{Revision: snap.Revision, TrustDomain: snap.TrustDomain}
+	for _, svc := range snap.Services {
+		if anyIn(svc.Addresses, targets) || anyIn(svc.Authorities, targets) {
+			out.Services = append(out.Services, svc)
+		}
+	}
+	return out
+}
+
+func anyIn(list []string, set map[string]bool) bool {
+	for _, s := range list {
+		if set[s] {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,282 @@
+package discovery_test
+
+import (
+	"context"
+	"crypto/x509"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/detourmesh/detour/api/discoverypb"
+	"github.com/detourmesh/detour/controller/ca"
+	cdiscovery "github.com/detourmesh/detour/controller/discovery"
+	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/proxy/identity"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func serviceFile(vip string) string {
+	return "services:\n  - name: stockdata.stocks\n    addresses: [\"" + vip + "\"]\n"
+}
+
+func replaceFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path+".tmp", []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fakeController serves a DiscoveryServer on a loopback TLS port that can be stopped and
+// started again on the same address.
+type fakeController struct {
+	t    *testing.T
+	ca   *ca.CA
+	srv  discoverypb.DiscoveryServer
+	addr string
+
+	mu sync.Mutex
+	gs *grpc.Server
+}
+
+func newFakeController(t *testing.T, srv discoverypb.DiscoveryServer) *fakeController {
+	t.Helper()
+	authority, err := ca.Init(filepath.Join(t.TempDir(), "ca"), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &fakeController{t: t, ca: authority, srv: srv, addr: "127.0.0.1:0"}
+	k.start()
+	t.Cleanup(k.stop)
+	return k
+}
+
+func (k *fakeController) start() {
+	k.t.Helper()
+	tlsCfg, err := k.ca.ServerTLS(identity.ControllerID(td), time.Hour)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", k.addr)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	k.addr = lis.Addr().String()
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
+	discoverypb.RegisterDiscoveryServer(gs, k.srv)
+	go gs.Serve(lis)
+	k.mu.Lock()
+	k.gs = gs
+	k.mu.Unlock()
+}
+
+func (k *fakeController) stop() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.gs != nil {
+		k.gs.Stop()
+		k.gs = nil
+	}
+}
+
+func (k *fakeController) options() discovery.ControllerOptions {
+	anchors := identity.Pool([]*x509.Certificate{k.ca.TrustAnchor()})
+	return discovery.ControllerOptions{
+		Address:      k.addr,
+		TLS:          identity.ClientTLS(anchors, identity.ControllerID(td), nil),
+		Identity:     "spiffe://cluster.local/ns/web/sa/stockweb",
+		StartTimeout: 10 * time.Second,
+		MinBackoff:   20 * time.Millisecond,
+		MaxBackoff:   200 * time.Millisecond,
+		Logger:       quietLog(),
+	}
+}
+
+// fileController is the real controller discovery service over a discovery file.
+func fileController(t *testing.T, content string) (*fakeController, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "discovery.yaml")
+	replaceFile(t, path, content)
+	file, err := discovery.NewFile(path, discovery.FileOptions{Interval: 10 * time.Millisecond, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := cdiscovery.NewServer(file, quietLog())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return newFakeController(t, srv), path
+}
+
+func startSource(t *testing.T, opts discovery.ControllerOptions) *discovery.Controller {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	src, err := discovery.StartController(ctx, opts)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); <-src.Done() })
+	return src
+}
+
+// next receives from a Watch channel until a snapshot has vip; the limit bounds a failing test.
+func next(t *testing.T, ch <-chan *discovery.Snapshot, vip string) *discovery.Snapshot {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case s, ok := <-ch:
+			if !ok {
+				t.Fatal("watch channel closed")
+			}
+			if _, found := s.Lookup(netip.MustParseAddrPort(vip)); found {
+				return s
+			}
+		case <-deadline:
+			t.Fatalf("no snapshot with %s", vip)
+		}
+	}
+}
+
+func TestControllerSourceFollowsTheControllersFile(t *testing.T) {
+	k, path := fileController(t, serviceFile("198.19.0.1:80"))
+	src := startSource(t, k.options())
+	if _, ok := src.Snapshot().Lookup(netip.MustParseAddrPort("198.19.0.1:80")); !ok {
+		t.Fatalf("the first snapshot is not the file's")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch := src.Watch(ctx)
+	next(t, ch, "198.19.0.1:80")
+	replaceFile(t, path, serviceFile("198.19.0.2:80"))
+	next(t, ch, "198.19.0.2:80")
+}
+
+func TestControllerSourceKeepsTheLastGoodSnapshotWhileTheControllerIsAway(t *testing.T) {
+	k, path := fileController(t, serviceFile("198.19.0.1:80"))
+	src := startSource(t, k.options())
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch := src.Watch(ctx)
+	before := next(t, ch, "198.19.0.1:80")
+
+	k.stop()
+	// The file changes while no proxy can hear about it.
+	replaceFile(t, path, serviceFile("198.19.0.2:80"))
+	// Give the source time to notice the loss and retry a few times (not an assertion on time:
+	// whatever happens in this window, the snapshot must not change).
+	time.Sleep(300 * time.Millisecond)
+	if src.Snapshot() != before {
+		t.Fatalf("the snapshot changed while the controller was away")
+	}
+	if src.Err() == nil {
+		t.Errorf("Err() is nil while the controller is away")
+	}
+	select {
+	case s := <-ch:
+		t.Fatalf("a snapshot was delivered while the controller was away: %s", s.Revision())
+	default:
+	}
+
+	k.start()
+	after := next(t, ch, "198.19.0.2:80")
+	if after.Revision() == before.Revision() {
+		t.Errorf("revision did not change")
+	}
+	if err := src.Err(); err != nil {
+		t.Errorf("Err() = %v after the controller came back", err)
+	}
+}
+
+func TestStartControllerFailsClearlyWhenNoControllerAnswers(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there now
+	opts := discovery.ControllerOptions{
+		Address:      addr,
+		TLS:          identity.ClientTLS(identity.Pool(nil), identity.ControllerID(td), nil),
+		StartTimeout: 300 * time.Millisecond,
+		MinBackoff:   20 * time.Millisecond,
+		Logger:       quietLog(),
+	}
+	_, err = discovery.StartController(context.Background(), opts)
+	if err == nil {
+		t.Fatal("started without a controller")
+	}
+	for _, want := range []string{"no discovery snapshot from the controller at " + addr + " within 300ms", "connection refused", "check that the controller runs"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+}
+
+func TestStartControllerRefusesAnImpostor(t *testing.T) {
+	k, _ := fileController(t, serviceFile("198.19.0.1:80"))
+	opts := k.options()
+	other, err := ca.Init(filepath.Join(t.TempDir(), "other"), td) // same trust domain, another CA
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.TLS = identity.ClientTLS(identity.Pool([]*x509.Certificate{other.TrustAnchor()}), identity.ControllerID(td), nil)
+	opts.StartTimeout = 500 * time.Millisecond
+	_, err = discovery.StartController(context.Background(), opts)
+	if err == nil || !strings.Contains(err.Error(), "does not chain to the trust anchors") {
+		t.Fatalf("err = %v, want a certificate refusal", err)
+	}
+}
+
+// scripted is a Discovery server that sends the snapshots it is given, in order, then waits.
+type scripted struct {
+	discoverypb.UnimplementedDiscoveryServer
+	snaps []*discoverypb.Snapshot
+}
+
+func (s *scripted) Watch(_ *discoverypb.WatchRequest, stream discoverypb.Discovery_WatchServer) error {
+	for _, pb := range s.snaps {
+		if err := stream.Send(pb); err != nil {
+			return err
+		}
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+func TestControllerSourceIgnoresAnInvalidSnapshot(t *testing.T) {
+	svc := func(vip string) *discoverypb.Snapshot {
+		return &discoverypb.Snapshot{Revision: vip, TrustDomain: "cluster.local",
+			Services: []*discoverypb.Service{{Name: "a.b", Addresses: []string{vip}}}}
+	}
+	k := newFakeController(t, &scripted{snaps: []*discoverypb.Snapshot{
+		svc("198.19.0.1:80"), svc("198.19.0.2:0"), svc("198.19.0.3:80"),
+	}})
+	src := startSource(t, k.options())
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch := src.Watch(ctx)
+	// The port-0 snapshot is refused, the next good one is taken.
+	got := next(t, ch, "198.19.0.3:80")
+	if got.Revision() != "198.19.0.3:80" {
+		t.Errorf("revision %q", got.Revision())
+	}
+}
