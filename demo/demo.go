@@ -33,6 +33,10 @@ type Options struct {
 	Duration time.Duration // keep running this long after setting up; 0: until ctx ends
 	Port     uint16        // first loopback port of the forwarders, default 8000
 	Bin      string        // folder holding detour, stockdata and stockweb; default: this executable's
+	// Balancer for StockData: round-robin (default here, so every page load shows the same
+	// even table) or p2c-ewma (the proxy's default, which favours whichever replica answers
+	// fastest at the moment, so its tables vary from load to load).
+	Balancer string
 	Out      io.Writer
 }
 
@@ -68,6 +72,9 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	if o.Port == 0 {
 		o.Port = 8000
+	}
+	if o.Balancer == "" {
+		o.Balancer = "round-robin"
 	}
 	if o.Bin == "" {
 		exe, err := os.Executable()
@@ -257,7 +264,8 @@ func (d *demo) mesh(ctx context.Context) error {
 func (d *demo) discoveryFile() (string, error) {
 	var b strings.Builder
 	b.WriteString("trustDomain: cluster.local\nservices:\n")
-	fmt.Fprintf(&b, "  - name: stockdata.stocks\n    addresses: [%q, %q]\n    protocol: http2\n    endpoints:\n", vip4.String(), vip6.String())
+	fmt.Fprintf(&b, "  - name: stockdata.stocks\n    addresses: [%q, %q]\n    protocol: http2\n    balancer: %s\n    endpoints:\n",
+		vip4.String(), vip6.String(), d.o.Balancer)
 	for _, p := range d.stock {
 		fmt.Fprintf(&b, "      - address: %q\n        zone: node-1\n", netip.AddrPortFrom(p.IPv4, stockPort).String())
 	}

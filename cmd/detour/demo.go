@@ -27,6 +27,7 @@ with forwarders from the host's loopback; Ctrl-C removes everything it made.`,
 	fl.BoolVar(&o.NoMesh, "no-mesh", false, "show the cluster without Detour only")
 	fl.DurationVar(&o.Duration, "duration", 0, "keep running this long, then clean up (0: until Ctrl-C)")
 	fl.Uint16Var(&o.Port, "port", 8000, "first port on 127.0.0.1 for the forwarders (StockWeb, then each proxy's metrics)")
+	fl.StringVar(&o.Balancer, "balancer", "round-robin", "StockData's balancer: round-robin (an even table every load) or p2c-ewma (the proxy's default: favours the replicas answering fastest)")
 	fl.StringVar(&o.Bin, "bin", "", "folder with the detour, stockdata and stockweb binaries (default: detour's own)")
 	return cmd
 }
