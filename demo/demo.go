@@ -7,6 +7,7 @@ package demo
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -116,6 +118,9 @@ func Run(ctx context.Context, o Options) (err error) {
 		if err := d.show(ctx, "with the mesh: Detour balances every call over every replica"); err != nil {
 			return err
 		}
+		if err := d.s.do("checking that StockWeb -> StockData is mutual TLS", d.showTLS); err != nil {
+			return err
+		}
 	}
 	if err := d.forward(); err != nil {
 		return err
@@ -215,14 +220,29 @@ func (d *demo) waitHealthy(ctx context.Context, p *netns.Pod, port uint16) error
 	}
 }
 
-// mesh installs Detour in every pod, as an injected sidecar would, and restarts StockWeb so its
-// connection is made through its proxy (Kubernetes restarts pods when it injects sidecars).
+// Workload identities of the demo's pods.
+var (
+	webID   = "spiffe://cluster.local/ns/stocks/sa/stockweb"
+	stockID = "spiffe://cluster.local/ns/stocks/sa/stockdata"
+	// The controller runs on the node, reachable from every pod at the bridge's address.
+	controllerAddr = netip.MustParseAddrPort("198.18.0.1:7086")
+)
+
+// mesh starts the controller, installs Detour in every pod, as an injected sidecar would, and
+// restarts StockWeb so its connection is made through its proxy (Kubernetes restarts pods when
+// it injects sidecars).
 func (d *demo) mesh(ctx context.Context) error {
 	disc, err := d.discoveryFile()
 	if err != nil {
 		return err
 	}
 	pods := append([]*netns.Pod{d.web}, d.stock...)
+	tokens := map[*netns.Pod]string{}
+	if err := d.s.do("starting the controller on the node: trust anchor, identities, discovery", func() (string, error) {
+		return d.startController(ctx, disc, pods, tokens)
+	}); err != nil {
+		return err
+	}
 	if err := d.s.do("detour init in every pod: redirect rules installed and proven", func() (string, error) {
 		for _, p := range pods {
 			if _, err := d.procs.run(ctx, p, filepath.Join(d.o.Bin, "detour"), "init", "-o", "json"); err != nil {
@@ -235,10 +255,12 @@ func (d *demo) mesh(ctx context.Context) error {
 	}
 	if err := d.s.do("starting a detour proxy sidecar in every pod, as UID 2102", func() (string, error) {
 		for _, p := range pods {
-			args := []string{"proxy", "--drain-timeout", "1s"}
+			id := stockID
 			if p == d.web {
-				args = append(args, "--discovery", "file:"+disc)
+				id = webID
 			}
+			args := []string{"proxy", "--drain-timeout", "1s", "--discovery", "controller:" + controllerAddr.String(),
+				"--identity", id, "--trust-anchor", filepath.Join(d.procs.logs, "ca.crt"), "--identity-token", tokens[p]}
 			if _, err := d.procs.start(ctx, p, "proxy", int(proxyUID), filepath.Join(d.o.Bin, "detour"), args...); err != nil {
 				return "", err
 			}
@@ -248,7 +270,7 @@ func (d *demo) mesh(ctx context.Context) error {
 				return "", err
 			}
 		}
-		return "all proxies ready (/ready on the admin port)", nil
+		return "all proxies ready: each holds a certificate for its identity (/ready on the admin port)", nil
 	}); err != nil {
 		return err
 	}
@@ -260,6 +282,53 @@ func (d *demo) mesh(ctx context.Context) error {
 	return d.startWeb(ctx, "starting StockWeb again: still one gRPC connection to "+vip4.String())
 }
 
+// startController makes the trust domain's CA, one bootstrap token per pod, and runs the
+// controller in the node namespace.
+func (d *demo) startController(ctx context.Context, disc string, pods []*netns.Pod, tokens map[*netns.Pod]string) (string, error) {
+	detour := filepath.Join(d.o.Bin, "detour")
+	caDir := filepath.Join(d.procs.logs, "ca")
+	if out, err := exec.CommandContext(ctx, detour, "controller", "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("ca init: %w: %s", err, out)
+	}
+	anchor, err := os.ReadFile(filepath.Join(caDir, "ca.crt"))
+	if err != nil {
+		return "", err
+	}
+	// The trust anchor is public; the proxies, running as their own UID, read this copy.
+	if err := os.WriteFile(filepath.Join(d.procs.logs, "ca.crt"), anchor, 0o644); err != nil {
+		return "", err
+	}
+	var lines strings.Builder
+	for _, p := range pods {
+		tok := make([]byte, 16)
+		if _, err := rand.Read(tok); err != nil {
+			return "", err
+		}
+		id := stockID
+		if p == d.web {
+			id = webID
+		}
+		fmt.Fprintf(&lines, "%x %s\n", tok, id)
+		tokens[p] = filepath.Join(d.procs.logs, p.Name+".token")
+		if err := os.WriteFile(tokens[p], fmt.Appendf(nil, "%x", tok), 0o644); err != nil {
+			return "", err
+		}
+	}
+	tokenFile := filepath.Join(caDir, "tokens")
+	if err := os.WriteFile(tokenFile, []byte(lines.String()), 0o600); err != nil {
+		return "", err
+	}
+	node := &netns.Pod{Name: "node", NS: d.topo.Node}
+	if _, err := d.procs.start(ctx, node, "controller", -1, detour, "controller", "--source", "file:"+disc,
+		"--listen", controllerAddr.String(), "--ca-dir", caDir, "--tokens", tokenFile); err != nil {
+		return "", err
+	}
+	if err := d.waitTCP(ctx, []*netns.Pod{{Name: "node", IPv4: controllerAddr.Addr()}}, controllerAddr.Port()); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("controller at %s; identities %s and %s", controllerAddr, webID, stockID), nil
+}
+
 // discoveryFile writes the StockData service for the StockWeb proxy: both VIPs, every replica.
 func (d *demo) discoveryFile() (string, error) {
 	var b strings.Builder
@@ -267,7 +336,7 @@ func (d *demo) discoveryFile() (string, error) {
 	fmt.Fprintf(&b, "  - name: stockdata.stocks\n    addresses: [%q, %q]\n    protocol: http2\n    balancer: %s\n    endpoints:\n",
 		vip4.String(), vip6.String(), d.o.Balancer)
 	for _, p := range d.stock {
-		fmt.Fprintf(&b, "      - address: %q\n        zone: node-1\n", netip.AddrPortFrom(p.IPv4, stockPort).String())
+		fmt.Fprintf(&b, "      - address: %q\n        identity: %s\n        zone: node-1\n", netip.AddrPortFrom(p.IPv4, stockPort).String(), stockID)
 	}
 	path := filepath.Join(d.procs.logs, "discovery.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
@@ -323,6 +392,41 @@ func (d *demo) show(ctx context.Context, title string) error {
 	})
 }
 
+// showTLS reads each StockData proxy's open connections and prints who calls, as its
+// certificate proved.
+func (d *demo) showTLS() (string, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialIn(d.topo.Node)}}
+	var lines []string
+	for _, p := range d.stock {
+		resp, err := client.Get(fmt.Sprintf("http://%s/debug/connections", netip.AddrPortFrom(p.IPv4, adminPort)))
+		if err != nil {
+			return "", err
+		}
+		var conns []struct {
+			Direction string `json:"direction"`
+			Client    string `json:"client"`
+			Protocol  string `json:"protocol"`
+			Peer      string `json:"peer_identity"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&conns)
+		resp.Body.Close()
+		if err != nil {
+			return "", err
+		}
+		found := false
+		for _, c := range conns {
+			if c.Direction == "inbound" && c.Peer == webID {
+				lines = append(lines, fmt.Sprintf("%s: %s connection from %s over mutual TLS, the client proved %s", p.Name, c.Protocol, c.Client, c.Peer))
+				found = true
+			}
+		}
+		if !found {
+			return "", fmt.Errorf("%s's proxy holds no mutual TLS connection from %s", p.Name, webID)
+		}
+	}
+	return strings.Join(lines, "\n"), nil
+}
+
 // forward opens the loopback forwarders: StockWeb's page and every proxy's admin port.
 func (d *demo) forward() error {
 	return d.s.do("forwarding from the host's loopback into the pods (like kubectl port-forward)", func() (string, error) {
@@ -332,7 +436,7 @@ func (d *demo) forward() error {
 			if err != nil {
 				return fmt.Errorf("forwarding %s: %w", name, err)
 			}
-			f.label = fmt.Sprintf("%-24s http://%s%s", name, f.addr, path)
+			f.label = fmt.Sprintf("%-26s http://%s%s", name, f.addr, path)
 			d.fwds = append(d.fwds, f)
 			port++
 			return nil
