@@ -80,6 +80,9 @@ func TestDemoShowsTheProblemAndTheFix(t *testing.T) {
 					t.Errorf("with the mesh stockdata-%d served %v calls, want within 15%% of %.1f: %v", i, n, even, with)
 				}
 			}
+			if !strings.Contains(string(out), "over mutual TLS, the client proved spiffe://cluster.local/ns/stocks/sa/stockweb") {
+				t.Errorf("the demo does not show StockWeb -> StockData as mutual TLS")
+			}
 			if t.Failed() {
 				t.Logf("demo output:\n%s", out)
 			}

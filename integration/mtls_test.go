@@ -1,15 +1,26 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
+	"math/big"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -243,4 +254,268 @@ func TestMutualTLSBetweenMeshedPods(t *testing.T) {
 			t.Fatalf("call to an endpoint announced as another identity: %v, want Unavailable naming it", err)
 		}
 	})
+}
+
+// steadyLoad makes GetQuote calls over cc, one at a time from `workers` callers, until stop
+// is closed or limit calls were made, and returns how many succeeded and the errors seen.
+func steadyLoad(cc stockpb.StockDataClient, workers int, limit int, stop <-chan struct{}) (ok int, errs []error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	made := 0
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				if made >= limit {
+					mu.Unlock()
+					return
+				}
+				made++
+				mu.Unlock()
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := cc.GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "BOLT"})
+				cancel()
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					ok++
+				}
+				mu.Unlock()
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	return ok, errs
+}
+
+// serial reads the serial of a proxy's current certificate from /debug/identity.
+func serial(t *testing.T, m *meshPod) string {
+	t.Helper()
+	code, body := m.admin(t, "/debug/identity")
+	if code != 200 {
+		t.Fatalf("/debug/identity: %d %s", code, body)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := doc["serial"].(string)
+	if s == "" {
+		t.Fatalf("/debug/identity has no serial: %s", body)
+	}
+	return s
+}
+
+// meshedStockPair is a client and a StockData server, both meshed with identities issued
+// by a controller whose certificates live ttl.
+func meshedStockPair(t *testing.T, ttl time.Duration) (ca *meshCA, client, server *meshPod, vip netip.AddrPort) {
+	topo := nstestTopology(t)
+	ca = newMeshCA(t, topo, ttl)
+	c, s := addPod(t, topo, "client"), addPod(t, topo, "server")
+	serveStockData(t, s, "server", 0)
+	vip = netip.MustParseAddrPort("198.19.0.10:80")
+	cf, sf := ca.meshFlags(t, spiffe("web", "stockweb")), ca.meshFlags(t, spiffe("stocks", "stockdata"))
+	ca.start(t, stockDiscoveryWithIdentity(vip, []*netns.Pod{s}, spiffe("stocks", "stockdata")))
+	return ca, meshWithIdentity(t, c, cf), meshWithIdentity(t, s, sf), vip
+}
+
+// TestCertificateRotationUnderLoad: certificates living seconds are renewed under steady gRPC
+// load without losing a call.
+func TestCertificateRotationUnderLoad(t *testing.T) {
+	_, client, server, vip := meshedStockPair(t, 3*time.Second)
+	before := []string{serial(t, client), serial(t, server)}
+	cc := stockpb.NewStockDataClient(grpcClientIn(t, client.NS, vip.String()))
+	stop := make(chan struct{})
+	time.AfterFunc(5*time.Second, func() { close(stop) }) // past 70 % of two lifetimes
+	ok, errs := steadyLoad(cc, 4, 20000, stop)
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d calls failed during rotation, first: %v", len(errs), ok+len(errs), errs[0])
+	}
+	after := []string{serial(t, client), serial(t, server)}
+	for i, side := range []string{"client", "server"} {
+		if before[i] == after[i] {
+			t.Errorf("the %s proxy's certificate was not renewed (serial %s)", side, before[i])
+		}
+	}
+	t.Logf("%d calls, serials %v -> %v", ok, before, after)
+	// New handshakes use the new certificates: a fresh client connection still works.
+	fresh := stockpb.NewStockDataClient(grpcClientIn(t, client.NS, vip.String()))
+	if _, err := fresh.GetQuote(context.Background(), &stockpb.QuoteRequest{Symbol: "ACME"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestControllerRestartUnderLoad: while the controller is away, calls go on with the last
+// endpoints and certificates; proxies reconnect when it is back.
+func TestControllerRestartUnderLoad(t *testing.T) {
+	ca, client, _, vip := meshedStockPair(t, time.Hour)
+	cc := stockpb.NewStockDataClient(grpcClientIn(t, client.NS, vip.String()))
+	stop := make(chan struct{})
+	var ok int
+	var errs []error
+	done := make(chan struct{})
+	go func() {
+		ok, errs = steadyLoad(cc, 4, 20000, stop)
+		close(done)
+	}()
+	time.Sleep(500 * time.Millisecond)
+	ca.stop(t)
+	time.Sleep(1500 * time.Millisecond)
+	if code, body := client.admin(t, "/ready"); code != 200 {
+		t.Errorf("the proxy is not ready while the controller is away: %d %s", code, body)
+	}
+	// Back, with a change the proxy can only learn from the controller.
+	ca.start(t, strings.Replace(mustRead(t, ca.disc), "        identity:", "        zone: after-restart\n        identity:", 1))
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, body := client.admin(t, "/debug/endpoints"); strings.Contains(body, "after-restart") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy did not reconnect to the restarted controller within 15s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	close(stop)
+	<-done
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d calls failed across the controller restart, first: %v", len(errs), ok+len(errs), errs[0])
+	}
+	t.Logf("%d calls across the restart", ok)
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestAppTLSPassesThrough: an application's own TLS crosses the mesh untouched, to a known
+// meshed service (inside mesh TLS) and to an unknown destination: the client sees the server
+// application's certificate and its bytes come back exactly.
+func TestAppTLSPassesThrough(t *testing.T) {
+	topo := nstestTopology(t)
+	ca := newMeshCA(t, topo, time.Hour)
+	c, s := addPod(t, topo, "client"), addPod(t, topo, "server")
+	appCert := selfSigned(t, "app.stocks")
+	for _, ln := range listenAll(t, s, 9443) {
+		tl := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{appCert}})
+		go func() {
+			for {
+				conn, err := tl.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer conn.Close(); io.Copy(conn, conn) }()
+			}
+		}()
+	}
+	vip := netip.MustParseAddrPort("198.19.0.12:443")
+	cf, sf := ca.meshFlags(t, spiffe("web", "stockweb")), ca.meshFlags(t, spiffe("stocks", "app"))
+	ca.start(t, fmt.Sprintf("trustDomain: cluster.local\nservices:\n  - name: app.stocks\n    addresses: [%q]\n    endpoints:\n      - address: %q\n        identity: %s\n",
+		vip.String(), netip.AddrPortFrom(s.IPv4, 9443).String(), spiffe("stocks", "app")))
+	meshWithIdentity(t, s, sf)
+	meshWithIdentity(t, c, cf)
+	for _, target := range []netip.AddrPort{vip, netip.AddrPortFrom(s.IPv4, 9443)} {
+		t.Run(target.String(), func(t *testing.T) {
+			raw := dial(t, c.NS, target)
+			pool := x509.NewCertPool()
+			pool.AddCert(appCert.Leaf)
+			conn := tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: "app.stocks"})
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if err := conn.Handshake(); err != nil {
+				t.Fatalf("the app's own TLS handshake through the mesh: %v", err)
+			}
+			payload := make([]byte, 256<<10)
+			rand.Read(payload)
+			go conn.Write(payload)
+			got := make([]byte, len(payload))
+			if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, payload) {
+				t.Fatalf("echo through the app's TLS: %v", err)
+			}
+		})
+	}
+}
+
+// selfSigned makes an application's own certificate for name.
+func selfSigned(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+// TestDenialsByProtocol: a client off a port's allow-list gets 403 over HTTP and a closed
+// connection over TCP; one on the list gets through.
+func TestDenialsByProtocol(t *testing.T) {
+	topo := nstestTopology(t)
+	ca := newMeshCA(t, topo, time.Hour)
+	allowed, denied, server := addPod(t, topo, "allowed"), addPod(t, topo, "denied"), addPod(t, topo, "server")
+	serveHTTP(t, server, new(atomic.Int64))
+	serveTCP(t, server, 9000, echo)
+	allowedID, deniedID, serverID := spiffe("web", "allowed"), spiffe("web", "denied"), spiffe("stocks", "server")
+	httpVIP, tcpVIP := netip.MustParseAddrPort("198.19.0.30:80"), netip.MustParseAddrPort("198.19.0.31:9000")
+	af, df := ca.meshFlags(t, allowedID), ca.meshFlags(t, deniedID)
+	sf := append(ca.meshFlags(t, serverID), "--allow", fmt.Sprintf("8081=%s;9000=%s", allowedID, allowedID))
+	svc := func(name string, vip netip.AddrPort, port uint16) string {
+		return fmt.Sprintf("  - name: %s\n    addresses: [%q]\n    endpoints:\n      - address: %q\n        identity: %s\n",
+			name, vip.String(), netip.AddrPortFrom(server.IPv4, port).String(), serverID)
+	}
+	ca.start(t, "trustDomain: cluster.local\nservices:\n"+svc("web.stocks", httpVIP, 8081)+svc("echo.stocks", tcpVIP, 9000))
+	srv := meshWithIdentity(t, server, sf)
+	meshWithIdentity(t, allowed, af)
+	meshWithIdentity(t, denied, df)
+
+	for _, tt := range []struct {
+		pod        *netns.Pod
+		wantHTTP   int
+		wantEchoed bool
+	}{{allowed, 200, true}, {denied, 403, false}} {
+		t.Run(tt.pod.Name, func(t *testing.T) {
+			resp, err := httpClientIn(tt.pod.NS).Get(fmt.Sprintf("http://%s/", httpVIP))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.wantHTTP {
+				t.Errorf("HTTP through the mesh: %d %s, want %d", resp.StatusCode, body, tt.wantHTTP)
+			}
+			c := dial(t, tt.pod.NS, tcpVIP)
+			c.Write([]byte("ping"))
+			c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			got := make([]byte, 4)
+			_, err = io.ReadFull(c, got)
+			if echoed := err == nil && string(got) == "ping"; echoed != tt.wantEchoed {
+				t.Errorf("TCP through the mesh: echoed %v (%q, %v), want %v", echoed, got, err, tt.wantEchoed)
+			}
+		})
+	}
+	_, metrics := srv.admin(t, "/metrics")
+	for _, port := range []string{"8081", "9000"} {
+		if !strings.Contains(metrics, `detour_authz_denials_total{direction="inbound",peer_identity="`+deniedID+`",port="`+port+`"}`) {
+			t.Errorf("no denial counted on port %s", port)
+		}
+	}
 }

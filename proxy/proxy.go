@@ -111,10 +111,10 @@ func New(cfg Config) *Proxy {
 	dialH2, dialH1 := p.plainOnly, p.plainOnly
 	p.dialMesh = p.plainOnly
 	if cfg.Identity != nil {
-		p.serverTLS = mtls.ServerConfig(cfg.Identity, []string{mtls.ALPNH2, mtls.ALPNTCP})
+		p.serverTLS = mtls.ServerConfig(cfg.Identity, []string{mtls.ALPNH2, mtls.ALPNHTTP1, mtls.ALPNTCP})
 		dialH2 = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNH2)
-		dialH1 = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNTCP)
-		p.dialMesh = dialH1
+		dialH1 = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNHTTP1)
+		p.dialMesh = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNTCP)
 	}
 	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Outbound), Dial: dialH2, Logger: cfg.Logger})
 	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger, MaxConnsPerEndpoint: 1})

@@ -49,7 +49,8 @@ func (p *Proxy) sniff(direction string, dst netip.AddrPort, c *net.TCPConn) (str
 const meshHandshakeTimeout = 10 * time.Second
 
 // serveMesh terminates mutual TLS from another proxy, checks its certificate chains to the trust
-// anchors, and serves what it carries as if it had arrived in plaintext from that identity.
+// anchors, and serves what it carries, by its ALPN, as if it had arrived in plaintext from that
+// identity.
 func (p *Proxy) serveMesh(ctx context.Context, c net.Conn, client, dst netip.AddrPort, info *connInfo) {
 	if p.serverTLS == nil {
 		p.metrics.Detected(metrics.Inbound, dst.Port(), "mesh-tls-refused")
@@ -73,27 +74,21 @@ func (p *Proxy) serveMesh(ctx context.Context, c net.Conn, client, dst netip.Add
 	}
 	peer := id.String()
 	info.setPeer(peer)
-	if cs.NegotiatedProtocol == mtls.ALPNH2 {
+	var err2 error
+	switch cs.NegotiatedProtocol {
+	case mtls.ALPNH2:
 		info.setProtocol(protoHTTP2)
-		if err := p.h2in.ServeConnWith(ctx, tc, dst, h2.ConnInfo{Peer: peer}); err != nil {
-			p.log.Debug("connection ended", "direction", metrics.Inbound, "peer", peer, "dst", dst, "err", err)
-		}
-		return
-	}
-	// detour/tcp: HTTP/1 is served request by request, anything else relayed.
-	res, inner, err := detect.Sniff(tc, p.cfg.DetectTimeout, sniffMax)
-	if err != nil {
-		return
-	}
-	if res.Protocol == detect.HTTP1 {
+		err2 = p.h2in.ServeConnWith(ctx, tc, dst, h2.ConnInfo{Peer: peer})
+	case mtls.ALPNHTTP1:
 		info.setProtocol(protoHTTP1)
-		if err := p.h1in.ServeConnWith(ctx, inner, dst, http1.ConnInfo{Peer: peer}); err != nil {
-			p.log.Debug("connection ended", "direction", metrics.Inbound, "peer", peer, "dst", dst, "err", err)
-		}
-		return
+		err2 = p.h1in.ServeConnWith(ctx, tc, dst, http1.ConnInfo{Peer: peer})
+	default: // mtls.ALPNTCP
+		info.setProtocol(protoOpaque)
+		p.relayTCP(ctx, metrics.Inbound, nil, dst, tc, peer)
 	}
-	info.setProtocol(protoOpaque)
-	p.relayTCP(ctx, metrics.Inbound, nil, dst, inner, peer)
+	if err2 != nil {
+		p.log.Debug("connection ended", "direction", metrics.Inbound, "peer", peer, "dst", dst, "err", err2)
+	}
 }
 
 // relayTCP relays a connection byte for byte: to its original destination, to an endpoint of

@@ -11,7 +11,10 @@ import (
 const (
 	// ALPNH2 carries HTTP/2 (gRPC) streams, balanced per request by the outbound proxy.
 	ALPNH2 = "detour/h2"
-	// ALPNTCP carries one opaque TCP connection (also HTTP/1), relayed byte for byte.
+	// ALPNHTTP1 carries HTTP/1.1 requests, served one by one by the inbound proxy.
+	ALPNHTTP1 = "detour/http1"
+	// ALPNTCP carries one opaque TCP connection, relayed byte for byte. The outbound proxy has
+	// already told these three apart, so the inbound proxy does not detect again (no waiting).
 	ALPNTCP = "detour/tcp"
 
 	alpnPrefix = "detour/"
