@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/detourmesh/detour/examples/stockkube/stockpb"
+	"github.com/detourmesh/detour/netns"
 	"github.com/detourmesh/detour/netns/nstest"
 )
 
@@ -124,17 +125,26 @@ func BenchmarkMesh(b *testing.B) {
 	topo := nstest.Topology(b)
 	directClient, directServer := addPod(b, topo, "direct-client"), addPod(b, topo, "direct-server")
 	meshClient, meshServer := addPod(b, topo, "mesh-client"), addPod(b, topo, "mesh-server")
+	tlsClient, tlsServer := addPod(b, topo, "mtls-client"), addPod(b, topo, "mtls-server")
 	serveStockData(b, directServer, "direct", 0)
 	serveStockData(b, meshServer, "meshed", 0)
+	serveStockData(b, tlsServer, "mtls", 0)
 	vip := netip.MustParseAddrPort("198.19.0.20:80")
 	disc := writeDiscovery(b, fmt.Sprintf("trustDomain: cluster.local\nservices:\n  - name: stockdata.stocks\n    addresses: [%q]\n    endpoints:\n      - address: %q\n",
 		vip.String(), netip.AddrPortFrom(meshServer.IPv4, 8080).String()))
-	out := mesh(b, meshClient, disc, "--log-level", "warn")
-	in := mesh(b, meshServer, "", "--log-level", "warn")
+	proxies := map[string][2]*meshPod{}
+	proxies["mesh"] = [2]*meshPod{mesh(b, meshClient, disc, "--log-level", "warn"), mesh(b, meshServer, "", "--log-level", "warn")}
+	// The same path with mutual TLS between the two proxies, identities from a controller.
+	ca := newMeshCA(b, topo, 24*time.Hour)
+	cf, sf := ca.meshFlags(b, spiffe("bench", "client")), ca.meshFlags(b, spiffe("bench", "server"))
+	ca.start(b, stockDiscoveryWithIdentity(vip, []*netns.Pod{tlsServer}, spiffe("bench", "server")))
+	proxies["mtls"] = [2]*meshPod{meshWithIdentity(b, tlsClient, append(cf, "--log-level", "warn")),
+		meshWithIdentity(b, tlsServer, append(sf, "--log-level", "warn"))}
 
 	direct := grpcClientIn(b, directClient.NS, netip.AddrPortFrom(directServer.IPv4, 8080).String())
 	meshed := grpcClientIn(b, meshClient.NS, vip.String())
-	for _, cc := range []*grpc.ClientConn{direct, meshed} { // warm up connections and pools
+	mtlsed := grpcClientIn(b, tlsClient.NS, vip.String())
+	for _, cc := range []*grpc.ClientConn{direct, meshed, mtlsed} { // warm up connections and pools
 		runLoad(cc, 0, 16, 300*time.Millisecond, 2000)
 	}
 	seconds := 3 * time.Second
@@ -152,12 +162,18 @@ func BenchmarkMesh(b *testing.B) {
 		for _, path := range []struct {
 			name string
 			cc   *grpc.ClientConn
-		}{{"direct", direct}, {"mesh", meshed}} {
+		}{{"direct", direct}, {"mesh", meshed}, {"mtls", mtlsed}} {
 			b.Run(path.name+"-"+mode.name, func(b *testing.B) {
 				for b.Loop() {
-					before := [2]procUsage{usage(out.proxy.Process.Pid), usage(in.proxy.Process.Pid)}
+					pp := proxies[path.name]
+					var before, after [2]procUsage
+					if pp[0] != nil {
+						before = [2]procUsage{usage(pp[0].proxy.Process.Pid), usage(pp[1].proxy.Process.Pid)}
+					}
 					l := runLoad(path.cc, mode.rate, 16, seconds, mode.maxCalls)
-					after := [2]procUsage{usage(out.proxy.Process.Pid), usage(in.proxy.Process.Pid)}
+					if pp[0] != nil {
+						after = [2]procUsage{usage(pp[0].proxy.Process.Pid), usage(pp[1].proxy.Process.Pid)}
+					}
 					if l.errors > 0 {
 						b.Fatalf("%d calls failed", l.errors)
 					}
@@ -166,7 +182,7 @@ func BenchmarkMesh(b *testing.B) {
 					b.ReportMetric(float64(l.p90.Microseconds()), "p90-µs")
 					b.ReportMetric(float64(l.p99.Microseconds()), "p99-µs")
 					b.ReportMetric(l.rps(), "calls/s")
-					if path.name == "mesh" {
+					if pp[0] != nil {
 						for i, side := range []string{"out", "in"} {
 							cpu := (after[i].cpu - before[i].cpu).Seconds() / float64(l.calls) * 1000
 							b.ReportMetric(cpu, side+"-cpu-s/1000calls")
@@ -178,12 +194,15 @@ func BenchmarkMesh(b *testing.B) {
 		}
 	}
 	for _, mode := range []string{"1000rps", "saturation"} {
-		d, m := results["BenchmarkMesh/direct-"+mode], results["BenchmarkMesh/mesh-"+mode]
-		if d.calls == 0 || m.calls == 0 {
-			continue
+		d := results["BenchmarkMesh/direct-"+mode]
+		for _, path := range []string{"mesh", "mtls"} {
+			m := results["BenchmarkMesh/"+path+"-"+mode]
+			if d.calls == 0 || m.calls == 0 {
+				continue
+			}
+			b.Logf("%-10s %-4s added by two proxies: p50 %+.3f ms, p90 %+.3f ms, p99 %+.3f ms; throughput %s/direct %.2f",
+				mode, path, ms(m.p50-d.p50), ms(m.p90-d.p90), ms(m.p99-d.p99), path, m.rps()/d.rps())
 		}
-		b.Logf("%-10s added by two proxies: p50 %+.3f ms, p90 %+.3f ms, p99 %+.3f ms; throughput mesh/direct %.2f",
-			mode, ms(m.p50-d.p50), ms(m.p90-d.p90), ms(m.p99-d.p99), m.rps()/d.rps())
 	}
 }
 

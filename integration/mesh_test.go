@@ -167,8 +167,9 @@ func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *
 		args = append(args, "--discovery", "file:"+discoveryPath)
 	}
 	cmd := exec.Command(detourBin, append(args, flags...)...)
-	if v := os.Getenv("DETOUR_PROXY_GOMAXPROCS"); v != "" {
-		cmd.Env = append(os.Environ(), "GOMAXPROCS="+v) // for benchmarks of the proxy's runtime settings
+	if v := os.Getenv("DETOUR_PROXY_ENV"); v != "" {
+		// Benchmarks of the proxy's runtime settings, e.g. DETOUR_PROXY_ENV="GOGC=50 GOMAXPROCS=1".
+		cmd.Env = append(os.Environ(), strings.Fields(v)...)
 	}
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log

@@ -49,7 +49,7 @@ type meshCA struct {
 
 // newMeshCA makes the controller pod, its CA and an empty discovery file; start the
 // controller with start once tokens and services are in.
-func newMeshCA(t *testing.T, topo *netns.Topology, ttl time.Duration) *meshCA {
+func newMeshCA(t testing.TB, topo *netns.Topology, ttl time.Duration) *meshCA {
 	t.Helper()
 	m := &meshCA{pod: addPod(t, topo, "controller"), tokens: map[string]string{}, ttl: ttl}
 	dir, err := os.MkdirTemp("", "detour-mesh-")
@@ -77,7 +77,7 @@ func newMeshCA(t *testing.T, topo *netns.Topology, ttl time.Duration) *meshCA {
 }
 
 // token registers identity and returns the path of a file holding its bootstrap token.
-func (m *meshCA) token(t *testing.T, identity string) string {
+func (m *meshCA) token(t testing.TB, identity string) string {
 	t.Helper()
 	b := make([]byte, 16)
 	rand.Read(b)
@@ -93,7 +93,7 @@ func (m *meshCA) token(t *testing.T, identity string) string {
 func (m *meshCA) addr() string { return netip.AddrPortFrom(m.pod.IPv4, 7086).String() }
 
 // start runs the controller in its pod, serving the discovery file written with yaml.
-func (m *meshCA) start(t *testing.T, yaml string) {
+func (m *meshCA) start(t testing.TB, yaml string) {
 	t.Helper()
 	if err := os.WriteFile(m.disc, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ func (m *meshCA) start(t *testing.T, yaml string) {
 }
 
 // stop ends the controller.
-func (m *meshCA) stop(t *testing.T) {
+func (m *meshCA) stop(t testing.TB) {
 	t.Helper()
 	m.ctrl.Process.Kill()
 	err := <-m.exited
@@ -134,14 +134,14 @@ func (m *meshCA) stop(t *testing.T) {
 }
 
 // meshFlags are the proxy flags that give it identity and discovery from the controller.
-func (m *meshCA) meshFlags(t *testing.T, identity string) []string {
+func (m *meshCA) meshFlags(t testing.TB, identity string) []string {
 	return []string{"--discovery", "controller:" + m.addr(), "--identity", identity,
 		"--trust-anchor", m.anchor, "--identity-token", m.token(t, identity)}
 }
 
 // meshWithIdentity installs the redirect in pod and starts its proxy with flags (built with
 // meshFlags before the controller started).
-func meshWithIdentity(t *testing.T, pod *netns.Pod, flags []string) *meshPod {
+func meshWithIdentity(t testing.TB, pod *netns.Pod, flags []string) *meshPod {
 	t.Helper()
 	return mesh(t, pod, "", flags...)
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -65,7 +67,15 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	return cmd
 }
 
+// proxyGCPercent is the proxy's default GOGC. A sidecar's live heap is small (about 2 MiB) and
+// its RSS is mostly its binary; collecting at 50 % growth instead of 100 % keeps it about 2 MiB
+// smaller under load for no CPU cost measurable at 1000 requests/s (make bench). GOGC overrides.
+const proxyGCPercent = 50
+
 func runProxy(cmd *cobra.Command, f proxyFlags) error {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(proxyGCPercent)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
