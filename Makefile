@@ -28,10 +28,12 @@ test: build
 demo: deps build
 	$(BIN) demo
 
-# The mesh benchmark (direct vs two proxies, gRPC over one connection) and the init install.
+# The mesh benchmark (direct vs two proxies, plaintext and mutual TLS, gRPC over one connection),
+# the init install and the mutual TLS handshake.
 bench: deps build
 	$(GO) test -run '^$$' -bench Mesh -benchtime 1x -count 1 -v ./integration/
 	$(GO) test -run '^$$' -bench Install -benchtime 20x -count 1 ./init/apply/
+	$(GO) test -run '^$$' -bench Handshake -benchtime 2s -count 1 ./proxy/mtls/
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
