@@ -162,30 +162,40 @@ func (st *state) pick(want string) (Backend, string, error) {
 	return NFT, "no backend holds rules yet; nft is the default", nil
 }
 
+// prepare validates c, resolves the families and reads every backend's rules, then picks the
+// backend Install and Check act on.
+func prepare(c plan.Config, o Options) ([]plan.Family, *state, Result, error) {
+	if err := c.Validate(); err != nil {
+		return nil, nil, Result{}, err
+	}
+	if err := o.requireNetAdmin(); err != nil {
+		return nil, nil, Result{}, err
+	}
+	families, err := Families(o.IPv6)
+	if err != nil {
+		return nil, nil, Result{}, err
+	}
+	st, err := read(o, families)
+	if err != nil {
+		return nil, nil, Result{}, err
+	}
+	b, reason, err := st.pick(o.Backend)
+	if err != nil {
+		return nil, nil, Result{}, err
+	}
+	o.log().Debug("iptables backend", "backend", b, "reason", reason)
+	return families, st, Result{Backend: b, Reason: reason}, nil
+}
+
 // Install puts the plan of c in place for every family in one transaction per family. When a
 // later family or the verification fails, the families already done are put back as they were.
 func Install(c plan.Config, o Options) (Result, error) {
 	start := time.Now()
-	if err := c.Validate(); err != nil {
-		return Result{}, err
-	}
-	if err := o.requireNetAdmin(); err != nil {
-		return Result{}, err
-	}
-	families, err := Families(o.IPv6)
+	families, st, res, err := prepare(c, o)
 	if err != nil {
 		return Result{}, err
 	}
-	st, err := read(o, families)
-	if err != nil {
-		return Result{}, err
-	}
-	b, reason, err := st.pick(o.Backend)
-	if err != nil {
-		return Result{}, err
-	}
-	o.log().Debug("iptables backend", "backend", b, "reason", reason)
-	res := Result{Backend: b, Reason: reason}
+	b := res.Backend
 	var done []plan.Family
 	for _, f := range families {
 		t, snap := st.tables[b][f], st.snaps[b][f]
@@ -313,22 +323,11 @@ func Remove(o Options) (Result, error) {
 // then runs o.Verify on them. It returns an error when there is any problem.
 func Check(c plan.Config, o Options) (Result, error) {
 	start := time.Now()
-	if err := c.Validate(); err != nil {
-		return Result{}, err
-	}
-	families, err := Families(o.IPv6)
+	families, st, res, err := prepare(c, o)
 	if err != nil {
 		return Result{}, err
 	}
-	st, err := read(o, families)
-	if err != nil {
-		return Result{}, err
-	}
-	b, reason, err := st.pick(o.Backend)
-	if err != nil {
-		return Result{}, err
-	}
-	res := Result{Backend: b, Reason: reason}
+	b := res.Backend
 	for _, f := range families {
 		res.Families = append(res.Families, f.String())
 		probs, err := checkFamily(st.tables[b][f], st.snaps[b][f], plan.Build(c, f))
