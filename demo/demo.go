@@ -197,27 +197,7 @@ func (d *demo) startWeb(ctx context.Context, what string) error {
 // waitHealthy waits for an HTTP 200 from /healthz: once a pod is meshed, its inbound proxy
 // accepts connections before the app listens, so a TCP connect proves nothing.
 func (d *demo) waitHealthy(ctx context.Context, p *netns.Pod, port uint16) error {
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: dialIn(d.topo.Node), DisableKeepAlives: true}}
-	url := fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(p.IPv4, port))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("%s: %s", url, resp.Status)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s is not healthy after 10s: %w (logs in %s)", p.Name, err, d.procs.logs)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(25 * time.Millisecond):
-		}
-	}
+	return d.waitOK(ctx, p, fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(p.IPv4, port)))
 }
 
 // Workload identities of the demo's pods.
@@ -355,7 +335,7 @@ type quotes struct {
 // show loads StockWeb's quotes once (100 calls) and prints the calls per server.
 func (d *demo) show(ctx context.Context, title string) error {
 	return d.s.do("StockWeb page load: "+title, func() (string, error) {
-		client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DialContext: dialIn(d.topo.Node)}}
+		client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DialContext: d.topo.Node.DialContext}}
 		req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s%s", netip.AddrPortFrom(d.web.IPv4, webPort), quotesPath), nil)
 		if err != nil {
 			return "", err
@@ -395,7 +375,7 @@ func (d *demo) show(ctx context.Context, title string) error {
 // showTLS reads each StockData proxy's open connections and prints who calls, as its
 // certificate proved.
 func (d *demo) showTLS() (string, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialIn(d.topo.Node)}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: d.topo.Node.DialContext}}
 	var lines []string
 	for _, p := range d.stock {
 		resp, err := client.Get(fmt.Sprintf("http://%s/debug/connections", netip.AddrPortFrom(p.IPv4, adminPort)))
@@ -489,8 +469,12 @@ func (d *demo) cleanup() error {
 
 // waitReady waits for a pod's proxy to answer /ready.
 func (d *demo) waitReady(ctx context.Context, p *netns.Pod) error {
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: dialIn(d.topo.Node)}}
-	url := fmt.Sprintf("http://%s/ready", netip.AddrPortFrom(p.IPv4, adminPort))
+	return d.waitOK(ctx, p, fmt.Sprintf("http://%s/ready", netip.AddrPortFrom(p.IPv4, adminPort)))
+}
+
+// waitOK waits up to 10 s for an HTTP 200 from url, reached from the node.
+func (d *demo) waitOK(ctx context.Context, p *netns.Pod, url string) error {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: d.topo.Node.DialContext, DisableKeepAlives: true}}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := client.Get(url)
@@ -499,9 +483,10 @@ func (d *demo) waitReady(ctx context.Context, p *netns.Pod) error {
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
+			err = fmt.Errorf("%s: %s", url, resp.Status)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the proxy in %s is not ready after 10s (%v); see its log in %s", p.Name, err, d.procs.logs)
+			return fmt.Errorf("%s is not ready after 10s: %w (logs in %s)", p.Name, err, d.procs.logs)
 		}
 		select {
 		case <-ctx.Done():
@@ -516,7 +501,7 @@ func (d *demo) waitTCP(ctx context.Context, pods []*netns.Pod, port uint16) erro
 	deadline := time.Now().Add(10 * time.Second)
 	for _, p := range pods {
 		for {
-			c, err := dialIn(d.topo.Node)(ctx, "tcp", netip.AddrPortFrom(p.IPv4, port).String())
+			c, err := d.topo.Node.DialContext(ctx, "tcp", netip.AddrPortFrom(p.IPv4, port).String())
 			if err == nil {
 				c.Close()
 				break

@@ -10,20 +10,6 @@ import (
 	"github.com/detourmesh/detour/netns"
 )
 
-// dialIn returns a dial function whose sockets are made inside ns.
-func dialIn(ns *netns.NS) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := ns.Do(func() error {
-			var d net.Dialer
-			var err error
-			c, err = d.DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-}
-
 // forwarder relays connections from a loopback port of the host into the node namespace,
 // towards a pod: what `kubectl port-forward` is to a cluster. Its listener is the only thing
 // the demo opens in the root namespace, and only on loopback.
@@ -72,7 +58,7 @@ func (f *forwarder) track(c net.Conn, open bool) {
 
 func (f *forwarder) relay(c net.Conn, via *netns.NS, to netip.AddrPort) {
 	defer c.Close()
-	up, err := dialIn(via)(context.Background(), "tcp", to.String())
+	up, err := via.DialContext(context.Background(), "tcp", to.String())
 	if err != nil {
 		return
 	}

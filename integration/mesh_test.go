@@ -27,24 +27,9 @@ import (
 // proxyUID is the UID the proxy runs as in every test, as in a pod.
 const proxyUID = 2102
 
-// dialerIn returns a dial function whose sockets are made inside ns, for clients whose
-// connections are opened on goroutines of their own (gRPC, net/http).
-func dialerIn(ns *netns.NS) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := ns.Do(func() error {
-			var d net.Dialer
-			var err error
-			c, err = d.DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-}
-
 // httpClientIn is an HTTP client whose connections start inside ns.
 func httpClientIn(ns *netns.NS) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dialerIn(ns), DisableKeepAlives: true}}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}}
 }
 
 // grpcClientIn opens one gRPC client connection from inside ns to target.
@@ -53,7 +38,7 @@ func grpcClientIn(t testing.TB, ns *netns.NS, target string) *grpc.ClientConn {
 	cc, err := grpc.NewClient("passthrough:///"+target,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return dialerIn(ns)(ctx, "tcp", addr)
+			return ns.DialContext(ctx, "tcp", addr)
 		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {

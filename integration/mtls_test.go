@@ -159,7 +159,6 @@ func stockDiscoveryWithIdentity(vip netip.AddrPort, pods []*netns.Pod, identity 
 	return b.String()
 }
 
-
 // TestMutualTLSBetweenMeshedPods: calls between meshed pods are mutual TLS on the wire, the
 // server knows who calls, and policy decides who may.
 func TestMutualTLSBetweenMeshedPods(t *testing.T) {
@@ -170,7 +169,9 @@ func TestMutualTLSBetweenMeshedPods(t *testing.T) {
 	for port, id := range map[uint16]string{8080: "permissive", 8081: "strict", 8082: "allow-list", 8083: "announced-as-impostor"} {
 		serveStockDataOn(t, server, port, id, 0)
 	}
-	vip := func(i int) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + i)}), 80) }
+	vip := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + i)}), 80)
+	}
 	svc := func(i int, port uint16, identity string) string {
 		return fmt.Sprintf("  - name: s%d.stocks\n    addresses: [%q]\n    endpoints:\n      - address: %q\n        identity: %s\n",
 			i, vip(i).String(), netip.AddrPortFrom(server.IPv4, port).String(), identity)

@@ -152,7 +152,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		closeAll()
 		return fmt.Errorf("inbound listener: %w", err)
 	}
-	adminLns, err := admin.Listen(p.cfg.AdminPort)
+	adminLns, err := listenBoth(p.cfg.AdminPort)
 	if err != nil {
 		closeAll()
 		return fmt.Errorf("admin listener: %w", err)

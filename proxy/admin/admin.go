@@ -6,7 +6,6 @@ package admin
 import (
 	"encoding/json"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"time"
@@ -87,18 +86,4 @@ func NewServer(h http.Handler) *http.Server {
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 	}
-}
-
-// Listen opens the admin port on every address of both families; IPv6 is optional, for a
-// namespace without it.
-func Listen(port uint16) ([]net.Listener, error) {
-	ln4, err := net.Listen("tcp4", netip.AddrPortFrom(netip.IPv4Unspecified(), port).String())
-	if err != nil {
-		return nil, err
-	}
-	lns := []net.Listener{ln4}
-	if ln6, err := net.Listen("tcp6", netip.AddrPortFrom(netip.IPv6Unspecified(), port).String()); err == nil {
-		lns = append(lns, ln6)
-	}
-	return lns, nil
 }
