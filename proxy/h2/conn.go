@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ const (
 type conn struct {
 	srv    *Server
 	nc     net.Conn
+	w      io.Writer // nc, or its raw writer (rawIO)
 	br     *bufio.Reader
 	fr     *http2.Framer // read side only
 	client bool          // downstream connection: its blocked streams wait on their resp half
@@ -61,7 +63,12 @@ func (c *conn) init(srv *Server, nc net.Conn, client bool) {
 	c.srv = srv
 	c.nc = nc
 	c.client = client
-	c.br = bufio.NewReaderSize(nc, bufSize)
+	var r io.Reader = nc
+	c.w = nc
+	if rr, rw := rawIO(nc); rr != nil {
+		r, c.w = rr, rw
+	}
+	c.br = bufio.NewReaderSize(r, bufSize)
 	c.bw = bufio.NewWriterSize(sockWriter{c}, bufSize)
 	c.fr = http2.NewFramer(nil, c.br)
 	c.fr.SetReuseFrames()
@@ -81,7 +88,7 @@ type sockWriter struct{ c *conn }
 
 func (w sockWriter) Write(p []byte) (int, error) {
 	w.c.writeStart.Store(w.c.srv.now())
-	n, err := w.c.nc.Write(p)
+	n, err := w.c.w.Write(p)
 	w.c.writeStart.Store(0)
 	return n, err
 }

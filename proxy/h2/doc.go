@@ -19,6 +19,9 @@
 //     are copied into a pooled per-stream buffer only when the destination's flow-control window is
 //     closed, or (request side, up to Config.MaxReplayBytes) so a stream refused by the upstream can
 //     be replayed on another connection.
+//   - Plain TCP sockets are read and written with raw non-blocking system calls through their
+//     RawConn (sock_linux.go), so that an idle-between-requests proxy does not wake Go's sysmon
+//     thread on every request.
 //   - Flow control is end to end: the engine grants WINDOW_UPDATE to a sender only for bytes it has
 //     forwarded, so a slow reader on one side slows the writer on the other, and buffered bytes per
 //     stream never exceed the window the engine advertised.

@@ -1,0 +1,120 @@
+//go:build linux
+
+package h2
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawSock reads and writes a TCP socket with raw system calls, through its syscall.RawConn so
+// that the runtime's poller still parks the goroutine on EAGAIN and deadlines and Close still
+// apply.
+//
+// Why: a proxy at moderate load goes idle between requests, and Go's sysmon thread then sleeps
+// until the next system call that enters the runtime's syscall path (entersyscall) wakes it;
+// once awake it polls every 20 µs for at least a millisecond before it sleeps again. net.Conn's
+// Read and Write are such calls, so at 1000 requests/s sysmon never rests: its wake-ups and
+// nanosleeps were a fifth of the proxy's CPU (perf, BenchmarkMesh at 1000 rps). A non-blocking
+// socket call returns at once, so it needs none of what entersyscall provides (handing off the
+// P while the thread blocks), which is why the runtime's own poller calls epoll raw as well.
+// What sysmon would otherwise do meanwhile does not apply here: no goroutine of the engine runs
+// for long (preemption), and any blocking syscall elsewhere in the process wakes it as before.
+type rawSock struct {
+	rc syscall.RawConn
+	// pre, if not nil, is read first until its peeked bytes are used up: a sniffing listener's
+	// connection that replays the bytes it looked at (proxy/detect.Conn).
+	pre net.Conn
+}
+
+// peekedConn is a connection that replays bytes it peeked from the one it wraps.
+type peekedConn interface {
+	net.Conn
+	Peeked() []byte
+	NetConn() net.Conn
+}
+
+// rawIO returns the raw reader and writer of nc, or nils if nc is not a plain TCP socket (TLS,
+// a pipe in tests): those are read and written through nc itself.
+func rawIO(nc net.Conn) (io.Reader, io.Writer) {
+	var pre net.Conn
+	if pc, ok := nc.(peekedConn); ok {
+		pre, nc = pc, pc.NetConn()
+	}
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return nil, nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, nil
+	}
+	s := &rawSock{rc: rc, pre: pre}
+	return s, s
+}
+
+func (s *rawSock) Read(p []byte) (int, error) {
+	if s.pre != nil {
+		if len(s.pre.(peekedConn).Peeked()) > 0 {
+			return s.pre.Read(p)
+		}
+		s.pre = nil
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var errno syscall.Errno
+	err := s.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			switch e {
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false // park until the poller reports the socket readable
+			}
+			n, errno = int(r), e
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case errno != 0:
+		return 0, os.NewSyscallError("read", errno)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (s *rawSock) Write(p []byte) (int, error) {
+	n := 0
+	var errno syscall.Errno
+	err := s.rc.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			r, _, e := syscall.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
+			switch e {
+			case 0:
+				n += int(r)
+			case unix.EINTR:
+			case unix.EAGAIN:
+				return false // park until the poller reports the socket writable
+			default:
+				errno = e
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("write", errno)
+	}
+	return n, err
+}

@@ -1,0 +1,112 @@
+//go:build linux
+
+package h2
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// replayConn replays peeked bytes before reading the connection it wraps, like proxy/detect.Conn.
+type replayConn struct {
+	net.Conn
+	peeked []byte
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.peeked) > 0 {
+		n := copy(p, c.peeked)
+		c.peeked = c.peeked[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+func (c *replayConn) Peeked() []byte    { return c.peeked }
+func (c *replayConn) NetConn() net.Conn { return c.Conn }
+
+func tcpPair(t *testing.T) (a, b *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- res{c, err}
+	}()
+	d, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { d.Close(); r.c.Close() })
+	return d.(*net.TCPConn), r.c.(*net.TCPConn)
+}
+
+func TestRawIO(t *testing.T) {
+	t.Run("replays peeked bytes, then reads the socket, then reports EOF", func(t *testing.T) {
+		a, b := tcpPair(t)
+		r, _ := rawIO(&replayConn{Conn: b, peeked: []byte("peeked ")})
+		if r == nil {
+			t.Fatal("rawIO found no TCP socket under the replaying connection")
+		}
+		_, w := rawIO(a)
+		big := make([]byte, 8<<20) // more than the socket buffers: the writer must wait for the reader
+		for i := range big {
+			big[i] = byte(i)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := w.Write(big)
+			a.CloseWrite()
+			done <- err
+		}()
+		got, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatalf("ReadAll: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("Write: %v", err)
+		}
+		if string(got[:7]) != "peeked " || string(got[7:]) != string(big) {
+			t.Fatalf("read %d bytes, not the peeked bytes followed by the %d written", len(got), len(big))
+		}
+	})
+	t.Run("read deadline and close end a parked read", func(t *testing.T) {
+		_, b := tcpPair(t)
+		r, _ := rawIO(b)
+		b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := r.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read past the deadline: %v, want os.ErrDeadlineExceeded", err)
+		}
+		b.SetReadDeadline(time.Time{})
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			b.Close()
+		}()
+		if _, err := r.Read(make([]byte, 10)); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Read on a closed connection: %v, want net.ErrClosed", err)
+		}
+	})
+	t.Run("other connections keep net.Conn", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		if r, w := rawIO(a); r != nil || w != nil {
+			t.Fatal("rawIO wrapped a net.Pipe")
+		}
+	})
+}
