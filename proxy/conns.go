@@ -66,12 +66,6 @@ func (t *connTable) closeAll() {
 	}
 }
 
-func (t *connTable) len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.conns)
-}
-
 func (t *connTable) doc() []connDoc {
 	t.mu.Lock()
 	out := make([]connDoc, 0, len(t.conns))

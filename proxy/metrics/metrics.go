@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Directions of traffic, as the direction label spells them.
@@ -78,7 +79,7 @@ func New() *Metrics {
 		}, []string{"direction", "port", "result"}),
 	}
 	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect, m.denials,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -15,8 +15,21 @@ import (
 
 	"github.com/detourmesh/detour/proxy/h2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/net/http2"
 )
+
+// serveH2C serves h on a loopback listener over HTTP/2 with prior knowledge until the test ends.
+func serveH2C(t *testing.T, h http.Handler) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, Protocols: new(http.Protocols)}
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
 
 // serve accepts on a loopback listener until the test ends, handing each connection to fn.
 func serve(t *testing.T, fn func(net.Conn)) netip.AddrPort {
@@ -49,11 +62,9 @@ func TestMeshHopWithPolicy(t *testing.T) {
 	p := newPKI(t)
 	quiet := slog.New(slog.DiscardHandler)
 
-	app := serve(t, func(c net.Conn) {
-		(&http2.Server{}).ServeConn(c, &http2.ServeConnOpts{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "hello from stockdata")
-		})})
-	})
+	app := serveH2C(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello from stockdata")
+	}))
 
 	port := strconv.Itoa(int(app.Port()))
 	cases := []struct {
@@ -103,10 +114,8 @@ func TestMeshHopWithPolicy(t *testing.T) {
 			t.Cleanup(func() { h2out.Close() })
 			outbound := serve(t, func(c net.Conn) { h2out.ServeConn(context.Background(), c, app) })
 
-			tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, addr)
-			}}
+			tr := &http.Transport{Protocols: new(http.Protocols)}
+			tr.Protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, as gRPC speaks
 			t.Cleanup(tr.CloseIdleConnections)
 			client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
 			resp, err := client.Get("http://" + outbound.String() + "/quote")
