@@ -6,24 +6,25 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// The file format, as Format writes it. Parse does not decode into these types (it walks the
-// YAML node tree to report lines and strict errors), but the field names are the same contract.
+// The file format, as Format and FromProto write it. Parse does not decode into these types (it
+// walks the YAML node tree to report lines and strict errors), but the field names are the same
+// contract. Zero values are left out, so they mean what an absent field means.
 type (
 	fileDoc struct {
-		TrustDomain string        `yaml:"trustDomain"`
+		TrustDomain string        `yaml:"trustDomain,omitempty"`
 		Services    []fileService `yaml:"services"`
 	}
 	fileService struct {
 		Name      string         `yaml:"name"`
 		Addresses []string       `yaml:"addresses,flow"`
-		Protocol  string         `yaml:"protocol"`
-		Balancer  string         `yaml:"balancer"`
+		Protocol  string         `yaml:"protocol,omitempty"`
+		Balancer  string         `yaml:"balancer,omitempty"`
 		Endpoints []fileEndpoint `yaml:"endpoints"`
 	}
 	fileEndpoint struct {
 		Address  string `yaml:"address"`
 		Identity string `yaml:"identity,omitempty"`
-		Weight   uint32 `yaml:"weight"`
+		Weight   uint32 `yaml:"weight,omitempty"`
 		Zone     string `yaml:"zone,omitempty"`
 	}
 )

@@ -64,17 +64,17 @@ func FromProto(pb *discoverypb.Snapshot) (*Snapshot, error) {
 	if pb == nil {
 		return nil, ErrorList{{File: ProtoSource, Msg: "no snapshot"}}
 	}
-	doc := protoDoc{TrustDomain: pb.GetTrustDomain(), Services: make([]protoService, 0, len(pb.GetServices()))}
+	doc := fileDoc{TrustDomain: pb.GetTrustDomain(), Services: make([]fileService, 0, len(pb.GetServices()))}
 	for _, ps := range pb.GetServices() {
-		s := protoService{
+		s := fileService{
 			Name:      ps.GetName(),
 			Addresses: append(append(make([]string, 0, len(ps.GetAddresses())+len(ps.GetAuthorities())), ps.GetAddresses()...), ps.GetAuthorities()...),
 			Protocol:  ps.GetProtocol(),
 			Balancer:  ps.GetBalancer(),
-			Endpoints: make([]protoEndpoint, 0, len(ps.GetEndpoints())),
+			Endpoints: make([]fileEndpoint, 0, len(ps.GetEndpoints())),
 		}
 		for _, ep := range ps.GetEndpoints() {
-			s.Endpoints = append(s.Endpoints, protoEndpoint{
+			s.Endpoints = append(s.Endpoints, fileEndpoint{
 				Address:  ep.GetAddress(),
 				Identity: ep.GetIdentity(),
 				Weight:   ep.GetWeight(),
@@ -121,25 +121,3 @@ func FromProto(pb *discoverypb.Snapshot) (*Snapshot, error) {
 	}
 	return NewSnapshot(snap.trustDomain, rev, snap.services), nil
 }
-
-// The file format as FromProto writes it: like format.go's, but zero values are left out so
-// they mean what an absent field means.
-type (
-	protoDoc struct {
-		TrustDomain string         `yaml:"trustDomain,omitempty"`
-		Services    []protoService `yaml:"services"`
-	}
-	protoService struct {
-		Name      string          `yaml:"name"`
-		Addresses []string        `yaml:"addresses"`
-		Protocol  string          `yaml:"protocol,omitempty"`
-		Balancer  string          `yaml:"balancer,omitempty"`
-		Endpoints []protoEndpoint `yaml:"endpoints"`
-	}
-	protoEndpoint struct {
-		Address  string `yaml:"address"`
-		Identity string `yaml:"identity,omitempty"`
-		Weight   uint32 `yaml:"weight,omitempty"`
-		Zone     string `yaml:"zone,omitempty"`
-	}
-)
