@@ -13,6 +13,7 @@ import (
 	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/metrics"
 	"github.com/detourmesh/detour/proxy/mtls"
+	"github.com/detourmesh/detour/proxy/rawsock"
 	"github.com/detourmesh/detour/proxy/relay"
 )
 
@@ -57,7 +58,7 @@ func (p *Proxy) serveMesh(ctx context.Context, c net.Conn, client, dst netip.Add
 		p.log.Warn("refused mesh TLS: this proxy has no workload identity", "client", client, "dst", dst)
 		return
 	}
-	tc := tls.Server(c, p.serverTLS)
+	tc := tls.Server(rawsock.Wrap(c), p.serverTLS) // raw socket I/O beneath TLS, see proxy/rawsock
 	hctx, cancel := context.WithTimeout(ctx, meshHandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/net/http2"
+
+	"github.com/detourmesh/detour/proxy/rawsock"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -29,7 +31,7 @@ const (
 type conn struct {
 	srv    *Server
 	nc     net.Conn
-	w      io.Writer // nc, or its raw writer (rawIO)
+	w      io.Writer // nc, or its raw writer (proxy/rawsock)
 	br     *bufio.Reader
 	fr     *http2.Framer // read side only
 	client bool          // downstream connection: its blocked streams wait on their resp half
@@ -65,7 +67,7 @@ func (c *conn) init(srv *Server, nc net.Conn, client bool) {
 	c.client = client
 	var r io.Reader = nc
 	c.w = nc
-	if rr, rw := rawIO(nc); rr != nil {
+	if rr, rw, ok := rawsock.IO(nc); ok {
 		r, c.w = rr, rw
 	}
 	c.br = bufio.NewReaderSize(r, bufSize)

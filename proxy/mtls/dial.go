@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/proxy/rawsock"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -27,7 +28,8 @@ func Dialer(src identity.Source, lookup func(addr netip.AddrPort) (spiffeid.ID, 
 		if err != nil || !meshed {
 			return c, err
 		}
-		tc := tls.Client(c, ClientConfig(src, want, alpn))
+		// TLS reads and writes the socket raw (proxy/rawsock), as the engines do plain TCP.
+		tc := tls.Client(rawsock.Wrap(c), ClientConfig(src, want, alpn))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("mTLS handshake with %s (%s): %w", addr, want, err)

@@ -1,6 +1,6 @@
 //go:build linux
 
-package h2
+package rawsock
 
 import (
 	"io"
@@ -14,9 +14,9 @@ import (
 
 // rawSock reads and writes a TCP socket with raw system calls, through its syscall.RawConn so
 // that the runtime's poller still parks the goroutine on EAGAIN and deadlines and Close still
-// apply.
+// apply. See the package comment for why.
 //
-// Why: a proxy at moderate load goes idle between requests, and Go's sysmon thread then sleeps
+// Measured: a proxy at moderate load goes idle between requests, and Go's sysmon thread then sleeps
 // until the next system call that enters the runtime's syscall path (entersyscall) wakes it;
 // once awake it polls every 20 µs for at least a millisecond before it sleeps again. net.Conn's
 // Read and Write are such calls, so at 1000 requests/s sysmon never rests: its wake-ups and
@@ -39,8 +39,6 @@ type peekedConn interface {
 	NetConn() net.Conn
 }
 
-// rawIO returns the raw reader and writer of nc, or nils if nc is not a plain TCP socket (TLS,
-// a pipe in tests): those are read and written through nc itself.
 func rawIO(nc net.Conn) (io.Reader, io.Writer) {
 	var pre net.Conn
 	if pc, ok := nc.(peekedConn); ok {

@@ -1,6 +1,6 @@
 //go:build linux
 
-package h2
+package rawsock
 
 import (
 	"errors"
