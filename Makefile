@@ -1,6 +1,6 @@
 # Detour. `make demo` runs the main job, `make test` everything CI runs (as root).
 SHELL := /bin/bash
-GO      ?= go
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     := bin/detour
 # command=Debian package, installed by scripts/deps.sh when the command is missing.
 DEPS    := iptables=iptables iptables-legacy=iptables ip=iproute2 curl=curl h2load=nghttp2-client
