@@ -40,6 +40,8 @@ type Options struct {
 	// fastest at the moment, so its tables vary from load to load).
 	Balancer string
 	Out      io.Writer
+	// JSON prints each step and message as one JSON object per line instead of text.
+	JSON bool
 }
 
 var (
@@ -94,17 +96,17 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	d := &demo{o: o, s: &steps{out: o.Out}, procs: &processes{logs: logs}}
+	d := &demo{o: o, s: &steps{out: o.Out, json: o.JSON}, procs: &processes{logs: logs}}
 	defer func() {
 		cleanErr := d.cleanup()
 		if err == nil {
 			err = cleanErr
 			os.RemoveAll(logs)
 		} else {
-			fmt.Fprintf(o.Out, "process logs are kept in %s\n", logs)
+			d.s.say("process logs are kept in " + logs)
 		}
 	}()
-	fmt.Fprintf(o.Out, "StockKube on one node: StockWeb makes 100 concurrent gRPC calls to StockData over ONE connection.\n\n")
+	d.s.say("StockKube on one node: StockWeb makes 100 concurrent gRPC calls to StockData over ONE connection.\n")
 	if err := d.build(ctx); err != nil {
 		return err
 	}
@@ -441,14 +443,14 @@ func (d *demo) forward() error {
 
 func (d *demo) wait(ctx context.Context) error {
 	if d.o.Duration > 0 {
-		fmt.Fprintf(d.o.Out, "\nrunning for %s, then cleaning up (Ctrl-C stops sooner)\n", d.o.Duration)
+		d.s.say(fmt.Sprintf("\nrunning for %s, then cleaning up (Ctrl-C stops sooner)", d.o.Duration))
 		select {
 		case <-ctx.Done():
 		case <-time.After(d.o.Duration):
 		}
 		return nil
 	}
-	fmt.Fprintf(d.o.Out, "\nrunning; reload the StockWeb page to see every call's server. Ctrl-C stops and cleans up.\n")
+	d.s.say("\nrunning; reload the StockWeb page to see every call's server. Ctrl-C stops and cleans up.")
 	<-ctx.Done()
 	return nil
 }
@@ -519,14 +521,37 @@ func (d *demo) waitTCP(ctx context.Context, pods []*netns.Pod, port uint16) erro
 	return nil
 }
 
-// steps prints numbered progress with the time each step took.
+// steps prints numbered progress with the time each step took, as text or JSON lines.
 type steps struct {
-	out io.Writer
-	n   int
+	out  io.Writer
+	json bool
+	n    int
+}
+
+// say prints a message that is not a step.
+func (s *steps) say(msg string) {
+	if s.json {
+		json.NewEncoder(s.out).Encode(map[string]string{"message": strings.TrimSpace(msg)})
+		return
+	}
+	fmt.Fprintln(s.out, msg)
 }
 
 func (s *steps) do(what string, fn func() (string, error)) error {
 	s.n++
+	if s.json {
+		start := time.Now()
+		detail, err := fn()
+		rec := map[string]any{"step": s.n, "what": what, "seconds": time.Since(start).Seconds(), "detail": strings.TrimRight(detail, "\n")}
+		if err != nil {
+			rec["error"] = err.Error()
+		}
+		json.NewEncoder(s.out).Encode(rec)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	}
 	fmt.Fprintf(s.out, "[%d] %s ... ", s.n, what)
 	start := time.Now()
 	detail, err := fn()

@@ -205,7 +205,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	case <-p.stop:
 	}
 	p.draining.Store(true)
-	p.log.Info("draining", "timeout", p.cfg.DrainTimeout)
+	p.log.Info("draining", "timeout", p.cfg.DrainTimeout.String())
 	for _, l := range inbound {
 		l.Close()
 	}

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -67,23 +65,8 @@ Make the CA first with "detour controller ca init". The token file has one "TOKE
 	return cmd
 }
 
-func controllerLogger(output, levelText string) (*slog.Logger, error) {
-	if err := outputFormat(output); err != nil {
-		return nil, err
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(levelText)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", levelText)
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if output == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-}
-
 func runController(ctx context.Context, f controllerFlags) error {
-	log, err := controllerLogger(f.output, f.logLevel)
+	log, err := serviceLogger(f.output, f.logLevel)
 	if err != nil {
 		return err
 	}

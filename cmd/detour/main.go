@@ -34,3 +34,20 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 func newLogger(level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
+
+// serviceLogger is the log of a long-running command (proxy, controller): -o text or json,
+// at --log-level.
+func serviceLogger(output, levelText string) (*slog.Logger, error) {
+	if err := outputFormat(output); err != nil {
+		return nil, err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(levelText)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", levelText)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if output == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+}

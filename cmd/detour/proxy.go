@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
-	"log/slog"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -26,7 +25,7 @@ type proxyFlags struct {
 	discovery                string
 	opaquePorts              string
 	detectTimeout, drain     time.Duration
-	logLevel                 string
+	logLevel, output         string
 
 	identity, trustAnchor, token string
 	policy, portPolicy, allow    string
@@ -58,6 +57,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "longest wait for a client's first bytes before relaying as TCP")
 	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "how long the outbound side keeps serving after SIGTERM")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.StringVar(&f.identity, "identity", "", "this workload's SPIFFE ID; with it the proxy gets a certificate from the controller and speaks mutual TLS to meshed peers")
 	fl.StringVar(&f.trustAnchor, "trust-anchor", "", "PEM file of the trust anchors (the controller CA's ca.crt), to verify the controller")
 	fl.StringVar(&f.token, "identity-token", "", "file holding the proof of identity given to the controller (a bootstrap token)")
@@ -76,11 +76,10 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(proxyGCPercent)
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
+	log, err := serviceLogger(f.output, f.logLevel)
+	if err != nil {
+		return err
 	}
-	log := newLogger(level)
 	opaque, err := plan.ParsePorts(f.opaquePorts)
 	if err != nil {
 		return fmt.Errorf("--opaque-ports: %w", err)
