@@ -292,7 +292,11 @@ func (d *demo) startController(ctx context.Context, disc string, pods []*netns.P
 		}
 		fmt.Fprintf(&lines, "%x %s\n", tok, id)
 		tokens[p] = filepath.Join(d.procs.logs, p.Name+".token")
-		if err := os.WriteFile(tokens[p], fmt.Appendf(nil, "%x", tok), 0o644); err != nil {
+		// Readable by the proxy's UID alone: a token proves an identity to whoever holds it.
+		if err := os.WriteFile(tokens[p], fmt.Appendf(nil, "%x", tok), 0o600); err != nil {
+			return "", err
+		}
+		if err := os.Chown(tokens[p], int(proxyUID), int(proxyUID)); err != nil {
 			return "", err
 		}
 	}

@@ -55,27 +55,33 @@ func (p *Proxy) handle(ctx context.Context, c *net.TCPConn, direction string) {
 	proto, conn := p.protocol(direction, svc, dst, c)
 	info.setProtocol(proto)
 	defer p.metrics.ConnOpened(direction, proto)()
-	var serve func(context.Context, net.Conn, netip.AddrPort) error
+	if proto == protoMesh {
+		p.serveMesh(ctx, conn, client, dst, info)
+		return
+	}
+	p.serve(ctx, direction, proto, svc, conn, dst, "")
+}
+
+// serve hands a connection whose protocol is known to its forwarder. svc is the outbound
+// destination's service (nil if none); peer is an inbound client's proven identity, "" for
+// plaintext.
+func (p *Proxy) serve(ctx context.Context, direction, proto string, svc *service, c net.Conn, dst netip.AddrPort, peer string) {
+	var err error
 	switch {
 	case proto == protoHTTP2 && direction == metrics.Outbound:
 		p.warm(svc.Service) // a service detected as HTTP/2: connect to all its endpoints now
-		serve = p.h2out.ServeConn
+		err = p.h2out.ServeConn(ctx, c, dst)
 	case proto == protoHTTP2:
-		serve = p.h2in.ServeConn
+		err = p.h2in.ServeConnWith(ctx, c, dst, h2.ConnInfo{Peer: peer})
 	case proto == protoHTTP1 && direction == metrics.Outbound:
-		serve = p.h1out.ServeConn
+		err = p.h1out.ServeConn(ctx, c, dst)
 	case proto == protoHTTP1:
-		serve = p.h1in.ServeConn
-	}
-	switch {
-	case serve != nil:
-		if err := serve(ctx, conn, dst); err != nil {
-			p.log.Debug("connection ended", "direction", direction, "protocol", proto, "client", client, "dst", dst, "err", err)
-		}
-	case proto == protoMesh:
-		p.serveMesh(ctx, conn, client, dst, info)
+		err = p.h1in.ServeConnWith(ctx, c, dst, http1.ConnInfo{Peer: peer})
 	default:
-		p.relayTCP(ctx, direction, svc, dst, conn, "")
+		p.relayTCP(ctx, direction, svc, dst, c, peer)
+	}
+	if err != nil {
+		p.log.Debug("connection ended", "direction", direction, "protocol", proto, "client", c.RemoteAddr(), "peer", peer, "dst", dst, "err", err)
 	}
 }
 
@@ -96,27 +102,25 @@ func (p *Proxy) refuse(direction string, dst netip.AddrPort) error {
 // protocol decides how to serve a connection: by discovery's word, by an opaque port, or by
 // its first bytes. A destination nobody knows is relayed untouched, without waiting for bytes.
 func (p *Proxy) protocol(direction string, svc *service, dst netip.AddrPort, c *net.TCPConn) (string, net.Conn) {
-	skip := func(result string) (string, net.Conn) {
+	decided := func(proto, result string) (string, net.Conn) {
 		p.metrics.Detected(direction, dst.Port(), result)
-		return protoOpaque, c
+		return proto, c
 	}
 	if direction == metrics.Outbound {
 		if svc == nil {
-			return skip("unknown-destination")
+			return decided(protoOpaque, "unknown-destination")
 		}
 		switch svc.Protocol {
 		case discovery.ProtocolHTTP2:
-			p.metrics.Detected(direction, dst.Port(), "declared-http2")
-			return protoHTTP2, c
+			return decided(protoHTTP2, "declared-http2")
 		case discovery.ProtocolHTTP1:
-			p.metrics.Detected(direction, dst.Port(), "declared-http1")
-			return protoHTTP1, c
+			return decided(protoHTTP1, "declared-http1")
 		case discovery.ProtocolOpaque:
-			return skip("declared-opaque")
+			return decided(protoOpaque, "declared-opaque")
 		}
 	}
 	if slices.Contains(p.cfg.OpaquePorts, dst.Port()) {
-		return skip("opaque-port")
+		return decided(protoOpaque, "opaque-port")
 	}
 	return p.sniff(direction, dst, c)
 }

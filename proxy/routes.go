@@ -45,13 +45,18 @@ type routes struct {
 	current atomic.Pointer[table]
 	opts    balance.Options
 
-	mu         sync.Mutex
-	balancers  map[string]balance.Balancer
-	algorithms map[string]discovery.Balancer
+	mu        sync.Mutex
+	balancers map[string]kept // by service name
+}
+
+// kept is a service's balancer and the algorithm it was made for.
+type kept struct {
+	balance.Balancer
+	kind discovery.Balancer
 }
 
 func newRoutes(opts balance.Options) *routes {
-	return &routes{opts: opts, balancers: map[string]balance.Balancer{}, algorithms: map[string]discovery.Balancer{}}
+	return &routes{opts: opts, balancers: map[string]kept{}}
 }
 
 // update installs a new snapshot. It is called by the one goroutine that follows discovery.
@@ -61,13 +66,12 @@ func (r *routes) update(snap *discovery.Snapshot) {
 	t := &table{snap: snap, services: map[*discovery.Service]*service{}, meshed: map[netip.AddrPort]spiffeid.ID{}}
 	seen := map[string]bool{}
 	for _, s := range snap.Services() {
-		b, ok := r.balancers[s.Name]
-		if !ok || r.algorithms[s.Name] != s.Balancer {
-			b = balance.New(s.Balancer, r.opts)
-			r.balancers[s.Name] = b
-			r.algorithms[s.Name] = s.Balancer
+		k, ok := r.balancers[s.Name]
+		if !ok || k.kind != s.Balancer {
+			k = kept{balance.New(s.Balancer, r.opts), s.Balancer}
+			r.balancers[s.Name] = k
 		}
-		b.Update(s.Endpoints)
+		k.Update(s.Endpoints)
 		seen[s.Name] = true
 		for _, e := range s.Endpoints {
 			if e.Meshed() {
@@ -79,12 +83,11 @@ func (r *routes) update(snap *discovery.Snapshot) {
 		if len(s.Authorities) > 0 {
 			auth = s.Authorities[0]
 		}
-		t.services[s] = &service{Service: s, balancer: b, authority: auth}
+		t.services[s] = &service{Service: s, balancer: k.Balancer, authority: auth}
 	}
 	for name := range r.balancers {
 		if !seen[name] {
 			delete(r.balancers, name)
-			delete(r.algorithms, name)
 		}
 	}
 	r.current.Store(t)

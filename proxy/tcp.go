@@ -7,10 +7,10 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/detourmesh/detour/proxy/balance"
 	"github.com/detourmesh/detour/proxy/detect"
-	"github.com/detourmesh/detour/proxy/h2"
-	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/metrics"
 	"github.com/detourmesh/detour/proxy/mtls"
 	"github.com/detourmesh/detour/proxy/rawsock"
@@ -62,34 +62,26 @@ func (p *Proxy) serveMesh(ctx context.Context, c net.Conn, client, dst netip.Add
 	hctx, cancel := context.WithTimeout(ctx, meshHandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
+	var id spiffeid.ID
+	if err == nil {
+		id, err = mtls.PeerID(tc.ConnectionState())
+	}
 	if err != nil {
 		p.metrics.Detected(metrics.Inbound, dst.Port(), "mesh-tls-refused")
 		p.log.Warn("refused mesh TLS", "client", client, "dst", dst, "err", err)
 		return
 	}
-	cs := tc.ConnectionState()
-	id, err := mtls.PeerID(cs)
-	if err != nil {
-		p.log.Warn("refused mesh TLS", "client", client, "dst", dst, "err", err)
-		return
-	}
-	peer := id.String()
-	info.setPeer(peer)
-	var err2 error
-	switch cs.NegotiatedProtocol {
+	// The outbound proxy already told the protocols apart; its ALPN says which it found.
+	proto := protoOpaque // mtls.ALPNTCP
+	switch tc.ConnectionState().NegotiatedProtocol {
 	case mtls.ALPNH2:
-		info.setProtocol(protoHTTP2)
-		err2 = p.h2in.ServeConnWith(ctx, tc, dst, h2.ConnInfo{Peer: peer})
+		proto = protoHTTP2
 	case mtls.ALPNHTTP1:
-		info.setProtocol(protoHTTP1)
-		err2 = p.h1in.ServeConnWith(ctx, tc, dst, http1.ConnInfo{Peer: peer})
-	default: // mtls.ALPNTCP
-		info.setProtocol(protoOpaque)
-		p.relayTCP(ctx, metrics.Inbound, nil, dst, tc, peer)
+		proto = protoHTTP1
 	}
-	if err2 != nil {
-		p.log.Debug("connection ended", "direction", metrics.Inbound, "peer", peer, "dst", dst, "err", err2)
-	}
+	info.setPeer(id.String())
+	info.setProtocol(proto)
+	p.serve(ctx, metrics.Inbound, proto, nil, tc, dst, id.String())
 }
 
 // relayTCP relays a connection byte for byte: to its original destination, to an endpoint of
