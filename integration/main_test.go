@@ -43,6 +43,7 @@ func run(m *testing.M) int {
 		// The demo finds stockdata and stockweb beside detour.
 		build := exec.Command("go", "build", "-o", dir+"/", "../cmd/detour",
 			"../examples/stockkube/cmd/stockdata", "../examples/stockkube/cmd/stockweb")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
 		build.Stdout, build.Stderr = os.Stdout, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "building detour:", err)

@@ -330,6 +330,7 @@ func TestProxyRefusesBadConfiguration(t *testing.T) {
 		{"an unknown discovery source", nil, []string{"--discovery", "consul:x"}, "want file:PATH"},
 		{"an unknown field in the discovery file, with its line", nil, []string{"--discovery", "file:" + bad}, "discovery.yaml:5"},
 		{"a bad opaque port", nil, []string{"--opaque-ports", "0"}, "--opaque-ports"},
+		{"negative cores", nil, []string{"--cores", "-1"}, "--cores"},
 		{"a bad log level from the environment", []string{"DETOUR_LOG_LEVEL=loud"}, nil, "--log-level"},
 		{"a bad port from the environment", []string{"DETOUR_ADMIN_PORT=99999"}, nil, "DETOUR_ADMIN_PORT"},
 	} {
@@ -337,6 +338,30 @@ func TestProxyRefusesBadConfiguration(t *testing.T) {
 			r := detour(t, ns, func(c *osexec.Cmd) { c.Env = append(os.Environ(), tt.env...) }, append([]string{"proxy"}, tt.args...)...)
 			if r.err == nil || !strings.Contains(r.stderr, tt.want) {
 				t.Fatalf("exit %v, stderr %q: want a failure mentioning %q", r.err, r.stderr, tt.want)
+			}
+		})
+	}
+}
+
+// TestProxyRuntimeSettings: the proxy runs Go code on one core and collects garbage at 50 %
+// growth unless told otherwise, as its /metrics shows; --cores and DETOUR_CORES change the first.
+func TestProxyRuntimeSettings(t *testing.T) {
+	topo := nstest.Topology(t)
+	for _, tt := range []struct {
+		pod   string
+		flags []string
+		want  string
+	}{
+		{"defaults", nil, "go_sched_gomaxprocs_threads 1\n"},
+		{"cores-2", []string{"--cores", "2"}, "go_sched_gomaxprocs_threads 2\n"},
+	} {
+		t.Run(tt.pod, func(t *testing.T) {
+			m := mesh(t, addPod(t, topo, tt.pod), "", tt.flags...)
+			_, metrics := m.admin(t, "/metrics")
+			for _, want := range []string{tt.want, "go_gc_gogc_percent 50\n"} {
+				if !strings.Contains(metrics, want) {
+					t.Errorf("/metrics lacks %q", want)
+				}
 			}
 		})
 	}
