@@ -88,6 +88,15 @@ func TestTCPThroughTheMesh(t *testing.T) {
 					t.Fatalf("echoed %d bytes (err %v), want the same %d bytes back", len(got), err, len(payload))
 				}
 			})
+			t.Run("a lower-case text command is relayed at once on a detected port", func(t *testing.T) {
+				c := dial(t, client.NS, netip.AddrPortFrom(fam.addr(server), 9000))
+				c.Write([]byte("ping")) // no line end: only its first byte tells it is not HTTP
+				c.SetReadDeadline(time.Now().Add(time.Second)) // far below the 5 s detection timeout
+				got := make([]byte, 4)
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
+					t.Fatalf("echo %q, %v: detection must not hold a client whose first byte is not HTTP", got, err)
+				}
+			})
 			t.Run("a server that speaks first answers at once on an opaque port", func(t *testing.T) {
 				c := dial(t, client.NS, netip.AddrPortFrom(fam.addr(server), 3306))
 				c.SetReadDeadline(time.Now().Add(time.Second)) // far below the 5 s detection timeout

@@ -104,9 +104,12 @@ func classifyHTTP1(b []byte) (Protocol, bool) {
 	for i < len(b) && (b[i] == '\r' || b[i] == '\n') {
 		i++
 	}
-	// method = token
+	// method = token, but in the form every registered and every method in use has: upper-case
+	// letters, digits, '-' and '_' (RFC 9110 §9.1 methods are case-sensitive). A text protocol
+	// whose first word is lower-case ("ping", "get key") is then opaque from its first byte, not
+	// after the sniff timeout; a request with a lower-case method is relayed untouched.
 	start := i
-	for i < len(b) && isTchar(b[i]) {
+	for i < len(b) && isMethodChar(b[i], i == start) {
 		i++
 		if i-start > maxMethod {
 			return Opaque, true
@@ -149,15 +152,14 @@ func classifyHTTP1(b []byte) (Protocol, bool) {
 	return HTTP1, true
 }
 
-// isTchar reports whether c may appear in a token (RFC 9110 §5.6.2).
-func isTchar(c byte) bool {
+// isMethodChar reports whether c may appear in a method as classifyHTTP1 accepts them: an
+// upper-case letter first, then upper-case letters, digits, '-' or '_'.
+func isMethodChar(c byte, first bool) bool {
 	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+	case 'A' <= c && c <= 'Z':
 		return true
+	case first:
+		return false
 	}
-	switch c {
-	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
-		return true
-	}
-	return false
+	return '0' <= c && c <= '9' || c == '-' || c == '_'
 }
