@@ -520,3 +520,52 @@ func TestDenialsByProtocol(t *testing.T) {
 		}
 	}
 }
+
+// TestIdentityChangeRetiresPooledConnections: when discovery changes the identity an endpoint
+// must prove, the next call is not sent over the connection checked against the old one.
+func TestIdentityChangeRetiresPooledConnections(t *testing.T) {
+	ca, client, _, vip := meshedStockPair(t, time.Hour)
+	cc := stockpb.NewStockDataClient(grpcClientIn(t, client.NS, vip.String()))
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := cc.GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "ACME"})
+		return err
+	}
+	if err := call(); err != nil {
+		t.Fatal(err)
+	}
+	announce := func(identity string) {
+		t.Helper()
+		yaml := mustRead(t, ca.disc)
+		yaml = strings.Replace(yaml, spiffe("stocks", "stockdata"), identity, 1)
+		yaml = strings.Replace(yaml, spiffe("stocks", "other"), identity, 1)
+		if err := os.WriteFile(ca.disc, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if _, body := client.admin(t, "/debug/endpoints"); strings.Contains(body, identity) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the client proxy never learned that the endpoint is %s", identity)
+			}
+		}
+	}
+	// The server's proxy still proves stockdata, which is now the wrong identity.
+	announce(spiffe("stocks", "other"))
+	if err := call(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a call after the identity change: %v, want Unavailable (the pooled connection proved the old identity)", err)
+	}
+	client.waitLog(t, "pooled connections retired")
+	announce(spiffe("stocks", "stockdata"))
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := call()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("calls still fail after the right identity is back: %v", err)
+		}
+	}
+}

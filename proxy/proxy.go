@@ -238,7 +238,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 // update installs a discovery snapshot and opens connections ahead of time to the endpoints of
 // services declared HTTP/2, so no endpoint of a burst waits for a dial its peers did not.
 func (p *Proxy) update(s *discovery.Snapshot) {
-	p.routes.update(s)
+	// Pooled connections were checked against what their endpoint had to prove then.
+	for _, addr := range p.routes.update(s) {
+		p.h2out.Retire(addr)
+		p.h1out.Retire(addr)
+		p.log.Info("endpoint identity changed: pooled connections retired", "endpoint", addr.String())
+	}
 	for _, svc := range s.Services() {
 		if svc.Protocol == discovery.ProtocolHTTP2 {
 			p.warm(svc)

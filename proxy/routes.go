@@ -59,8 +59,10 @@ func newRoutes(opts balance.Options) *routes {
 	return &routes{opts: opts, balancers: map[string]kept{}}
 }
 
-// update installs a new snapshot. It is called by the one goroutine that follows discovery.
-func (r *routes) update(snap *discovery.Snapshot) {
+// update installs a new snapshot and returns the endpoints whose peer changed: meshed with
+// another identity, or meshed then and not now, or the reverse. It is called by the one
+// goroutine that follows discovery.
+func (r *routes) update(snap *discovery.Snapshot) (changed []netip.AddrPort) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := &table{snap: snap, services: map[*discovery.Service]*service{}, meshed: map[netip.AddrPort]spiffeid.ID{}}
@@ -90,7 +92,20 @@ func (r *routes) update(snap *discovery.Snapshot) {
 			delete(r.balancers, name)
 		}
 	}
+	if old := r.current.Load(); old != nil {
+		for addr, id := range old.meshed {
+			if now, ok := t.meshed[addr]; !ok || now != id {
+				changed = append(changed, addr)
+			}
+		}
+		for addr := range t.meshed {
+			if _, ok := old.meshed[addr]; !ok {
+				changed = append(changed, addr)
+			}
+		}
+	}
 	r.current.Store(t)
+	return changed
 }
 
 func (r *routes) lookup(dst netip.AddrPort) *service { return r.current.Load().lookup(dst) }

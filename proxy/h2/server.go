@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -168,6 +169,26 @@ func (s *Server) pool(addr netip.AddrPort) *pool {
 	}
 	s.mu.Unlock()
 	return p
+}
+
+// Retire stops new streams on the pooled connections to addr: streams already on them finish,
+// later streams get a connection dialled afterwards, and a dial in progress is not used. The
+// proxy calls it when discovery changes who the endpoint at addr must prove to be, so no new
+// request travels over a connection checked against the old identity.
+func (s *Server) Retire(addr netip.AddrPort) {
+	s.mu.Lock()
+	p := s.pools[addr]
+	s.mu.Unlock()
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.gen++
+	conns := slices.Clone(p.conns)
+	p.mu.Unlock()
+	for _, u := range conns {
+		p.drainConn(u)
+	}
 }
 
 // Warm opens a connection to addr ahead of its first stream when the pool has none and is not

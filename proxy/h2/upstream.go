@@ -33,6 +33,7 @@ type pool struct {
 	conns   []*upConn // usable (not draining) connections
 	dialing int
 	waiters []*stream // FIFO; entries whose stream closed are skipped
+	gen     uint64    // incremented by Server.Retire; a dial that spans it is not used
 }
 
 // open gives s a stream slot on a pooled connection, or queues it and dials if the pool may grow.
@@ -146,6 +147,9 @@ func (p *pool) dial() {
 	srv := p.srv
 	var fl flusher
 	defer fl.flush()
+	p.mu.Lock()
+	gen := p.gen
+	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.DialTimeout)
 	nc, err := srv.cfg.Dial(ctx, p.addr)
 	cancel()
@@ -170,6 +174,23 @@ func (p *pool) dial() {
 			if fin {
 				s.cleanup(&fl)
 			}
+		}
+		return
+	}
+	if p.gen != gen {
+		// Retired while dialling: the connection was checked against what the endpoint used
+		// to be. Close it and dial again for the streams waiting.
+		u.draining = true
+		again := len(p.waiters) > 0 && len(p.conns) < srv.cfg.MaxConnsPerEndpoint
+		if again {
+			p.dialing++
+		}
+		p.mu.Unlock()
+		srv.wg.Add(1)
+		go u.readLoop()
+		u.goAwayAndClose()
+		if again {
+			srv.goDial(p)
 		}
 		return
 	}

@@ -2,6 +2,7 @@ package h2
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -29,4 +30,31 @@ func TestWarmConnectsBeforeTheFirstStream(t *testing.T) {
 	if n := ts.conns.Load(); n != 1 {
 		t.Fatalf("the endpoint accepted %d connections, want the one Warm opened", n)
 	}
+}
+
+// TestRetireMovesLaterStreamsToANewConnection: after Retire, the next stream is not sent over
+// the connection dialled before it, and the old connection is closed once idle.
+func TestRetireMovesLaterStreamsToANewConnection(t *testing.T) {
+	ts := startGRPCServer(t, "retire")
+	addr, srv, _ := startProxy(t, Config{Router: newRecorder(ts.addr)})
+	cc := dialGRPC(t, addr)
+	req := []byte("hello")
+	var resp []byte
+	for i := range 2 {
+		if i == 1 {
+			srv.Retire(ts.addr)
+		}
+		if err := cc.Invoke(context.Background(), "/detour.test.Echo/Unary", &req, &resp); err != nil {
+			t.Fatal(err)
+		}
+		if n := ts.conns.Load(); n != int64(i+1) {
+			t.Fatalf("after call %d the endpoint accepted %d connections, want %d", i+1, n, i+1)
+		}
+	}
+	srv.Retire(netip.MustParseAddrPort("127.0.0.1:1")) // no pool: nothing to do
+	waitFor(t, "the retired connection to close", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.ups) == 1
+	})
 }

@@ -19,6 +19,7 @@ type upConn struct {
 	idleAt time.Time
 	reused bool       // it served an exchange before this one
 	alive  *peerCheck // nil when the connection is not a socket
+	gen    uint64     // the pool's generation when it was dialled
 }
 
 // pool keeps idle keep-alive upstream connections per endpoint, shared by all client
@@ -30,6 +31,10 @@ type pool struct {
 	mu     sync.Mutex
 	idle   map[netip.AddrPort][]*upConn
 	count  int
+	// gen counts Retire calls; retired holds, per retired address, the generation from which
+	// its connections may be pooled again. Addresses are retired rarely (an identity change).
+	gen     uint64
+	retired map[netip.AddrPort]uint64
 	sweep  *time.Timer // armed while count > 0
 	closed bool
 }
@@ -53,13 +58,16 @@ func (p *pool) get(ctx context.Context, addr netip.AddrPort, fresh bool) (*upCon
 		}
 		uc.nc.Close()
 	}
+	p.mu.Lock()
+	gen := p.gen
+	p.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
 	nc, err := p.cfg.Dial(dctx, addr)
 	cancel()
 	if err != nil {
 		return nil, err
 	}
-	uc := &upConn{nc: nc, addr: addr, br: bufio.NewReaderSize(nc, 4096), alive: newPeerCheck(nc)}
+	uc := &upConn{nc: nc, addr: addr, br: bufio.NewReaderSize(nc, 4096), alive: newPeerCheck(nc), gen: gen}
 	uc.dw = deadlineWriter{c: nc, timeout: p.cfg.WriteTimeout}
 	uc.bw = bufio.NewWriterSize(&uc.dw, 4096)
 	return uc, nil
@@ -83,7 +91,7 @@ func (p *pool) take(addr netip.AddrPort) *upConn {
 func (p *pool) put(uc *upConn) {
 	p.mu.Lock()
 	list := p.idle[uc.addr]
-	if p.closed || len(list) >= p.cfg.MaxIdlePerEndpoint {
+	if p.closed || len(list) >= p.cfg.MaxIdlePerEndpoint || uc.gen < p.retired[uc.addr] {
 		p.mu.Unlock()
 		uc.nc.Close()
 		return
@@ -97,6 +105,23 @@ func (p *pool) put(uc *upConn) {
 		p.sweep.Reset(p.cfg.UpstreamIdleTimeout / 2)
 	}
 	p.mu.Unlock()
+}
+
+// retire closes the idle connections to addr and keeps those in use from returning to the pool.
+func (p *pool) retire(addr netip.AddrPort) {
+	p.mu.Lock()
+	p.gen++
+	if p.retired == nil {
+		p.retired = make(map[netip.AddrPort]uint64)
+	}
+	p.retired[addr] = p.gen
+	list := p.idle[addr]
+	delete(p.idle, addr)
+	p.count -= len(list)
+	p.mu.Unlock()
+	for _, uc := range list {
+		uc.nc.Close()
+	}
 }
 
 // sweepIdle closes connections idle longer than UpstreamIdleTimeout; it runs on a timer while

@@ -36,6 +36,11 @@ func NewServer(cfg Config) *Server {
 	return s
 }
 
+// Retire closes the pooled connections to addr and keeps those in use, and those being dialled,
+// from returning to the pool: later requests get a connection dialled afterwards. The proxy
+// calls it when discovery changes who the endpoint at addr must prove to be.
+func (s *Server) Retire(addr netip.AddrPort) { s.pool.retire(addr) }
+
 // ServeConn serves one client connection on the calling goroutine and returns when it ends: the
 // client closed it, a malformed request or an upgrade relay ended it, ctx ended, or the Server
 // shut down. c may replay sniffed bytes. dst is the connection's original destination, passed to
