@@ -90,7 +90,7 @@ func TestTCPThroughTheMesh(t *testing.T) {
 			})
 			t.Run("a lower-case text command is relayed at once on a detected port", func(t *testing.T) {
 				c := dial(t, client.NS, netip.AddrPortFrom(fam.addr(server), 9000))
-				c.Write([]byte("ping")) // no line end: only its first byte tells it is not HTTP
+				c.Write([]byte("ping"))                        // no line end: only its first byte tells it is not HTTP
 				c.SetReadDeadline(time.Now().Add(time.Second)) // far below the 5 s detection timeout
 				got := make([]byte, 4)
 				if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {

@@ -28,15 +28,15 @@ type upConn struct {
 type pool struct {
 	cfg *Config
 
-	mu     sync.Mutex
-	idle   map[netip.AddrPort][]*upConn
-	count  int
+	mu    sync.Mutex
+	idle  map[netip.AddrPort][]*upConn
+	count int
 	// gen counts Retire calls; retired holds, per retired address, the generation from which
 	// its connections may be pooled again. Addresses are retired rarely (an identity change).
 	gen     uint64
 	retired map[netip.AddrPort]uint64
-	sweep  *time.Timer // armed while count > 0
-	closed bool
+	sweep   *time.Timer // armed while count > 0
+	closed  bool
 }
 
 func newPool(cfg *Config) *pool {
