@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -24,12 +25,17 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/examples/stockkube/stockpb"
 	"github.com/detourmesh/detour/netns"
 	"github.com/detourmesh/detour/netns/nstest"
+	pidentity "github.com/detourmesh/detour/proxy/identity"
 )
 
 var nstestTopology = nstest.Topology
@@ -567,5 +573,73 @@ func TestIdentityChangeRetiresPooledConnections(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("calls still fail after the right identity is back: %v", err)
 		}
+	}
+}
+
+// TestControllerWatchNeedsACredential: a client in a pod that reaches the controller and
+// verifies it, but proves no identity, learns nothing from discovery; the same client with a
+// bootstrap token is served.
+func TestControllerWatchNeedsACredential(t *testing.T) {
+	topo := nstestTopology(t)
+	ca := newMeshCA(t, topo, time.Hour)
+	pod := addPod(t, topo, "client")
+	tokenFile := ca.token(t, spiffe("web", "stockweb"))
+	ca.start(t, stockDiscoveryWithIdentity(netip.MustParseAddrPort("198.19.0.10:80"), []*netns.Pod{pod}, spiffe("stocks", "stockdata")))
+
+	anchors, err := pidentity.LoadTrustAnchors(ca.anchor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td, err := pidentity.TrustDomainOf(anchors[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+ca.addr(),
+		grpc.WithTransportCredentials(credentials.NewTLS(pidentity.ClientTLS(pidentity.Pool(anchors), pidentity.ControllerID(td), nil))),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return pod.NS.DialContext(ctx, "tcp", addr)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	client := discoverypb.NewDiscoveryClient(cc)
+	// watch returns the first snapshot or the error, waiting while the controller starts.
+	watch := func(ctx context.Context) (*discoverypb.Snapshot, error) {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			stream, err := client.Watch(cctx, &discoverypb.WatchRequest{})
+			var pb *discoverypb.Snapshot
+			if err == nil {
+				pb, err = stream.Recv()
+			}
+			cancel()
+			if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+				return pb, err
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	pb, err := watch(context.Background())
+	if st := status.Convert(err); st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "--identity-token") {
+		t.Fatalf("Watch without a credential: %v (%d services), want Unauthenticated saying what to present", err, len(pb.GetServices()))
+	}
+	refusal := "peer=" + pod.IPv4.String() + ":"
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if logged := ca.ctrlLog.String(); strings.Contains(logged, "discovery watch refused") && strings.Contains(logged, refusal) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the controller did not log the refusal with the client's address %s:\n%s", pod.IPv4, ca.ctrlLog)
+		}
+	}
+
+	// The control run: the same client, over the same TLS, with a bootstrap token.
+	token := strings.TrimSpace(mustRead(t, tokenFile))
+	pb, err = watch(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token))
+	if err != nil || len(pb.GetServices()) != 1 || pb.Services[0].Name != "stockdata.stocks" {
+		t.Fatalf("Watch with a token: %v, %v; want the discovery file", pb, err)
 	}
 }

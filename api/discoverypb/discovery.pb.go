@@ -26,7 +26,8 @@ const (
 
 type WatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The caller's workload identity (SPIFFE ID), for the controller's logs.
+	// The caller's workload identity (SPIFFE ID). Optional; if set, it must be the identity the
+	// caller proved (its workload certificate or bootstrap token), else Watch is refused.
 	Identity string `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
 	// Service VIPs (ip:port) or authorities (host:port) to watch; empty means every service.
 	Targets       []string `protobuf:"bytes,2,rep,name=targets,proto3" json:"targets,omitempty"`

@@ -43,6 +43,9 @@ func newControllerCommand() *cobra.Command {
 certificates from the CA in --ca-dir, for proxies that prove their identity with a token from
 --tokens) on one gRPC port. The port serves TLS with a certificate the controller issues itself for
 spiffe://<trust-domain>/ns/detour/sa/controller; proxies verify it against the CA's ca.crt.
+Watch serves only callers that prove an identity: a workload certificate of the CA on the TLS
+connection, or a token from --tokens as gRPC metadata "authorization: Bearer <token>" (what
+detour proxy sends from its --identity-token file).
 Make the CA first with "detour controller ca init". The token file has one "TOKEN SPIFFE-ID" per line.
 -o selects the log format. Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_CA_DIR.`,
 		Args: cobra.NoArgs,
@@ -110,7 +113,9 @@ func runController(ctx context.Context, f controllerFlags) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
-	disc := cdiscovery.NewServer(src, log)
+	disc := cdiscovery.NewServer(cdiscovery.Config{
+		Source: src, Auth: cidentity.NewAuthenticator(authority, tokens), Logger: log,
+	})
 	discoverypb.RegisterDiscoveryServer(srv, disc)
 	identitypb.RegisterIdentityServer(srv, cidentity.NewServer(cidentity.Config{
 		CA: authority, Verifier: tokens, TTL: f.certTTL, Logger: log,

@@ -54,7 +54,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.Uint16Var(&f.outbound, "outbound-port", plan.DefaultOutboundPort, "outbound listener port")
 	fl.Uint16Var(&f.inbound, "inbound-port", plan.DefaultInboundPort, "inbound listener port")
 	fl.Uint16Var(&f.admin, "admin-port", plan.DefaultAdminPort, "admin port: /live, /ready, /metrics, /debug/*")
-	fl.StringVar(&f.discovery, "discovery", "", "where services come from: file:PATH or controller:HOST:PORT (empty: none, every connection is relayed untouched)")
+	fl.StringVar(&f.discovery, "discovery", "", "where services come from: file:PATH, or controller:HOST:PORT (needs --trust-anchor and --identity-token); empty: none, every connection is relayed untouched")
 	fl.StringVar(&f.opaquePorts, "opaque-ports", portList(proxy.DefaultOpaquePorts), "ports relayed as TCP without protocol detection (server-speaks-first protocols)")
 	fl.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "longest wait for a client's first bytes before relaying as TCP")
 	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "how long the outbound side keeps serving after SIGTERM")
@@ -63,7 +63,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.IntVar(&f.cores, "cores", 1, "CPUs the proxy runs Go code on at once (GOMAXPROCS); 0: every CPU the process may use")
 	fl.StringVar(&f.identity, "identity", "", "this workload's SPIFFE ID; with it the proxy gets a certificate from the controller and speaks mutual TLS to meshed peers")
 	fl.StringVar(&f.trustAnchor, "trust-anchor", "", "PEM file of the trust anchors (the controller CA's ca.crt), to verify the controller")
-	fl.StringVar(&f.token, "identity-token", "", "file holding the proof of identity given to the controller (a bootstrap token)")
+	fl.StringVar(&f.token, "identity-token", "", "file holding the proof of identity (a bootstrap token) the controller asks for certificates and discovery; required with --discovery controller:")
 	fl.StringVar(&f.policy, "policy", "permissive", "inbound policy: permissive (plaintext from unmeshed clients accepted) or strict (mesh TLS only)")
 	fl.StringVar(&f.portPolicy, "port-policy", "", "per-port policy, e.g. 8080=strict,9090=permissive")
 	fl.StringVar(&f.allow, "allow", "", "per-port allow-lists of client identities, e.g. 8080=spiffe://cluster.local/ns/web/sa/stockweb;9000=...")
@@ -118,16 +118,14 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
-	var anchors *x509.CertPool
+	var anchorCerts []*x509.Certificate
 	var id spiffeid.ID
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
 	if f.trustAnchor != "" {
-		certs, err := identity.LoadTrustAnchors(f.trustAnchor)
-		if err != nil {
+		if anchorCerts, err = identity.LoadTrustAnchors(f.trustAnchor); err != nil {
 			return fmt.Errorf("--trust-anchor: %w", err)
 		}
-		anchors = identity.Pool(certs)
-		if td, err = identity.TrustDomainOf(certs[0]); err != nil {
+		if td, err = identity.TrustDomainOf(anchorCerts[0]); err != nil {
 			return fmt.Errorf("--trust-anchor: %w", err)
 		}
 	}
@@ -139,7 +137,9 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		if kind != "controller" || f.trustAnchor == "" || f.token == "" {
 			return fmt.Errorf("--identity needs --discovery controller:HOST:PORT, --trust-anchor and --identity-token")
 		}
-		client := identity.NewClient(identity.ClientConfig{Controller: arg, TrustAnchors: f.trustAnchor, ID: id, TokenFile: f.token, Logger: log})
+		client := identity.NewClient(identity.ClientConfig{
+			Controller: arg, TrustAnchors: f.trustAnchor, TrustAnchorCerts: anchorCerts, ID: id, TokenFile: f.token, Logger: log,
+		})
 		g.Go(func() error { return client.Run(ctx) })
 		cfg.Identity = client
 		cfg.Debug = map[string]func() any{"identity": func() any { return client.Status() }}
@@ -153,12 +153,15 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		}
 		cfg.Discovery = src
 	case kind == "controller" && arg != "":
-		if anchors == nil {
+		if anchorCerts == nil {
 			return fmt.Errorf("--discovery controller:%s needs --trust-anchor to verify the controller", arg)
 		}
+		if f.token == "" {
+			return fmt.Errorf("--discovery controller:%s needs --identity-token: the controller serves discovery only to proxies that prove their identity with a bootstrap token (one of its --tokens)", arg)
+		}
 		src, err := discovery.StartController(ctx, discovery.ControllerOptions{
-			Address: arg, TLS: identity.ClientTLS(anchors, identity.ControllerID(td), time.Now),
-			Identity: f.identity, Logger: log,
+			Address: arg, TLS: identity.ClientTLS(identity.Pool(anchorCerts), identity.ControllerID(td), time.Now),
+			Identity: f.identity, TokenFile: f.token, Logger: log,
 		})
 		if err != nil {
 			return fmt.Errorf("--discovery: %w", err)

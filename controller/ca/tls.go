@@ -18,15 +18,27 @@ import (
 // certificate is issued here, with a key made in memory, and issued again with a new key when
 // 70 % of its ttl has passed (at the next handshake), so a long-running controller never serves
 // an expired certificate. It fails at once if the first certificate cannot be issued.
+//
+// The configuration asks callers for a client certificate but does not require one (a proxy
+// asking for its first certificate has none) and does not verify it: TLS only proves that the
+// caller holds its key. The services check the chain per call (controller/identity
+// Authenticator), so an expired or foreign certificate is refused with a status the caller can
+// read instead of a handshake alert, and never stops a proxy from renewing with its token.
 func (c *CA) ServerTLS(id spiffeid.ID, ttl time.Duration) (*tls.Config, error) {
 	s := &selfIssued{ca: c, id: id, ttl: ttl}
 	if _, err := s.get(nil); err != nil {
 		return nil, err
 	}
+	anchors := x509.NewCertPool()
+	anchors.AddCert(c.anchor)
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: s.get,
 		NextProtos:     []string{"h2"},
+		ClientAuth:     tls.RequestClientCert,
+		// With RequestClientCert, ClientCAs only names the trust anchor in the certificate
+		// request, so a client holding several certificates picks the mesh one.
+		ClientCAs: anchors,
 	}, nil
 }
 

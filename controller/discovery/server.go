@@ -2,7 +2,8 @@
 // Source (the file today, Kubernetes later) to every proxy over gRPC, in the same model the
 // proxy's own file source produces (proxy/discovery), so a proxy behaves the same whichever it
 // reads. The source is followed once and each snapshot converted once, however many proxies
-// watch.
+// watch. Only callers that prove a workload identity may watch: the services and endpoints of
+// the mesh are not for anyone who can reach the port.
 package discovery
 
 import (
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -21,12 +23,36 @@ import (
 	"github.com/detourmesh/detour/proxy/discovery"
 )
 
+// maxIDLength is the longest SPIFFE ID the SPIFFE ID specification requires support for.
+const maxIDLength = 2048
+
+// Authenticator tells who calls. Watch calls it once per call, from the call's handler
+// goroutine, concurrently with other calls and before it reads the request; it may block (a
+// token review is a network call) and must honour ctx. controller/identity.Authenticator is the
+// controller's.
+type Authenticator interface {
+	// Authenticate returns the identity the caller proved, or a gRPC status error that Watch
+	// returns as it is: codes.Unauthenticated, saying what to present, for a caller that proved
+	// none.
+	Authenticate(ctx context.Context) (spiffeid.ID, error)
+}
+
+// Config configures a Server. Source and Auth are required.
+type Config struct {
+	Source discovery.Source
+	// Auth decides who may watch; without it every Watch is refused.
+	Auth Authenticator
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
 // Server implements discoverypb.DiscoveryServer over a discovery.Source. Run must be running for
 // Watch to deliver anything.
 type Server struct {
 	discoverypb.UnimplementedDiscoveryServer
-	src discovery.Source
-	log *slog.Logger
+	src  discovery.Source
+	auth Authenticator
+	log  *slog.Logger
 
 	mu      sync.Mutex
 	current *discoverypb.Snapshot // nil until the source delivers
@@ -34,12 +60,12 @@ type Server struct {
 	stopped chan struct{}         // closed when Run returns: watches end, so a graceful stop can finish
 }
 
-// NewServer returns a Discovery service for src.
-func NewServer(src discovery.Source, log *slog.Logger) *Server {
-	if log == nil {
-		log = slog.Default()
+// NewServer returns the Discovery service for cfg.
+func NewServer(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
-	return &Server{src: src, log: log, changed: make(chan struct{}), stopped: make(chan struct{})}
+	return &Server{src: cfg.Source, auth: cfg.Auth, log: cfg.Logger, changed: make(chan struct{}), stopped: make(chan struct{})}
 }
 
 // Run follows the source until ctx is done, converting each snapshot for the watchers. When it
@@ -69,17 +95,40 @@ func (s *Server) Current() (*discoverypb.Snapshot, <-chan struct{}) {
 // Watch implements discoverypb.DiscoveryServer: the current snapshot at once, then each new one.
 // A watcher whose connection is slow is sent the newest snapshot when its last send completes,
 // never a queue of the ones it missed, so a slow proxy costs the controller one pending message.
+//
+// The caller is authenticated before the request is looked at, so an unknown caller cannot
+// exercise the target parser. A request that names an identity must name the one proven: a
+// proxy given another's token is refused instead of being logged under a name it does not have.
 func (s *Server) Watch(req *discoverypb.WatchRequest, stream discoverypb.Discovery_WatchServer) error {
 	ctx := stream.Context()
-	targets, err := parseTargets(req.GetTargets())
-	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
 	addr := ""
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		addr = p.Addr.String()
 	}
-	log := s.log.With("peer", addr, "identity", req.GetIdentity())
+	id, err := s.authenticate(ctx)
+	if err != nil {
+		switch status.Code(err) {
+		case codes.Canceled, codes.DeadlineExceeded: // the caller left; nothing was refused
+		case codes.Unauthenticated, codes.PermissionDenied:
+			s.log.Warn("discovery watch refused", "peer", addr, "err", status.Convert(err).Message())
+		default:
+			s.log.Error("discovery watch: authenticating the caller failed", "peer", addr, "err", err)
+		}
+		return err
+	}
+	if want := req.GetIdentity(); want != "" && want != id.String() {
+		if len(want) > maxIDLength { // the caller's string, echoed to logs: bounded
+			want = want[:maxIDLength] + "…"
+		}
+		s.log.Warn("discovery watch refused: the request names another identity than the caller proved",
+			"peer", addr, "identity", id.String(), "requested", want)
+		return status.Errorf(codes.PermissionDenied, "the request names another identity than the one the caller proved: %s", id)
+	}
+	targets, err := parseTargets(req.GetTargets())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	log := s.log.With("peer", addr, "identity", id.String())
 	log.Info("discovery watch started", "targets", len(targets))
 	defer log.Info("discovery watch ended")
 	var sent *discoverypb.Snapshot
@@ -100,6 +149,13 @@ func (s *Server) Watch(req *discoverypb.WatchRequest, stream discoverypb.Discove
 		case <-changed:
 		}
 	}
+}
+
+func (s *Server) authenticate(ctx context.Context) (spiffeid.ID, error) {
+	if s.auth == nil {
+		return spiffeid.ID{}, status.Error(codes.Internal, "the controller has no way to authenticate callers")
+	}
+	return s.auth.Authenticate(ctx)
 }
 
 // parseTargets normalizes the targets of a WatchRequest as the discovery file spells addresses:

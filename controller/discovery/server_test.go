@@ -2,27 +2,49 @@ package discovery
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/controller/ca"
+	cidentity "github.com/detourmesh/detour/controller/identity"
 	"github.com/detourmesh/detour/proxy/discovery"
 	"github.com/detourmesh/detour/proxy/identity"
 )
 
-var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+const (
+	stockwebToken  = "9b2e41d07c3f5a8e6d1b0c4f7a2e9d36"
+	stockdataToken = "3f1c9a0e5b7d42c8a16e0f9b2d4c7a51"
+)
+
+var (
+	td        = spiffeid.RequireTrustDomainFromString("cluster.local")
+	stockweb  = spiffeid.RequireFromString("spiffe://cluster.local/ns/web/sa/stockweb")
+	stockdata = spiffeid.RequireFromString("spiffe://cluster.local/ns/stocks/sa/stockdata")
+)
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -43,14 +65,30 @@ func writeAtomically(t *testing.T, path, content string) {
 	}
 }
 
-// serveTLS runs srv's Watch on a loopback TLS port with a controller certificate from a new CA,
-// and returns a client that verifies it as a proxy does.
-func serveTLS(t *testing.T, srv *Server) discoverypb.DiscoveryClient {
+func newCA(t *testing.T) *ca.CA {
 	t.Helper()
 	authority, err := ca.Init(filepath.Join(t.TempDir(), "ca"), td)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return authority
+}
+
+// newServer is the Discovery service of src as the controller runs it: callers authenticated by
+// authority's certificates or the stockweb and stockdata bootstrap tokens.
+func newServer(t *testing.T, src discovery.Source, authority *ca.CA, log *slog.Logger) *Server {
+	t.Helper()
+	tokens, err := cidentity.ParseTokens([]byte(stockwebToken+" "+stockweb.String()+"\n"+stockdataToken+" "+stockdata.String()+"\n"), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewServer(Config{Source: src, Auth: cidentity.NewAuthenticator(authority, tokens), Logger: log})
+}
+
+// serveTLS runs srv's Watch on a loopback TLS port with a controller certificate from authority
+// and returns its address.
+func serveTLS(t *testing.T, srv *Server, authority *ca.CA) string {
+	t.Helper()
 	tlsCfg, err := authority.ServerTLS(identity.ControllerID(td), time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -63,15 +101,52 @@ func serveTLS(t *testing.T, srv *Server) discoverypb.DiscoveryClient {
 	discoverypb.RegisterDiscoveryServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
+	return lis.Addr().String()
+}
+
+// dial returns a client of addr that verifies the controller as a proxy does and presents cert
+// (nil: none) as its client certificate.
+func dial(t *testing.T, addr string, authority *ca.CA, cert *tls.Certificate) discoverypb.DiscoveryClient {
+	t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(authority.TrustAnchor())
-	conn, err := grpc.NewClient(lis.Addr().String(),
-		grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLS(roots, identity.ControllerID(td), nil))))
+	cfg := identity.ClientTLS(roots, identity.ControllerID(td), nil)
+	if cert != nil {
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return discoverypb.NewDiscoveryClient(conn)
+}
+
+// withToken is ctx carrying token as a proxy sends it.
+func withToken(ctx context.Context, token string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+}
+
+// workloadCert is a certificate for id issued by authority, as a proxy holds it.
+func workloadCert(t *testing.T, authority *ca.CA, id spiffeid.ID) *tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, chain, err := authority.Sign(csr, id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, chain...), PrivateKey: key, Leaf: leaf}
 }
 
 func runServer(t *testing.T, srv *Server) {
@@ -89,9 +164,10 @@ func TestWatchDeliversTheFileAndItsChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(file, quiet())
+	authority := newCA(t)
+	srv := newServer(t, file, authority, quiet())
 	runServer(t, srv)
-	client := serveTLS(t, srv)
+	client := dial(t, serveTLS(t, srv, authority), authority, nil)
 
 	tests := []struct {
 		name    string
@@ -107,7 +183,7 @@ func TestWatchDeliversTheFileAndItsChanges(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			t.Cleanup(cancel)
-			stream, err := client.Watch(ctx, &discoverypb.WatchRequest{Identity: "spiffe://cluster.local/ns/web/sa/stockweb", Targets: tt.targets})
+			stream, err := client.Watch(withToken(ctx, stockwebToken), &discoverypb.WatchRequest{Identity: stockweb.String(), Targets: tt.targets})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -131,7 +207,7 @@ func TestWatchDeliversTheFileAndItsChanges(t *testing.T) {
 	t.Run("a change to the file reaches a watcher", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		t.Cleanup(cancel)
-		stream, err := client.Watch(ctx, &discoverypb.WatchRequest{})
+		stream, err := client.Watch(withToken(ctx, stockwebToken), &discoverypb.WatchRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -201,6 +277,11 @@ func (s *slowStream) Send(pb *discoverypb.Snapshot) error {
 	}
 }
 
+// authenticated is the context of a call that sent token, as the server sees it.
+func authenticated(token string) context.Context {
+	return metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+token))
+}
+
 func snapshotWithVIP(t *testing.T, vip string) *discovery.Snapshot {
 	t.Helper()
 	s, err := discovery.Parse("test", []byte(fileWithVIP(vip)))
@@ -212,7 +293,7 @@ func snapshotWithVIP(t *testing.T, vip string) *discovery.Snapshot {
 
 func TestASlowWatcherGetsTheNewestSnapshotNotABacklog(t *testing.T) {
 	src := chanSource{ch: make(chan *discovery.Snapshot)}
-	srv := NewServer(src, quiet())
+	srv := newServer(t, src, newCA(t), quiet())
 	runServer(t, srv)
 	publish := func(vip string) {
 		t.Helper()
@@ -232,7 +313,7 @@ func TestASlowWatcherGetsTheNewestSnapshotNotABacklog(t *testing.T) {
 	}
 	publish("198.19.0.1:80")
 
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(authenticated(stockwebToken))
 	stream := &slowStream{ctx: ctx, release: make(chan struct{}), sent: make(chan *discoverypb.Snapshot, 10)}
 	done := make(chan error, 1)
 	go func() { done <- srv.Watch(&discoverypb.WatchRequest{}, stream) }()
@@ -259,12 +340,12 @@ func TestASlowWatcherGetsTheNewestSnapshotNotABacklog(t *testing.T) {
 
 func TestWatchEndsWhenTheServerStops(t *testing.T) {
 	src := chanSource{ch: make(chan *discovery.Snapshot)}
-	srv := NewServer(src, quiet())
+	srv := newServer(t, src, newCA(t), quiet())
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	go func() { srv.Run(ctx); close(ran) }()
 	t.Cleanup(func() { cancel(); <-ran })
-	stream := &slowStream{ctx: context.Background(), release: make(chan struct{}), sent: make(chan *discoverypb.Snapshot, 1)}
+	stream := &slowStream{ctx: authenticated(stockwebToken), release: make(chan struct{}), sent: make(chan *discoverypb.Snapshot, 1)}
 	done := make(chan error, 1)
 	go func() { done <- srv.Watch(&discoverypb.WatchRequest{}, stream) }()
 	cancel()
@@ -276,4 +357,164 @@ func TestWatchEndsWhenTheServerStops(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Watch outlived the server; GracefulStop would hang")
 	}
+}
+
+// logBuffer collects a server's log lines for the test to read while the server writes.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) lines(substr string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		if strings.Contains(line, substr) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+func TestWatchServesOnlyAuthenticatedCallers(t *testing.T) {
+	caDir := filepath.Join(t.TempDir(), "ca")
+	authority, err := ca.Init(caDir, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := ca.Init(filepath.Join(t.TempDir(), "foreign"), td) // same trust domain, another CA
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "discovery.yaml")
+	writeAtomically(t, path, fileWithVIP("198.19.0.10:80"))
+	file, err := discovery.NewFile(path, discovery.FileOptions{Interval: time.Hour, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	srv := newServer(t, file, authority, slog.New(slog.NewTextHandler(logs, nil)))
+	runServer(t, srv)
+	addr := serveTLS(t, srv, authority)
+
+	tests := []struct {
+		name     string
+		cert     *tls.Certificate
+		token    string // sent as "authorization: Bearer <token>" unless empty
+		header   string // a raw authorization value, instead of token
+		identity string // WatchRequest.Identity
+		wantCode codes.Code
+		wantMsg  string
+	}{
+		{name: "a caller with no credential is told what to present", wantCode: codes.Unauthenticated,
+			wantMsg: "present a workload certificate of trust domain cluster.local, or send a bootstrap token"},
+		{name: "the message names the proxy's flag", wantCode: codes.Unauthenticated, wantMsg: "--identity-token"},
+		{name: "a wrong token is refused", token: "0123456789abcdef0123456789abcdef",
+			wantCode: codes.Unauthenticated, wantMsg: "proves no identity"},
+		{name: "a prefix of a good token is refused", token: stockwebToken[:20],
+			wantCode: codes.Unauthenticated, wantMsg: "proves no identity"},
+		{name: "a token under another scheme is refused", header: "Basic " + stockwebToken,
+			wantCode: codes.Unauthenticated, wantMsg: "not \"Bearer <token>\""},
+		{name: "a good token is accepted", token: stockwebToken, wantCode: codes.OK},
+		{name: "the Bearer scheme is case-insensitive", header: "bearer " + stockwebToken, wantCode: codes.OK},
+		{name: "a good token naming its own identity is accepted", token: stockwebToken, identity: stockweb.String(), wantCode: codes.OK},
+		{name: "a request naming another identity than its token proves is denied", token: stockwebToken, identity: stockdata.String(),
+			wantCode: codes.PermissionDenied, wantMsg: "the caller proved: " + stockweb.String()},
+		{name: "a workload certificate of the CA is accepted", cert: workloadCert(t, authority, stockdata), wantCode: codes.OK},
+		{name: "a workload certificate naming its own identity is accepted", cert: workloadCert(t, authority, stockdata),
+			identity: stockdata.String(), wantCode: codes.OK},
+		{name: "a request naming another identity than its certificate proves is denied", cert: workloadCert(t, authority, stockdata),
+			identity: stockweb.String(), wantCode: codes.PermissionDenied, wantMsg: "the caller proved: " + stockdata.String()},
+		{name: "a certificate of another CA is refused", cert: workloadCert(t, foreign, stockdata),
+			wantCode: codes.Unauthenticated, wantMsg: "not a valid workload certificate"},
+		{name: "a certificate of another CA is refused even beside a good token", cert: workloadCert(t, foreign, stockweb), token: stockwebToken,
+			wantCode: codes.Unauthenticated, wantMsg: "does not chain to the trust anchors"},
+		{name: "a leaf sent without its issuer is refused", cert: withoutIssuer(workloadCert(t, authority, stockdata)),
+			wantCode: codes.Unauthenticated, wantMsg: "not a valid workload certificate"},
+		{name: "a certificate for the trust domain itself, not a workload, is refused", cert: trustDomainCert(t, authority, caDir),
+			wantCode: codes.Unauthenticated, wantMsg: "not a workload of trust domain cluster.local"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := dial(t, addr, authority, tt.cert)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			t.Cleanup(cancel)
+			switch {
+			case tt.header != "":
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tt.header)
+			case tt.token != "":
+				ctx = withToken(ctx, tt.token)
+			}
+			refusalsBefore := len(logs.lines("level=WARN"))
+			stream, err := client.Watch(ctx, &discoverypb.WatchRequest{Identity: tt.identity})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pb, err := stream.Recv()
+			st := status.Convert(err)
+			if st.Code() != tt.wantCode || !strings.Contains(st.Message(), tt.wantMsg) {
+				t.Fatalf("Watch: %s %q, want %s containing %q", st.Code(), st.Message(), tt.wantCode, tt.wantMsg)
+			}
+			refusals := logs.lines("level=WARN")[refusalsBefore:]
+			if tt.wantCode == codes.OK {
+				if len(pb.GetServices()) != 2 {
+					t.Errorf("an accepted watch got %d services, want the file's 2", len(pb.GetServices()))
+				}
+				if len(refusals) != 0 {
+					t.Errorf("an accepted watch logged a refusal: %v", refusals)
+				}
+				return
+			}
+			if len(refusals) != 1 || !strings.Contains(refusals[0], "peer=127.0.0.1:") {
+				t.Errorf("want one warning naming the peer, got %q", refusals)
+			}
+			for _, secret := range []string{stockwebToken, stockdataToken} {
+				if strings.Contains(st.Message(), secret) || strings.Contains(strings.Join(refusals, "\n"), secret) {
+					t.Errorf("a refusal reveals a token")
+				}
+			}
+		})
+	}
+}
+
+// withoutIssuer is cert sent as its leaf alone: the controller must not complete the chain
+// with an issuer it knows.
+func withoutIssuer(cert *tls.Certificate) *tls.Certificate {
+	return &tls.Certificate{Certificate: cert.Certificate[:1], PrivateKey: cert.PrivateKey, Leaf: cert.Leaf}
+}
+
+// trustDomainCert is a certificate signed by authority's own issuer, as a bug in the CA might
+// make one, for the trust domain itself rather than a workload in it.
+func trustDomainCert(t *testing.T, authority *ca.CA, dir string) *tls.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, ca.IssuerKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(data)
+	issuerKey, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), URIs: []*url.URL{td.ID().URL()},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, authority.Issuer(), &key.PublicKey, issuerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der, authority.Issuer().Raw}, PrivateKey: key}
 }

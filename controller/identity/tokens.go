@@ -14,9 +14,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Verifier checks a proof of identity. Certify calls it from gRPC handler goroutines,
-// concurrently, once per request, before it looks at the CSR; it may block (a Kubernetes
-// TokenReview is a network call) and must honour ctx.
+// Verifier checks a proof of identity. Certify and Authenticator call it from gRPC handler
+// goroutines, concurrently, once per request, before they look at anything else the caller
+// sent; it may block (a Kubernetes TokenReview is a network call) and must honour ctx.
 type Verifier interface {
 	// Verify returns the identity token proves, or an error wrapping ErrUnproven when it proves
 	// none. Errors never contain the token.

@@ -8,14 +8,18 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/detourmesh/detour/api/discoverypb"
 )
@@ -26,8 +30,13 @@ type ControllerOptions struct {
 	Address string
 	// TLS verifies the controller: identity.ClientTLS(trust anchors, identity.ControllerID(td)).
 	TLS *tls.Config
-	// Identity is the proxy's SPIFFE ID, sent for the controller's logs.
+	// Identity is the proxy's SPIFFE ID. The controller refuses a watch naming an identity the
+	// caller did not prove; empty names none.
 	Identity string
+	// TokenFile holds the proxy's proof of identity (a bootstrap token), sent with each Watch
+	// as "authorization: Bearer <token>". It is read again at every attempt, so a token rotated
+	// on disk is used at the next reconnection. The controller refuses a watch without it.
+	TokenFile string
 	// Targets limits the services watched to those with these VIPs or authorities; empty: all.
 	Targets []string
 	// StartTimeout bounds the wait for the first snapshot in StartController; default 30 s.
@@ -74,7 +83,7 @@ func StartController(ctx context.Context, opts ControllerOptions) (*Controller, 
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	conn, err := grpc.NewClient(opts.Address,
+	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(opts.TLS)),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: opts.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: opts.MaxBackoff},
@@ -84,7 +93,11 @@ func StartController(ctx context.Context, opts ControllerOptions) (*Controller, 
 		// within 40 s instead of the kernel's TCP timeout.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxFileSize)),
-	)
+	}
+	if opts.TokenFile != "" {
+		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(tokenFile(opts.TokenFile)))
+	}
+	conn, err := grpc.NewClient(opts.Address, dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("discovery controller %q: %w", opts.Address, err)
 	}
@@ -120,9 +133,38 @@ func StartController(ctx context.Context, opts ControllerOptions) (*Controller, 
 	if last == nil {
 		last = errors.New("no snapshot arrived")
 	}
-	return nil, fmt.Errorf("no discovery snapshot from the controller at %s within %s: %w (check that the controller runs and that the trust anchor is its ca.crt)",
-		opts.Address, opts.StartTimeout, last)
+	hint := "check that the controller runs and that the trust anchor is its ca.crt"
+	switch status.Code(last) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		hint = "check that the identity token file holds a token the controller's --tokens file maps to this proxy's identity"
+	}
+	return nil, fmt.Errorf("no discovery snapshot from the controller at %s within %s: %w (%s)",
+		opts.Address, opts.StartTimeout, last, hint)
 }
+
+// tokenFile is the bootstrap token as per-RPC credentials, read from its file at every call.
+type tokenFile string
+
+func (f tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	data, err := os.ReadFile(string(f))
+	if err != nil {
+		return nil, fmt.Errorf("reading the identity token: %w", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return nil, fmt.Errorf("the identity token file %s is empty", string(f))
+	}
+	for i := 0; i < len(tok); i++ {
+		// A metadata value cannot carry these, and a token never holds them.
+		if tok[i] < 0x21 || tok[i] > 0x7e {
+			return nil, fmt.Errorf("the identity token file %s holds more than one token, white space or a byte that is not printable ASCII", string(f))
+		}
+	}
+	return map[string]string{"authorization": "Bearer " + tok}, nil
+}
+
+// RequireTransportSecurity: the token proves an identity and must never cross the wire in clear.
+func (tokenFile) RequireTransportSecurity() bool { return true }
 
 // Snapshot returns the snapshot in force: the last good one the controller sent.
 func (c *Controller) Snapshot() *Snapshot { return c.current.Load() }

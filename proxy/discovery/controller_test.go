@@ -17,15 +17,22 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/controller/ca"
 	cdiscovery "github.com/detourmesh/detour/controller/discovery"
+	cidentity "github.com/detourmesh/detour/controller/identity"
 	"github.com/detourmesh/detour/proxy/discovery"
 	"github.com/detourmesh/detour/proxy/identity"
 )
 
-var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+const stockwebToken = "9b2e41d07c3f5a8e6d1b0c4f7a2e9d36"
+
+var (
+	td       = spiffeid.RequireTrustDomainFromString("cluster.local")
+	stockweb = spiffeid.RequireFromString("spiffe://cluster.local/ns/web/sa/stockweb")
+)
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -46,22 +53,32 @@ func replaceFile(t *testing.T, path, content string) {
 // fakeController serves a DiscoveryServer on a loopback TLS port that can be stopped and
 // started again on the same address.
 type fakeController struct {
-	t    *testing.T
-	ca   *ca.CA
-	srv  discoverypb.DiscoveryServer
-	addr string
+	t     *testing.T
+	ca    *ca.CA
+	srv   discoverypb.DiscoveryServer
+	addr  string
+	token string // path of a file holding stockweb's bootstrap token
 
 	mu sync.Mutex
 	gs *grpc.Server
 }
 
-func newFakeController(t *testing.T, srv discoverypb.DiscoveryServer) *fakeController {
+func newAuthority(t *testing.T) *ca.CA {
 	t.Helper()
 	authority, err := ca.Init(filepath.Join(t.TempDir(), "ca"), td)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &fakeController{t: t, ca: authority, srv: srv, addr: "127.0.0.1:0"}
+	return authority
+}
+
+func newFakeController(t *testing.T, authority *ca.CA, srv discoverypb.DiscoveryServer) *fakeController {
+	t.Helper()
+	k := &fakeController{t: t, ca: authority, srv: srv, addr: "127.0.0.1:0", token: filepath.Join(t.TempDir(), "token")}
+	// The proxy's token file holds only the token; the controller's maps it to the identity.
+	if err := os.WriteFile(k.token, []byte(stockwebToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	k.start()
 	t.Cleanup(k.stop)
 	return k
@@ -100,7 +117,8 @@ func (k *fakeController) options() discovery.ControllerOptions {
 	return discovery.ControllerOptions{
 		Address:      k.addr,
 		TLS:          identity.ClientTLS(anchors, identity.ControllerID(td), nil),
-		Identity:     "spiffe://cluster.local/ns/web/sa/stockweb",
+		Identity:     stockweb.String(),
+		TokenFile:    k.token,
 		StartTimeout: 10 * time.Second,
 		MinBackoff:   20 * time.Millisecond,
 		MaxBackoff:   200 * time.Millisecond,
@@ -108,7 +126,8 @@ func (k *fakeController) options() discovery.ControllerOptions {
 	}
 }
 
-// fileController is the real controller discovery service over a discovery file.
+// fileController is the real controller discovery service over a discovery file, serving the
+// holder of stockweb's token.
 func fileController(t *testing.T, content string) (*fakeController, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "discovery.yaml")
@@ -117,12 +136,17 @@ func fileController(t *testing.T, content string) (*fakeController, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := cdiscovery.NewServer(file, quietLog())
+	tokens, err := cidentity.ParseTokens([]byte(stockwebToken+" "+stockweb.String()+"\n"), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authority := newAuthority(t)
+	srv := cdiscovery.NewServer(cdiscovery.Config{Source: file, Auth: cidentity.NewAuthenticator(authority, tokens), Logger: quietLog()})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { srv.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return newFakeController(t, srv), path
+	return newFakeController(t, authority, srv), path
 }
 
 func startSource(t *testing.T, opts discovery.ControllerOptions) *discovery.Controller {
@@ -267,7 +291,7 @@ func TestControllerSourceIgnoresAnInvalidSnapshot(t *testing.T) {
 		return &discoverypb.Snapshot{Revision: vip, TrustDomain: "cluster.local",
 			Services: []*discoverypb.Service{{Name: "a.b", Addresses: []string{vip}}}}
 	}
-	k := newFakeController(t, &scripted{snaps: []*discoverypb.Snapshot{
+	k := newFakeController(t, newAuthority(t), &scripted{snaps: []*discoverypb.Snapshot{
 		svc("198.19.0.1:80"), svc("198.19.0.2:0"), svc("198.19.0.3:80"),
 	}})
 	src := startSource(t, k.options())
@@ -278,5 +302,94 @@ func TestControllerSourceIgnoresAnInvalidSnapshot(t *testing.T) {
 	got := next(t, ch, "198.19.0.3:80")
 	if got.Revision() != "198.19.0.3:80" {
 		t.Errorf("revision %q", got.Revision())
+	}
+}
+
+// recorder is a Discovery server that records the authorization metadata of every Watch, then
+// sends one snapshot and waits.
+type recorder struct {
+	discoverypb.UnimplementedDiscoveryServer
+	mu   sync.Mutex
+	seen []string
+}
+
+func (r *recorder) Watch(_ *discoverypb.WatchRequest, stream discoverypb.Discovery_WatchServer) error {
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	r.mu.Lock()
+	r.seen = append(r.seen, strings.Join(md.Get("authorization"), ","))
+	r.mu.Unlock()
+	if err := stream.Send(&discoverypb.Snapshot{Revision: "1", TrustDomain: "cluster.local"}); err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+func (r *recorder) calls() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.seen...)
+}
+
+func TestControllerSourceSendsTheTokenReadAtEachAttempt(t *testing.T) {
+	rec := &recorder{}
+	k := newFakeController(t, newAuthority(t), rec)
+	startSource(t, k.options())
+	if got := rec.calls(); len(got) != 1 || got[0] != "Bearer "+stockwebToken {
+		t.Fatalf("authorization sent: %q, want one \"Bearer <the file's token>\"", got)
+	}
+
+	// The token is rotated on disk; the next attempt, after the controller comes back, sends it.
+	rotated := "0f4e2a9c8b7d6e5f4a3b2c1d0e9f8a7b"
+	replaceFile(t, k.token, rotated+"\n")
+	k.stop()
+	k.start()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(rec.calls()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the source did not reconnect")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := rec.calls()[1]; got != "Bearer "+rotated {
+		t.Errorf("after rotation the source sent %q, want the new token", got)
+	}
+}
+
+func TestStartControllerSaysWhenTheControllerRefusesTheProxy(t *testing.T) {
+	k, _ := fileController(t, serviceFile("198.19.0.1:80"))
+	write := func(content string) string {
+		path := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	tests := []struct {
+		name      string
+		tokenFile string
+		wantCode  string
+	}{
+		{"without a token", "", "Unauthenticated"},
+		{"with a token the controller does not know", write("0123456789abcdef0123456789abcdef"), "Unauthenticated"},
+		{"with two tokens in the file", write(stockwebToken + "\n" + stockwebToken + "\n"), "holds more than one token"},
+		{"with an empty token file", write("\n"), "is empty"},
+		{"with a token file that is missing", filepath.Join(t.TempDir(), "missing"), "reading the identity token"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := k.options()
+			opts.TokenFile = tt.tokenFile
+			opts.StartTimeout = 500 * time.Millisecond
+			_, err := discovery.StartController(context.Background(), opts)
+			if err == nil {
+				t.Fatal("started")
+			}
+			for _, want := range []string{tt.wantCode, "check that the identity token file holds a token"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+		})
 	}
 }

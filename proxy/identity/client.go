@@ -48,6 +48,10 @@ type ClientConfig struct {
 	// the controller's TLS certificate; the anchors the controller returns with each certificate
 	// then verify peers.
 	TrustAnchors string
+	// TrustAnchorCerts, when set, are the trust anchors already read from TrustAnchors (by
+	// LoadTrustAnchors), so the client does not read the file again and trusts exactly what
+	// the caller does.
+	TrustAnchorCerts []*x509.Certificate
 	// ControllerID is the identity the controller must present; zero means ControllerID of ID's
 	// trust domain.
 	ControllerID spiffeid.ID
@@ -137,9 +141,12 @@ func (c *Client) Run(ctx context.Context) error {
 	case cfg.TokenFile == "":
 		return errors.New("identity client: no token file")
 	}
-	anchors, err := LoadTrustAnchors(cfg.TrustAnchors)
-	if err != nil {
-		return fmt.Errorf("identity client: %w", err)
+	anchors := cfg.TrustAnchorCerts
+	if len(anchors) == 0 {
+		var err error
+		if anchors, err = LoadTrustAnchors(cfg.TrustAnchors); err != nil {
+			return fmt.Errorf("identity client: %w", err)
+		}
 	}
 	boot := Pool(anchors)
 	c.boot.Store(boot)

@@ -383,3 +383,13 @@ func TestClientRenewsAt70PercentAndNeverServesAnExpiredCertificate(t *testing.T)
 		t.Errorf("Certificate() after expiry: %v", err)
 	}
 }
+
+func TestClientUsesTrustAnchorsAlreadyRead(t *testing.T) {
+	k := startController(t, time.Hour)
+	cfg := k.config()
+	cfg.TrustAnchorCerts = []*x509.Certificate{k.ca.TrustAnchor()}
+	cfg.TrustAnchors = filepath.Join(t.TempDir(), "gone.crt") // never read
+	c := identity.NewClient(cfg)
+	run(t, c)
+	eventually(t, "ready", c.Ready)
+}
