@@ -14,9 +14,13 @@ TESTLOG := bin/integration.log
 
 # detour, and the StockKube example's stockdata and stockweb beside it (the demo runs them).
 # Static (no cgo): nothing needs libc, an init container or sidecar image needs no libc either,
-# and the proxy's RSS is 1.3 MiB smaller without libc's pages.
+# and the proxy's RSS is 1.3 MiB smaller without libc's pages. grpcnotrace leaves out grpc-go's
+# x/net/trace (and html/template with it), which nothing here uses: 2.5 MB less binary. A proxy
+# ends up with nearly every page of its binary resident (the kernel maps file pages around each
+# fault), so its RSS follows the binary's size: 2 MiB less.
+GOBUILD := CGO_ENABLED=0 $(GO) build -tags grpcnotrace
 build:
-	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/detour ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb
+	$(GOBUILD) -o bin/ ./cmd/detour ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb
 
 deps:
 	@scripts/deps.sh $(DEPS)

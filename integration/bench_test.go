@@ -257,6 +257,7 @@ func haproxy(tb testing.TB, pod *netns.Pod, listen, upstream string) *meshPod {
 	cfg := filepath.Join(tb.TempDir(), "haproxy.cfg")
 	err := os.WriteFile(cfg, []byte(fmt.Sprintf(`global
   maxconn 1000
+  nbthread 1
 defaults
   mode http
   timeout connect 5s
