@@ -177,25 +177,16 @@ func (p *pool) dial() {
 		}
 		return
 	}
-	if p.gen != gen {
-		// Retired while dialling: the connection was checked against what the endpoint used
-		// to be. Close it and dial again for the streams waiting.
+	// Retired while dialling: the connection was checked against what the endpoint used to
+	// be, so it serves no stream and the waiting ones get another dial.
+	stale := p.gen != gen
+	var next []*stream
+	if stale {
 		u.draining = true
-		again := len(p.waiters) > 0 && len(p.conns) < srv.cfg.MaxConnsPerEndpoint
-		if again {
-			p.dialing++
-		}
-		p.mu.Unlock()
-		srv.wg.Add(1)
-		go u.readLoop()
-		u.goAwayAndClose()
-		if again {
-			srv.goDial(p)
-		}
-		return
+	} else {
+		p.conns = append(p.conns, u)
+		next = p.fillLocked(u)
 	}
-	p.conns = append(p.conns, u)
-	next := p.fillLocked(u)
 	again := len(p.waiters) > 0 && len(p.conns) < srv.cfg.MaxConnsPerEndpoint
 	if again {
 		p.dialing++
@@ -203,6 +194,9 @@ func (p *pool) dial() {
 	p.mu.Unlock()
 	srv.wg.Add(1)
 	go u.readLoop()
+	if stale {
+		u.goAwayAndClose()
+	}
 	if again {
 		srv.goDial(p)
 	}

@@ -2,7 +2,9 @@ package h2
 
 import (
 	"context"
+	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -53,6 +55,44 @@ func TestRetireMovesLaterStreamsToANewConnection(t *testing.T) {
 	}
 	srv.Retire(netip.MustParseAddrPort("127.0.0.1:1")) // no pool: nothing to do
 	waitFor(t, "the retired connection to close", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.ups) == 1
+	})
+}
+
+// TestRetireDuringADialDialsAgain: a connection whose dial began before Retire serves no
+// stream; the stream waiting for it gets a connection dialled afterwards.
+func TestRetireDuringADialDialsAgain(t *testing.T) {
+	ts := startGRPCServer(t, "retire-dial")
+	dialing, release := make(chan struct{}, 2), make(chan struct{})
+	var dials atomic.Int32
+	dial := func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+		if dials.Add(1) == 1 {
+			dialing <- struct{}{}
+			<-release // held until the test has retired the endpoint
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr.String())
+	}
+	addr, srv, _ := startProxy(t, Config{Router: newRecorder(ts.addr), Dial: dial})
+	cc := dialGRPC(t, addr)
+	done := make(chan error, 1)
+	go func() {
+		req := []byte("hello")
+		var resp []byte
+		done <- cc.Invoke(context.Background(), "/detour.test.Echo/Unary", &req, &resp)
+	}()
+	<-dialing
+	srv.Retire(ts.addr)
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2: the one that spanned Retire, and one after it", n)
+	}
+	waitFor(t, "the stale connection to close", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		return len(srv.ups) == 1
