@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/detourmesh/detour/examples/stockkube/stockpb"
+	"github.com/detourmesh/detour/internal/syncbuf"
 	"github.com/detourmesh/detour/netns"
 	"github.com/detourmesh/detour/netns/nstest"
 )
@@ -273,7 +274,7 @@ backend next
 		tb.Fatal(err)
 	}
 	cmd := exec.Command("haproxy", "-db", "-f", cfg)
-	log := &syncBuffer{}
+	log := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := pod.NS.Start(cmd); err != nil {
 		tb.Fatal(err)

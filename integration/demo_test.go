@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/detourmesh/detour/internal/browser"
+	"github.com/detourmesh/detour/internal/syncbuf"
 	"github.com/detourmesh/detour/netns/nstest"
 )
 
@@ -153,10 +154,10 @@ func TestDemoCleansUpAfterACrash(t *testing.T) {
 
 // startDemo runs `detour demo` with args until it prints that it is up, and returns it with
 // what it printed so far.
-func startDemo(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer) {
+func startDemo(t *testing.T, args ...string) (*exec.Cmd, *syncbuf.Buffer) {
 	t.Helper()
 	cmd := exec.Command(detourBin, append([]string{"demo"}, args...)...)
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {

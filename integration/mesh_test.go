@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/detourmesh/detour/examples/stockkube/stockdata"
+	"github.com/detourmesh/detour/internal/syncbuf"
 	"github.com/detourmesh/detour/netns"
 )
 
@@ -120,26 +119,8 @@ func stockDiscovery(vip4, vip6 netip.AddrPort, pods []*netns.Pod) string {
 type meshPod struct {
 	*netns.Pod
 	proxy  *exec.Cmd
-	log    *syncBuffer
+	log    *syncbuf.Buffer
 	exited chan error // receives the proxy's exit
-}
-
-// syncBuffer is a bytes.Buffer safe for a process writing while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // mesh installs the redirect in pod and starts its proxy with the given discovery file (""
@@ -156,7 +137,7 @@ func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *
 		// Benchmarks of the proxy's runtime settings, e.g. DETOUR_PROXY_ENV="GOGC=50 GOMAXPROCS=1".
 		cmd.Env = append(os.Environ(), strings.Fields(v)...)
 	}
-	log := &syncBuffer{}
+	log := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	netns.AsUID(cmd, proxyUID, proxyUID)
 	if err := pod.NS.Start(cmd); err != nil {

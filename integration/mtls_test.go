@@ -33,6 +33,7 @@ import (
 
 	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/examples/stockkube/stockpb"
+	"github.com/detourmesh/detour/internal/syncbuf"
 	"github.com/detourmesh/detour/netns"
 	"github.com/detourmesh/detour/netns/nstest"
 	pidentity "github.com/detourmesh/detour/proxy/identity"
@@ -50,7 +51,7 @@ type meshCA struct {
 	ttl     time.Duration
 	ctrl    *exec.Cmd
 	exited  chan error
-	ctrlLog *syncBuffer
+	ctrlLog *syncbuf.Buffer
 }
 
 // newMeshCA makes the controller pod, its CA and an empty discovery file; start the
@@ -112,7 +113,7 @@ func (m *meshCA) start(t testing.TB, yaml string) {
 	if err := os.WriteFile(tokens, []byte(lines.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m.ctrlLog = &syncBuffer{}
+	m.ctrlLog = &syncbuf.Buffer{}
 	m.ctrl = exec.Command(detourBin, "controller", "--source", "file:"+m.disc, "--listen", ":7086",
 		"--ca-dir", filepath.Join(m.dir, "ca"), "--tokens", tokens, "--cert-ttl", m.ttl.String())
 	m.ctrl.Stdout, m.ctrl.Stderr = m.ctrlLog, m.ctrlLog

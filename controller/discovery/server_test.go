@@ -17,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,6 +30,7 @@ import (
 	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/controller/ca"
 	cidentity "github.com/detourmesh/detour/controller/identity"
+	"github.com/detourmesh/detour/internal/syncbuf"
 	"github.com/detourmesh/detour/proxy/discovery"
 	"github.com/detourmesh/detour/proxy/identity"
 )
@@ -359,30 +359,6 @@ func TestWatchEndsWhenTheServerStops(t *testing.T) {
 	}
 }
 
-// logBuffer collects a server's log lines for the test to read while the server writes.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) lines(substr string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		if strings.Contains(line, substr) {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
 func TestWatchServesOnlyAuthenticatedCallers(t *testing.T) {
 	caDir := filepath.Join(t.TempDir(), "ca")
 	authority, err := ca.Init(caDir, td)
@@ -399,7 +375,7 @@ func TestWatchServesOnlyAuthenticatedCallers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &syncbuf.Buffer{}
 	srv := newServer(t, file, authority, slog.New(slog.NewTextHandler(logs, nil)))
 	runServer(t, srv)
 	addr := serveTLS(t, srv, authority)
@@ -452,7 +428,7 @@ func TestWatchServesOnlyAuthenticatedCallers(t *testing.T) {
 			case tt.token != "":
 				ctx = withToken(ctx, tt.token)
 			}
-			refusalsBefore := len(logs.lines("level=WARN"))
+			refusalsBefore := len(logs.Lines("level=WARN"))
 			stream, err := client.Watch(ctx, &discoverypb.WatchRequest{Identity: tt.identity})
 			if err != nil {
 				t.Fatal(err)
@@ -462,7 +438,7 @@ func TestWatchServesOnlyAuthenticatedCallers(t *testing.T) {
 			if st.Code() != tt.wantCode || !strings.Contains(st.Message(), tt.wantMsg) {
 				t.Fatalf("Watch: %s %q, want %s containing %q", st.Code(), st.Message(), tt.wantCode, tt.wantMsg)
 			}
-			refusals := logs.lines("level=WARN")[refusalsBefore:]
+			refusals := logs.Lines("level=WARN")[refusalsBefore:]
 			if tt.wantCode == codes.OK {
 				if len(pb.GetServices()) != 2 {
 					t.Errorf("an accepted watch got %d services, want the file's 2", len(pb.GetServices()))

@@ -5,18 +5,18 @@
 package browser
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/detourmesh/detour/internal/syncbuf"
 )
 
 // Chromium is where Debian installs Chromium; Open falls back to "chromium" on $PATH.
@@ -53,7 +53,7 @@ func Open(t testing.TB) context.Context {
 		t.Skip(missing)
 	}
 	profile := filepath.Join(t.TempDir(), "profile")
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	// Exactly these flags and no chromedp defaults: each one keeps the browser from doing
 	// work (or network traffic) a test did not ask for. chromedp adds only
 	// --remote-debugging-pipe and about:blank.
@@ -131,28 +131,4 @@ func sanitize(s string) string {
 		}
 	}
 	return string(b)
-}
-
-// syncBuffer collects Chromium's output, which chromedp writes from its own goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) Len() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Len()
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
