@@ -306,7 +306,10 @@ func steadyLoad(cc stockpb.StockDataClient, workers int, limit int, stop <-chan 
 }
 
 // serial reads the serial of a proxy's current certificate from /debug/identity.
-func serial(t *testing.T, m *meshPod) string {
+func serial(t *testing.T, m *meshPod) string { return identityField(t, m, "serial") }
+
+// identityField is one field of the proxy's /debug/identity document.
+func identityField(t *testing.T, m *meshPod, field string) string {
 	t.Helper()
 	code, body := m.admin(t, "/debug/identity")
 	if code != 200 {
@@ -316,9 +319,9 @@ func serial(t *testing.T, m *meshPod) string {
 	if err := json.Unmarshal([]byte(body), &doc); err != nil {
 		t.Fatal(err)
 	}
-	s, _ := doc["serial"].(string)
+	s, _ := doc[field].(string)
 	if s == "" {
-		t.Fatalf("/debug/identity has no serial: %s", body)
+		t.Fatalf("/debug/identity has no %s: %s", field, body)
 	}
 	return s
 }
@@ -360,6 +363,52 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 	if _, err := fresh.GetQuote(context.Background(), &stockpb.QuoteRequest{Symbol: "ACME"}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestIssuerRotationUnderLoad: `detour controller ca rotate-issuer` under steady gRPC load takes
+// effect without restarting anything: the controller signs with the new issuer, both proxies
+// renew onto it, and no call fails.
+func TestIssuerRotationUnderLoad(t *testing.T) {
+	ca, client, server, vip := meshedStockPair(t, 3*time.Second)
+	oldIssuer := identityField(t, client, "issuer_sha256")
+	cc := stockpb.NewStockDataClient(grpcClientIn(t, client.NS, vip.String()))
+	stop := make(chan struct{})
+	var ok int
+	var errs []error
+	done := make(chan struct{})
+	go func() {
+		ok, errs = steadyLoad(cc, 4, 20000, stop)
+		close(done)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	var report struct {
+		Issuer struct {
+			SHA256 string `json:"sha256"`
+		} `json:"issuer"`
+	}
+	out := mustDetour(t, ca.pod.NS, "controller", "ca", "rotate-issuer", "--dir", filepath.Join(ca.dir, "ca"), "-o", "json")
+	if err := json.Unmarshal([]byte(out), &report); err != nil || report.Issuer.SHA256 == "" || report.Issuer.SHA256 == oldIssuer {
+		t.Fatalf("rotate-issuer printed %s (err %v); the old issuer was %s", out, err, oldIssuer)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, m := range []*meshPod{client, server} {
+		for identityField(t, m, "issuer_sha256") != report.Issuer.SHA256 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the %s proxy's certificate is still from issuer %s", m.Name, identityField(t, m, "issuer_sha256"))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !strings.Contains(ca.ctrlLog.String(), "issuer rotated") {
+		t.Errorf("the controller did not log the rotation:\n%s", ca.ctrlLog)
+	}
+	time.Sleep(500 * time.Millisecond) // calls over connections made with the new certificates
+	close(stop)
+	<-done
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d calls failed across the issuer rotation, first: %v", len(errs), ok+len(errs), errs[0])
+	}
+	t.Logf("%d calls across the rotation; issuer %.16s… -> %.16s…", ok, oldIssuer, report.Issuer.SHA256)
 }
 
 // TestControllerRestartUnderLoad: while the controller is away, calls go on with the last

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -46,7 +47,8 @@ spiffe://<trust-domain>/ns/detour/sa/controller; proxies verify it against the C
 Watch serves only callers that prove an identity: a workload certificate of the CA on the TLS
 connection, or a token from --tokens as gRPC metadata "authorization: Bearer <token>" (what
 detour proxy sends from its --identity-token file).
-Make the CA first with "detour controller ca init". The token file has one "TOKEN SPIFFE-ID" per line.
+Make the CA first with "detour controller ca init"; a new issuer made later with "detour controller ca
+rotate-issuer" is picked up from --ca-dir without a restart. The token file has one "TOKEN SPIFFE-ID" per line.
 -o selects the log format. Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_CA_DIR.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -123,6 +125,7 @@ func runController(ctx context.Context, f controllerFlags) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return disc.Run(gctx) })
+	g.Go(func() error { followIssuer(gctx, authority, f.caDir, log); return nil })
 	g.Go(func() error {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serving gRPC: %w", err)
@@ -145,6 +148,39 @@ func runController(ctx context.Context, f controllerFlags) error {
 		"trust_anchor_sha256", ca.Fingerprint(authority.TrustAnchor()), "tokens", tokens.Len(),
 		"cert_ttl", f.certTTL.String())
 	return g.Wait()
+}
+
+// issuerPoll is how often the controller looks for a new issuer in its CA directory.
+const issuerPoll = 2 * time.Second
+
+// followIssuer reloads the issuer from dir until ctx ends, so `ca rotate-issuer` (or a mounted
+// secret that changes) takes effect without a restart. A failed reload keeps the current issuer
+// and is logged once until it changes or succeeds.
+func followIssuer(ctx context.Context, authority *ca.CA, dir string, log *slog.Logger) {
+	t := time.NewTicker(issuerPoll)
+	defer t.Stop()
+	lastErr := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		changed, err := authority.ReloadIssuer(dir)
+		switch {
+		case err != nil:
+			if err.Error() != lastErr {
+				log.Warn("issuer not reloaded; signing with the current one", "err", err)
+			}
+			lastErr = err.Error()
+			continue
+		case changed:
+			iss := authority.Issuer()
+			log.Info("issuer rotated: new certificates are signed by the new issuer",
+				"issuer_sha256", ca.Fingerprint(iss), "not_after", iss.NotAfter.UTC())
+		}
+		lastErr = ""
+	}
 }
 
 type caInitFlags struct {
@@ -177,7 +213,26 @@ Every flag can also be set as DETOUR_<FLAG_NAME>.`,
 	fl.StringVar(&f.dir, "dir", "", "directory for the CA files (created 0700 if missing)")
 	fl.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "the trust domain, e.g. cluster.local")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
-	caCmd.AddCommand(initCmd)
+	var rf caInitFlags
+	rotateCmd := &cobra.Command{
+		Use:   "rotate-issuer",
+		Short: "Replace the issuer with a new key and certificate under the same trust anchor",
+		Long: `rotate-issuer makes a new issuer (issuer.crt, issuer.key) in --dir, signed by the trust anchor,
+whose key ca.key must be in --dir for it. Proxies need nothing: they trust the anchor, which does
+not change. A controller serving --dir reloads the issuer within seconds and signs every later
+certificate with it; certificates of the old issuer stay valid until they expire, and proxies
+renew theirs at 70 % of their life. Every flag can also be set as DETOUR_<FLAG_NAME>.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd); err != nil {
+				return err
+			}
+			return runCARotateIssuer(cmd.OutOrStdout(), rf)
+		},
+	}
+	rotateCmd.Flags().StringVar(&rf.dir, "dir", "", "the CA directory (controller --ca-dir), holding ca.key")
+	rotateCmd.Flags().StringVarP(&rf.output, "output", "o", "text", "output format: text or json")
+	caCmd.AddCommand(initCmd, rotateCmd)
 	return caCmd
 }
 
@@ -212,9 +267,32 @@ func runCAInit(w io.Writer, f caInitFlags) error {
 	if err != nil {
 		return err
 	}
-	dir, _ := filepath.Abs(f.dir)
+	return writeCAReport(w, f.output, f.dir, authority, "CA for trust domain %s created in %s",
+		fmt.Sprintf("Give proxies %%s as their trust anchor. Keep %s and %s secret.", ca.AnchorKeyFile, ca.IssuerKeyFile))
+}
+
+func runCARotateIssuer(w io.Writer, f caInitFlags) error {
+	if err := outputFormat(f.output); err != nil {
+		return err
+	}
+	if f.dir == "" {
+		return errors.New("--dir is required: the CA directory (controller --ca-dir)")
+	}
+	authority, err := ca.RotateIssuer(f.dir)
+	if err != nil {
+		return err
+	}
+	return writeCAReport(w, f.output, f.dir, authority, "New issuer for trust domain %s in %s",
+		"Proxies keep trusting %s; a controller on this directory signs with the new issuer within seconds,\n"+
+			"and certificates of the old issuer stay valid until they expire. Take "+ca.AnchorKeyFile+" offline again.")
+}
+
+// writeCAReport prints the CA in dir: a table (title has %s for the trust domain and the
+// directory, footer %s for the trust anchor's path), or the caReport document for -o json.
+func writeCAReport(w io.Writer, output, dir string, authority *ca.CA, title, footer string) error {
+	dir, _ = filepath.Abs(dir)
 	r := caReport{
-		TrustDomain: td.Name(),
+		TrustDomain: authority.TrustDomain().Name(),
 		Dir:         dir,
 		TrustAnchor: caCertInfo{
 			Path: filepath.Join(dir, ca.AnchorCertFile), KeyPath: filepath.Join(dir, ca.AnchorKeyFile),
@@ -227,12 +305,12 @@ func runCAInit(w io.Writer, f caInitFlags) error {
 			Description: "signs workload certificates (controller --ca-dir)",
 		},
 	}
-	if f.output == "json" {
+	if output == "json" {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
-	fmt.Fprintf(w, "CA for trust domain %s created in %s\n\n", r.TrustDomain, r.Dir)
+	fmt.Fprintf(w, title+"\n\n", r.TrustDomain, r.Dir)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tCERTIFICATE\tEXPIRES\tSHA-256")
 	for _, c := range []struct {
@@ -242,7 +320,6 @@ func runCAInit(w io.Writer, f caInitFlags) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s…\n", c.role, filepath.Base(c.info.Path), c.info.NotAfter.Format("2006-01-02"), c.info.SHA256[:16])
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\nGive proxies %s as their trust anchor. Keep %s and %s secret.\n",
-		r.TrustAnchor.Path, ca.AnchorKeyFile, ca.IssuerKeyFile)
+	fmt.Fprintf(w, "\n"+footer+"\n", r.TrustAnchor.Path)
 	return nil
 }

@@ -4,9 +4,10 @@
 // ECDSA P-256 key, client and server use, a short life) live in one place that tests can call.
 //
 // The CA has two levels. The trust anchor (ca.crt, ca.key) is self-signed and only signs the
-// issuer; its key can be taken offline once the issuer exists. The issuer (issuer.crt,
-// issuer.key) signs workload certificates and is sent to proxies as their one intermediate.
-// Rotating the issuer therefore never changes what proxies trust.
+// issuer; its key can be taken offline once the issuer exists, and brought back to rotate the
+// issuer (RotateIssuer). The issuer (issuer.crt, issuer.key) signs workload certificates and is
+// sent to proxies as their one intermediate. Rotating the issuer therefore never changes what
+// proxies trust.
 //
 // The CA never sees a workload's private key: it signs certificate signing requests, and takes
 // nothing from them but the public key. The identity written into the certificate is the one the
@@ -29,6 +30,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -62,11 +64,16 @@ var ErrForeignID = errors.New("identity is not in the trust domain")
 
 // CA signs workload certificates for one trust domain. It is safe for concurrent use.
 type CA struct {
-	td        spiffeid.TrustDomain
-	anchor    *x509.Certificate
-	issuer    *x509.Certificate
-	issuerKey *ecdsa.PrivateKey
-	now       func() time.Time
+	td     spiffeid.TrustDomain
+	anchor *x509.Certificate
+	issuer atomic.Pointer[issuer] // swapped whole by ReloadIssuer
+	now    func() time.Time
+}
+
+// issuer is the intermediate and its key, replaced together.
+type issuer struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
 }
 
 // Init creates a new CA for td in dir (created 0700 if missing): a self-signed trust anchor and
@@ -112,27 +119,9 @@ func Init(dir string, td spiffeid.TrustDomain) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating CA: %w", err)
 	}
-	issuerKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	issuerDER, issuerKey, err := newIssuer(td, anchor, anchorKey, now)
 	if err != nil {
-		return nil, fmt.Errorf("creating CA: generating the issuer key: %w", err)
-	}
-	issuerTmpl := &x509.Certificate{
-		SerialNumber:          mustSerial(),
-		Subject:               pkix.Name{Organization: []string{"Detour"}, CommonName: "Detour issuer " + td.Name()},
-		URIs:                  []*url.URL{td.ID().URL()},
-		NotBefore:             now.Add(-ClockSkew),
-		NotAfter:              now.Add(IssuerLifetime),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-		// The issuer can only vouch for identities of its own trust domain, whatever a bug
-		// elsewhere might ask it to sign: verifiers enforce this name constraint.
-		PermittedURIDomains: []string{td.Name()},
-	}
-	issuerDER, err := x509.CreateCertificate(rand.Reader, issuerTmpl, anchor, &issuerKey.PublicKey, anchorKey)
-	if err != nil {
-		return nil, fmt.Errorf("creating CA: signing the issuer: %w", err)
+		return nil, fmt.Errorf("creating CA: %w", err)
 	}
 	files := []struct {
 		name string
@@ -157,6 +146,80 @@ func Init(dir string, td spiffeid.TrustDomain) (*CA, error) {
 	}
 	return Load(dir)
 }
+
+// newIssuer makes an issuer key and its certificate, signed by the trust anchor.
+func newIssuer(td spiffeid.TrustDomain, anchor *x509.Certificate, anchorKey *ecdsa.PrivateKey, now time.Time) ([]byte, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating the issuer key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          mustSerial(),
+		Subject:               pkix.Name{Organization: []string{"Detour"}, CommonName: "Detour issuer " + td.Name()},
+		URIs:                  []*url.URL{td.ID().URL()},
+		NotBefore:             now.Add(-ClockSkew),
+		NotAfter:              now.Add(IssuerLifetime),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+		// The issuer can only vouch for identities of its own trust domain, whatever a bug
+		// elsewhere might ask it to sign: verifiers enforce this name constraint.
+		PermittedURIDomains: []string{td.Name()},
+	}
+	if anchor.NotAfter.Before(tmpl.NotAfter) {
+		tmpl.NotAfter = anchor.NotAfter // an issuer made late in the anchor's life ends with it
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, anchor, &key.PublicKey, anchorKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing the issuer: %w", err)
+	}
+	return der, key, nil
+}
+
+// RotateIssuer replaces the issuer in dir with a new key and certificate signed by the trust
+// anchor, which needs the anchor's key (ca.key) back in dir. What proxies trust does not change:
+// certificates of the old issuer stay valid until they expire (proxies present their issuer with
+// them), and a controller running on dir signs with the new issuer within seconds
+// (ReloadIssuer). The new files are written beside the old ones and renamed over them, key
+// first; Load names the leftover if a rotation was interrupted between the two renames.
+func RotateIssuer(dir string) (*CA, error) {
+	c, err := Load(dir)
+	if err != nil {
+		return nil, fmt.Errorf("rotating the issuer: %w", err)
+	}
+	anchorKey, err := readKey(filepath.Join(dir, AnchorKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("rotating the issuer needs the trust anchor's key: %w (bring it back from where it is kept offline)", err)
+	}
+	if !anchorKey.PublicKey.Equal(c.anchor.PublicKey) {
+		return nil, fmt.Errorf("rotating the issuer: %s does not hold the key of %s", AnchorKeyFile, AnchorCertFile)
+	}
+	der, key, err := newIssuer(c.td, c.anchor, anchorKey, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("rotating the issuer: %w", err)
+	}
+	for _, f := range []struct {
+		name string
+		mode os.FileMode
+		data []byte
+	}{{IssuerKeyFile, 0o600, keyPEM(key)}, {IssuerCertFile, 0o644, certPEM(der)}} {
+		final := filepath.Join(dir, f.name)
+		tmp := final + newSuffix
+		os.Remove(tmp) // a leftover of an earlier interrupted rotation
+		if err := writeNew(tmp, f.data, f.mode); err != nil {
+			return nil, fmt.Errorf("rotating the issuer: %w", err)
+		}
+		if err := os.Rename(tmp, final); err != nil {
+			os.Remove(tmp)
+			return nil, fmt.Errorf("rotating the issuer: %w", err)
+		}
+	}
+	return Load(dir)
+}
+
+// newSuffix names a file RotateIssuer writes before renaming it into place.
+const newSuffix = ".new"
 
 // writeNew writes a file that must not exist yet (O_EXCL), so a race with another Init loses
 // instead of overwriting.
@@ -184,7 +247,7 @@ func Load(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading CA: %w", err)
 	}
-	issuer, err := readCert(filepath.Join(dir, IssuerCertFile))
+	issuerCert, err := readCert(filepath.Join(dir, IssuerCertFile))
 	if err != nil {
 		return nil, fmt.Errorf("loading CA: %w", err)
 	}
@@ -192,10 +255,14 @@ func Load(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading CA: %w", err)
 	}
-	if !issuerKey.PublicKey.Equal(issuer.PublicKey) {
-		return nil, fmt.Errorf("loading CA: %s does not hold the key of %s", IssuerKeyFile, IssuerCertFile)
+	if !issuerKey.PublicKey.Equal(issuerCert.PublicKey) {
+		hint := ""
+		if _, err := os.Stat(filepath.Join(dir, IssuerCertFile+newSuffix)); err == nil {
+			hint = fmt.Sprintf(" (an issuer rotation was interrupted: %s is the certificate of this key; rename it to %s)", IssuerCertFile+newSuffix, IssuerCertFile)
+		}
+		return nil, fmt.Errorf("loading CA: %s does not hold the key of %s%s", IssuerKeyFile, IssuerCertFile, hint)
 	}
-	if !anchor.IsCA || !issuer.IsCA {
+	if !anchor.IsCA || !issuerCert.IsCA {
 		return nil, fmt.Errorf("loading CA: %s and %s must both be CA certificates", AnchorCertFile, IssuerCertFile)
 	}
 	if len(anchor.URIs) != 1 {
@@ -207,10 +274,32 @@ func Load(dir string) (*CA, error) {
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(anchor)
-	if _, err := issuer.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := issuerCert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return nil, fmt.Errorf("loading CA: %s is not signed by %s or is not valid now: %w", IssuerCertFile, AnchorCertFile, err)
 	}
-	return &CA{td: td, anchor: anchor, issuer: issuer, issuerKey: issuerKey, now: time.Now}, nil
+	c := &CA{td: td, anchor: anchor, now: time.Now}
+	c.issuer.Store(&issuer{cert: issuerCert, key: issuerKey})
+	return c, nil
+}
+
+// ReloadIssuer reads the issuer in dir again and signs with it from now on if it is another one
+// that chains to this CA's trust anchor; changed says whether it did. A controller calls it
+// periodically, so `detour controller ca rotate-issuer` (or a mounted secret updated) takes effect
+// without a restart. An unreadable or foreign issuer is an error and the current one stays.
+func (c *CA) ReloadIssuer(dir string) (changed bool, err error) {
+	n, err := Load(dir)
+	if err != nil {
+		return false, err
+	}
+	if !n.anchor.Equal(c.anchor) {
+		return false, fmt.Errorf("loading CA: %s in %s is another trust anchor than the one this controller serves; restart it to change anchors", AnchorCertFile, dir)
+	}
+	next := n.issuer.Load()
+	if next.cert.Equal(c.issuer.Load().cert) {
+		return false, nil
+	}
+	c.issuer.Store(next)
+	return true, nil
 }
 
 // TrustDomain is the trust domain the CA issues for.
@@ -220,7 +309,7 @@ func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
 func (c *CA) TrustAnchor() *x509.Certificate { return c.anchor }
 
 // Issuer is the intermediate that signs workload certificates.
-func (c *CA) Issuer() *x509.Certificate { return c.issuer }
+func (c *CA) Issuer() *x509.Certificate { return c.issuer.Load().cert }
 
 // Sign issues a workload certificate for id to the public key of csr, valid from ClockSkew ago
 // until now+ttl or the issuer's expiry, whichever is first. It returns the certificate and the
@@ -252,13 +341,14 @@ func (c *CA) Sign(csr *x509.CertificateRequest, id spiffeid.ID, ttl time.Duratio
 	if ttl <= 0 {
 		return nil, nil, fmt.Errorf("certificate lifetime %s is not positive", ttl)
 	}
+	iss := c.issuer.Load()
 	now := c.now()
 	notAfter := now.Add(ttl)
-	if notAfter.After(c.issuer.NotAfter) {
-		notAfter = c.issuer.NotAfter
+	if notAfter.After(iss.cert.NotAfter) {
+		notAfter = iss.cert.NotAfter
 	}
 	if !now.Before(notAfter) {
-		return nil, nil, fmt.Errorf("the issuer expired at %s: make a new CA issuer", c.issuer.NotAfter.UTC().Format(time.RFC3339))
+		return nil, nil, fmt.Errorf("the issuer expired at %s: make a new one with detour controller ca rotate-issuer", iss.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -273,7 +363,7 @@ func (c *CA) Sign(csr *x509.CertificateRequest, id spiffeid.ID, ttl time.Duratio
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.issuer, pub, c.issuerKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, iss.cert, pub, iss.key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("signing certificate for %s: %w", id, err)
 	}
@@ -281,7 +371,7 @@ func (c *CA) Sign(csr *x509.CertificateRequest, id spiffeid.ID, ttl time.Duratio
 	if err != nil {
 		return nil, nil, fmt.Errorf("signing certificate for %s: %w", id, err)
 	}
-	return leaf, [][]byte{c.issuer.Raw}, nil
+	return leaf, [][]byte{iss.cert.Raw}, nil
 }
 
 // Fingerprint is the SHA-256 of a certificate's DER, in hex: what `openssl x509 -fingerprint

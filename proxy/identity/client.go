@@ -353,7 +353,8 @@ func (c *Client) Ready() bool {
 type Status struct {
 	ID           string    `json:"id"`
 	Ready        bool      `json:"ready"`
-	Serial       string    `json:"serial,omitempty"` // hex
+	Serial       string    `json:"serial,omitempty"`        // hex
+	Issuer       string    `json:"issuer_sha256,omitempty"` // the intermediate that signed it
 	NotBefore    time.Time `json:"not_before,omitzero"`
 	NotAfter     time.Time `json:"not_after,omitzero"`
 	RenewAt      time.Time `json:"renew_at,omitzero"`
@@ -368,6 +369,9 @@ func (c *Client) Status() Status {
 	s := Status{ID: c.cfg.ID.String(), Ready: c.Ready(), TrustAnchors: []string{}}
 	if h := c.held.Load(); h != nil {
 		s.Serial = h.leaf.SerialNumber.Text(16)
+		if chain := h.cert.Certificate; len(chain) > 1 {
+			s.Issuer = fingerprintDER(chain[1])
+		}
 		s.NotBefore, s.NotAfter, s.RenewAt = h.leaf.NotBefore.UTC(), h.leaf.NotAfter.UTC(), h.renewAt.UTC()
 		for _, a := range h.anchors {
 			s.TrustAnchors = append(s.TrustAnchors, Fingerprint(a))

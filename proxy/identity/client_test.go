@@ -201,8 +201,8 @@ func TestClientRenewsBeforeExpiryWithoutAGap(t *testing.T) {
 	if !renewed.Leaf.NotAfter.After(first.Leaf.NotAfter) {
 		t.Errorf("renewed certificate expires at %s, not after the old one's %s", renewed.Leaf.NotAfter, first.Leaf.NotAfter)
 	}
-	if st := c.Status(); st.Renewals < 1 || st.LastError != "" {
-		t.Errorf("status after renewal: %+v", st)
+	if st := c.Status(); st.Renewals < 1 || st.LastError != "" || st.Issuer != ca.Fingerprint(k.ca.Issuer()) {
+		t.Errorf("status after renewal: %+v (want issuer %s)", st, ca.Fingerprint(k.ca.Issuer()))
 	}
 }
 

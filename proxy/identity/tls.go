@@ -57,8 +57,10 @@ func Pool(certs []*x509.Certificate) *x509.CertPool {
 
 // Fingerprint is the SHA-256 of a certificate's DER in hex, as /debug/identity shows trust
 // anchors.
-func Fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
+func Fingerprint(c *x509.Certificate) string { return fingerprintDER(c.Raw) }
+
+func fingerprintDER(der []byte) string {
+	sum := sha256.Sum256(der)
 	return hex.EncodeToString(sum[:])
 }
 
