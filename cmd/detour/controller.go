@@ -32,6 +32,7 @@ import (
 type controllerFlags struct {
 	source, listen, caDir, tokens string
 	certTTL                       time.Duration
+	proofLimit                    int
 	output, logLevel              string
 }
 
@@ -64,6 +65,7 @@ rotate-issuer" is picked up from --ca-dir without a restart. The token file has 
 	fl.StringVar(&f.caDir, "ca-dir", "", "directory of the CA made by \"detour controller ca init\"")
 	fl.StringVar(&f.tokens, "tokens", "", "bootstrap token file: one \"TOKEN SPIFFE-ID\" per line")
 	fl.DurationVar(&f.certTTL, "cert-ttl", cidentity.DefaultTTL, "lifetime of the workload certificates issued")
+	fl.IntVar(&f.proofLimit, "failed-proof-limit", 10, "failed proofs of identity (bad tokens) one address may make in a minute before it is refused until the minute ends")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.AddCommand(newControllerCACommand())
@@ -77,6 +79,9 @@ func runController(ctx context.Context, f controllerFlags) error {
 	}
 	if f.caDir == "" || f.tokens == "" {
 		return errors.New("--ca-dir and --tokens are required (make a CA with: detour controller ca init --dir DIR)")
+	}
+	if f.proofLimit < 1 {
+		return fmt.Errorf("--failed-proof-limit %d: want at least 1", f.proofLimit)
 	}
 	if f.certTTL < time.Second {
 		return fmt.Errorf("--cert-ttl %s: want at least 1s", f.certTTL)
@@ -115,12 +120,15 @@ func runController(ctx context.Context, f controllerFlags) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
+	// One throttle for both services: an address that keeps failing to prove an identity is
+	// refused for a while, whichever service it calls.
+	verifier := cidentity.NewThrottle(tokens, f.proofLimit, time.Minute, log)
 	disc := cdiscovery.NewServer(cdiscovery.Config{
-		Source: src, Auth: cidentity.NewAuthenticator(authority, tokens), Logger: log,
+		Source: src, Auth: cidentity.NewAuthenticator(authority, verifier), Logger: log,
 	})
 	discoverypb.RegisterDiscoveryServer(srv, disc)
 	identitypb.RegisterIdentityServer(srv, cidentity.NewServer(cidentity.Config{
-		CA: authority, Verifier: tokens, TTL: f.certTTL, Logger: log,
+		CA: authority, Verifier: verifier, TTL: f.certTTL, Logger: log,
 	}))
 
 	g, gctx := errgroup.WithContext(ctx)

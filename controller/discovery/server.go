@@ -109,6 +109,8 @@ func (s *Server) Watch(req *discoverypb.WatchRequest, stream discoverypb.Discove
 	if err != nil {
 		switch status.Code(err) {
 		case codes.Canceled, codes.DeadlineExceeded: // the caller left; nothing was refused
+		case codes.ResourceExhausted: // throttled; the throttle logged the address once
+			s.log.Debug("discovery watch refused", "peer", addr, "err", status.Convert(err).Message())
 		case codes.Unauthenticated, codes.PermissionDenied:
 			s.log.Warn("discovery watch refused", "peer", addr, "err", status.Convert(err).Message())
 		default:

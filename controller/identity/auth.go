@@ -72,6 +72,8 @@ func (a *Authenticator) Authenticate(ctx context.Context) (spiffeid.ID, error) {
 	case errors.Is(err, ErrUnproven):
 		return spiffeid.ID{}, status.Error(codes.Unauthenticated,
 			"the bootstrap token proves no identity: check the proxy's --identity-token file against the controller's --tokens")
+	case errors.Is(err, ErrThrottled):
+		return spiffeid.ID{}, status.Error(codes.ResourceExhausted, err.Error())
 	case err != nil && ctx.Err() != nil:
 		return spiffeid.ID{}, status.FromContextError(ctx.Err()).Err()
 	case err != nil:

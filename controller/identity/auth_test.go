@@ -3,12 +3,15 @@ package identity
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -24,6 +27,16 @@ func (unreachable) Verify(ctx context.Context, _ string) (spiffeid.ID, error) {
 
 // The cases a gRPC client cannot easily send or that need a failing Verifier; Discovery.Watch's
 // tests (controller/discovery) cover the rest over real TLS.
+// throttled is a Throttle that has already refused 198.18.0.9 for a failed proof.
+func throttled(t *testing.T) *Throttle {
+	th := NewThrottle(testTokens(t), 1, time.Minute, quietLogger())
+	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(198, 18, 0, 9), Port: 39999}})
+	if _, err := th.Verify(ctx, "not-a-token-of-this-controller"); !errors.Is(err, ErrUnproven) {
+		t.Fatal(err)
+	}
+	return th
+}
+
 func TestAuthenticatorRefusesWhatItCannotTrust(t *testing.T) {
 	c := testCA(t)
 	withAuth := func(ctx context.Context, values ...string) context.Context {
@@ -52,6 +65,9 @@ func TestAuthenticatorRefusesWhatItCannotTrust(t *testing.T) {
 			codes.Unavailable, "connection refused"},
 		{"a caller that left is not refused", unreachable{}, withAuth(canceled, "Bearer "+stockwebToken),
 			codes.Canceled, ""},
+		{"a throttled address is told to come back later", throttled(t), peer.NewContext(withAuth(context.Background(), "Bearer "+stockwebToken),
+			&peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(198, 18, 0, 9), Port: 40000}}),
+			codes.ResourceExhausted, "retry after"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

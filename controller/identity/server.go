@@ -77,6 +77,10 @@ func (s *Server) Certify(ctx context.Context, req *identitypb.CertifyRequest) (*
 			log.Warn("certificate refused: token proves no identity", "id", id.String())
 			return nil, status.Errorf(codes.PermissionDenied, "the token does not prove identity %s: check the proxy's token file", id)
 		}
+		if errors.Is(err, ErrThrottled) {
+			log.Debug("certificate refused: throttled", "id", id.String())
+			return nil, status.Error(codes.ResourceExhausted, err.Error())
+		}
 		if ctx.Err() != nil {
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
