@@ -182,12 +182,22 @@ func (s *Server) Retire(addr netip.AddrPort) {
 	if p == nil {
 		return
 	}
+	// In one critical section with gen++, so no stream opened after Retire lands on an old one.
 	p.mu.Lock()
 	p.gen++
-	conns := slices.Clone(p.conns)
+	var idle []*upConn
+	for _, u := range slices.Clone(p.conns) {
+		if p.drainLocked(u) {
+			idle = append(idle, u)
+		}
+	}
+	dial := p.redialLocked()
 	p.mu.Unlock()
-	for _, u := range conns {
-		p.drainConn(u)
+	for _, u := range idle {
+		u.goAwayAndClose()
+	}
+	if dial {
+		s.goDial(p)
 	}
 }
 

@@ -118,6 +118,20 @@ func (p *pool) release(u *upConn, fl *flusher) {
 // closes it once its streams end.
 func (p *pool) drainConn(u *upConn) {
 	p.mu.Lock()
+	closeIt := p.drainLocked(u)
+	dial := p.redialLocked()
+	p.mu.Unlock()
+	if closeIt {
+		u.goAwayAndClose()
+	}
+	if dial {
+		p.srv.goDial(p)
+	}
+}
+
+// drainLocked marks u draining and takes it out of the usable connections; it reports whether u
+// is idle, so the caller closes it after unlocking.
+func (p *pool) drainLocked(u *upConn) (idle bool) {
 	u.draining = true
 	for i, c := range p.conns {
 		if c == u {
@@ -125,11 +139,17 @@ func (p *pool) drainConn(u *upConn) {
 			break
 		}
 	}
-	idle := u.active == 0
-	p.mu.Unlock()
-	if idle {
-		u.goAwayAndClose()
+	return u.active == 0
+}
+
+// redialLocked reserves a dial for streams left waiting when connections were drained: they
+// waited for a slot on a connection that will give none. The caller dials after unlocking.
+func (p *pool) redialLocked() bool {
+	if len(p.waiters) == 0 || p.dialing > 0 || len(p.conns) >= p.srv.cfg.MaxConnsPerEndpoint {
+		return false
 	}
+	p.dialing++
+	return true
 }
 
 func (p *pool) setMaxStreams(u *upConn, v uint32, fl *flusher) {

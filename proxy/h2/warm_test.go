@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
 )
 
 // TestWarmConnectsBeforeTheFirstStream: Warm dials the endpoint once, and the first stream
@@ -97,4 +99,41 @@ func TestRetireDuringADialDialsAgain(t *testing.T) {
 		defer srv.mu.Unlock()
 		return len(srv.ups) == 1
 	})
+}
+
+// TestRetireServesStreamsWaitingForASlot: streams queued for a slot on a connection that Retire
+// drains get a new connection instead of waiting for ever.
+func TestRetireServesStreamsWaitingForASlot(t *testing.T) {
+	ts := startGRPCServer(t, "retire-waiters", grpc.MaxConcurrentStreams(1))
+	addr, srv, _ := startProxy(t, Config{Router: newRecorder(ts.addr), MaxConnsPerEndpoint: 1})
+	cc := dialGRPC(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hold, err := cc.NewStream(ctx, &echoDesc.Streams[0], "/detour.test.Echo/Wait") // takes the one slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	hold.SendMsg(&[]byte{})
+	waitFor(t, "the held stream to reach the server", func() bool { return ts.calls.Load() == 1 })
+	done := make(chan error, 1)
+	go func() {
+		req := []byte("hello")
+		var resp []byte
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- cc.Invoke(ctx, "/detour.test.Echo/Unary", &req, &resp)
+	}()
+	p := srv.pool(ts.addr)
+	waitFor(t, "the call to queue for a slot", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.waiters) == 1
+	})
+	srv.Retire(ts.addr)
+	if err := <-done; err != nil {
+		t.Fatalf("a call queued when its endpoint was retired: %v", err)
+	}
+	if n := ts.conns.Load(); n != 2 {
+		t.Fatalf("the endpoint accepted %d connections, want 2", n)
+	}
 }
