@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -133,7 +132,7 @@ func runController(ctx context.Context, f controllerFlags) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return disc.Run(gctx) })
-	g.Go(func() error { followIssuer(gctx, authority, f.caDir, log); return nil })
+	g.Go(func() error { authority.FollowIssuer(gctx, f.caDir, 2*time.Second, log); return nil })
 	g.Go(func() error {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serving gRPC: %w", err)
@@ -156,39 +155,6 @@ func runController(ctx context.Context, f controllerFlags) error {
 		"trust_anchor_sha256", ca.Fingerprint(authority.TrustAnchor()), "tokens", tokens.Len(),
 		"cert_ttl", f.certTTL.String())
 	return g.Wait()
-}
-
-// issuerPoll is how often the controller looks for a new issuer in its CA directory.
-const issuerPoll = 2 * time.Second
-
-// followIssuer reloads the issuer from dir until ctx ends, so `ca rotate-issuer` (or a mounted
-// secret that changes) takes effect without a restart. A failed reload keeps the current issuer
-// and is logged once until it changes or succeeds.
-func followIssuer(ctx context.Context, authority *ca.CA, dir string, log *slog.Logger) {
-	t := time.NewTicker(issuerPoll)
-	defer t.Stop()
-	lastErr := ""
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		changed, err := authority.ReloadIssuer(dir)
-		switch {
-		case err != nil:
-			if err.Error() != lastErr {
-				log.Warn("issuer not reloaded; signing with the current one", "err", err)
-			}
-			lastErr = err.Error()
-			continue
-		case changed:
-			iss := authority.Issuer()
-			log.Info("issuer rotated: new certificates are signed by the new issuer",
-				"issuer_sha256", ca.Fingerprint(iss), "not_after", iss.NotAfter.UTC())
-		}
-		lastErr = ""
-	}
 }
 
 type caInitFlags struct {
@@ -221,7 +187,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>.`,
 	fl.StringVar(&f.dir, "dir", "", "directory for the CA files (created 0700 if missing)")
 	fl.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "the trust domain, e.g. cluster.local")
 	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
-	var rf caInitFlags
+	var rf caRotateFlags
 	rotateCmd := &cobra.Command{
 		Use:   "rotate-issuer",
 		Short: "Replace the issuer with a new key and certificate under the same trust anchor",
@@ -275,11 +241,16 @@ func runCAInit(w io.Writer, f caInitFlags) error {
 	if err != nil {
 		return err
 	}
-	return writeCAReport(w, f.output, f.dir, authority, "CA for trust domain %s created in %s",
-		fmt.Sprintf("Give proxies %%s as their trust anchor. Keep %s and %s secret.", ca.AnchorKeyFile, ca.IssuerKeyFile))
+	dir, _ := filepath.Abs(f.dir)
+	return writeCAReport(w, f.output, dir, authority,
+		fmt.Sprintf("CA for trust domain %s created in %s", td.Name(), dir),
+		fmt.Sprintf("Give proxies %s as their trust anchor. Keep %s and %s secret.",
+			filepath.Join(dir, ca.AnchorCertFile), ca.AnchorKeyFile, ca.IssuerKeyFile))
 }
 
-func runCARotateIssuer(w io.Writer, f caInitFlags) error {
+type caRotateFlags struct{ dir, output string }
+
+func runCARotateIssuer(w io.Writer, f caRotateFlags) error {
 	if err := outputFormat(f.output); err != nil {
 		return err
 	}
@@ -290,15 +261,17 @@ func runCARotateIssuer(w io.Writer, f caInitFlags) error {
 	if err != nil {
 		return err
 	}
-	return writeCAReport(w, f.output, f.dir, authority, "New issuer for trust domain %s in %s",
-		"Proxies keep trusting %s; a controller on this directory signs with the new issuer within seconds,\n"+
-			"and certificates of the old issuer stay valid until they expire. Take "+ca.AnchorKeyFile+" offline again.")
+	dir, _ := filepath.Abs(f.dir)
+	return writeCAReport(w, f.output, dir, authority,
+		fmt.Sprintf("New issuer for trust domain %s in %s", authority.TrustDomain().Name(), dir),
+		fmt.Sprintf("Proxies keep trusting %s; a controller on this directory signs with the new issuer within seconds,\n"+
+			"and certificates of the old issuer stay valid until they expire. Take %s offline again.",
+			filepath.Join(dir, ca.AnchorCertFile), ca.AnchorKeyFile))
 }
 
-// writeCAReport prints the CA in dir: a table (title has %s for the trust domain and the
-// directory, footer %s for the trust anchor's path), or the caReport document for -o json.
+// writeCAReport prints the CA in dir (absolute): a table between title and footer, or the
+// caReport document for -o json.
 func writeCAReport(w io.Writer, output, dir string, authority *ca.CA, title, footer string) error {
-	dir, _ = filepath.Abs(dir)
 	r := caReport{
 		TrustDomain: authority.TrustDomain().Name(),
 		Dir:         dir,
@@ -318,7 +291,7 @@ func writeCAReport(w io.Writer, output, dir string, authority *ca.CA, title, foo
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
-	fmt.Fprintf(w, title+"\n\n", r.TrustDomain, r.Dir)
+	fmt.Fprintf(w, "%s\n\n", title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLE\tCERTIFICATE\tEXPIRES\tSHA-256")
 	for _, c := range []struct {
@@ -328,6 +301,6 @@ func writeCAReport(w io.Writer, output, dir string, authority *ca.CA, title, foo
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s…\n", c.role, filepath.Base(c.info.Path), c.info.NotAfter.Format("2006-01-02"), c.info.SHA256[:16])
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\n"+footer+"\n", r.TrustAnchor.Path)
+	fmt.Fprintf(w, "\n%s\n", footer)
 	return nil
 }

@@ -15,6 +15,7 @@
 package ca
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -26,11 +27,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net/url"
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -181,10 +184,19 @@ func newIssuer(td spiffeid.TrustDomain, anchor *x509.Certificate, anchorKey *ecd
 // anchor, which needs the anchor's key (ca.key) back in dir. What proxies trust does not change:
 // certificates of the old issuer stay valid until they expire (proxies present their issuer with
 // them), and a controller running on dir signs with the new issuer within seconds
-// (ReloadIssuer). The new files are written beside the old ones and renamed over them, key
-// first; Load names the leftover if a rotation was interrupted between the two renames.
+// (ReloadIssuer).
+//
+// Both new files are written and synced beside the old ones before either is renamed over its
+// old one, so a failure before the renames leaves the old issuer whole. RotateIssuer reads only
+// the trust anchor, so running it again completes a rotation interrupted between the renames.
+// The new files keep the owner of the ones they replace (a controller running as another user
+// must still read them).
 func RotateIssuer(dir string) (*CA, error) {
-	c, err := Load(dir)
+	anchor, err := readCert(filepath.Join(dir, AnchorCertFile))
+	if err != nil {
+		return nil, fmt.Errorf("rotating the issuer: %w", err)
+	}
+	td, err := anchorTrustDomain(anchor)
 	if err != nil {
 		return nil, fmt.Errorf("rotating the issuer: %w", err)
 	}
@@ -192,30 +204,73 @@ func RotateIssuer(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rotating the issuer needs the trust anchor's key: %w (bring it back from where it is kept offline)", err)
 	}
-	if !anchorKey.PublicKey.Equal(c.anchor.PublicKey) {
+	if !anchorKey.PublicKey.Equal(anchor.PublicKey) {
 		return nil, fmt.Errorf("rotating the issuer: %s does not hold the key of %s", AnchorKeyFile, AnchorCertFile)
 	}
-	der, key, err := newIssuer(c.td, c.anchor, anchorKey, time.Now())
+	der, key, err := newIssuer(td, anchor, anchorKey, time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("rotating the issuer: %w", err)
 	}
-	for _, f := range []struct {
+	files := []struct {
 		name string
 		mode os.FileMode
 		data []byte
-	}{{IssuerKeyFile, 0o600, keyPEM(key)}, {IssuerCertFile, 0o644, certPEM(der)}} {
+	}{{IssuerKeyFile, 0o600, keyPEM(key)}, {IssuerCertFile, 0o644, certPEM(der)}}
+	var written []string
+	for _, f := range files {
 		final := filepath.Join(dir, f.name)
 		tmp := final + newSuffix
 		os.Remove(tmp) // a leftover of an earlier interrupted rotation
-		if err := writeNew(tmp, f.data, f.mode); err != nil {
-			return nil, fmt.Errorf("rotating the issuer: %w", err)
+		err := writeNew(tmp, f.data, f.mode)
+		if err == nil {
+			err = sameOwner(tmp, final)
 		}
-		if err := os.Rename(tmp, final); err != nil {
-			os.Remove(tmp)
-			return nil, fmt.Errorf("rotating the issuer: %w", err)
+		if err != nil {
+			for _, w := range append(written, tmp) {
+				os.Remove(w)
+			}
+			return nil, fmt.Errorf("rotating the issuer (the old issuer is unchanged): %w", err)
+		}
+		written = append(written, tmp)
+	}
+	if err := syncDir(dir); err != nil {
+		return nil, fmt.Errorf("rotating the issuer: %w", err)
+	}
+	for _, f := range files {
+		final := filepath.Join(dir, f.name)
+		if err := os.Rename(final+newSuffix, final); err != nil {
+			return nil, fmt.Errorf("rotating the issuer: %w (run it again to finish)", err)
 		}
 	}
+	if err := syncDir(dir); err != nil {
+		return nil, fmt.Errorf("rotating the issuer: %w", err)
+	}
 	return Load(dir)
+}
+
+// sameOwner gives path the owner of like, if like exists.
+func sameOwner(path, like string) error {
+	st, err := os.Stat(like)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return os.Chown(path, int(sys.Uid), int(sys.Gid))
+	}
+	return nil
+}
+
+// syncDir makes the directory entries written in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // newSuffix names a file RotateIssuer writes before renaming it into place.
@@ -229,6 +284,11 @@ func writeNew(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
 		f.Close()
 		os.Remove(path)
 		return err
@@ -257,20 +317,17 @@ func Load(dir string) (*CA, error) {
 	}
 	if !issuerKey.PublicKey.Equal(issuerCert.PublicKey) {
 		hint := ""
-		if _, err := os.Stat(filepath.Join(dir, IssuerCertFile+newSuffix)); err == nil {
-			hint = fmt.Sprintf(" (an issuer rotation was interrupted: %s is the certificate of this key; rename it to %s)", IssuerCertFile+newSuffix, IssuerCertFile)
+		if c, err := readCert(filepath.Join(dir, IssuerCertFile+newSuffix)); err == nil && issuerKey.PublicKey.Equal(c.PublicKey) {
+			hint = fmt.Sprintf(" (an issuer rotation was interrupted: run detour controller ca rotate-issuer again, or rename %s to %s)", IssuerCertFile+newSuffix, IssuerCertFile)
 		}
 		return nil, fmt.Errorf("loading CA: %s does not hold the key of %s%s", IssuerKeyFile, IssuerCertFile, hint)
 	}
 	if !anchor.IsCA || !issuerCert.IsCA {
 		return nil, fmt.Errorf("loading CA: %s and %s must both be CA certificates", AnchorCertFile, IssuerCertFile)
 	}
-	if len(anchor.URIs) != 1 {
-		return nil, fmt.Errorf("loading CA: %s must name its trust domain as its one URI SAN (spiffe://<trust-domain>)", AnchorCertFile)
-	}
-	td, err := spiffeid.TrustDomainFromURI(anchor.URIs[0])
+	td, err := anchorTrustDomain(anchor)
 	if err != nil {
-		return nil, fmt.Errorf("loading CA: %s: %w", AnchorCertFile, err)
+		return nil, fmt.Errorf("loading CA: %w", err)
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(anchor)
@@ -280,6 +337,18 @@ func Load(dir string) (*CA, error) {
 	c := &CA{td: td, anchor: anchor, now: time.Now}
 	c.issuer.Store(&issuer{cert: issuerCert, key: issuerKey})
 	return c, nil
+}
+
+// anchorTrustDomain is the trust domain a trust anchor names as its one URI SAN.
+func anchorTrustDomain(anchor *x509.Certificate) (spiffeid.TrustDomain, error) {
+	if len(anchor.URIs) != 1 {
+		return spiffeid.TrustDomain{}, fmt.Errorf("%s must name its trust domain as its one URI SAN (spiffe://<trust-domain>)", AnchorCertFile)
+	}
+	td, err := spiffeid.TrustDomainFromURI(anchor.URIs[0])
+	if err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("%s: %w", AnchorCertFile, err)
+	}
+	return td, nil
 }
 
 // ReloadIssuer reads the issuer in dir again and signs with it from now on if it is another one
@@ -307,6 +376,36 @@ func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
 
 // TrustAnchor is the self-signed root that proxies are given and verify every peer against.
 func (c *CA) TrustAnchor() *x509.Certificate { return c.anchor }
+
+// FollowIssuer calls ReloadIssuer every interval until ctx ends, so `ca rotate-issuer` (or a
+// mounted secret that changes) takes effect without a restart. A rotation is logged; a failed
+// reload keeps the current issuer and is logged once until it changes or succeeds.
+func (c *CA) FollowIssuer(ctx context.Context, dir string, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	lastErr := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		changed, err := c.ReloadIssuer(dir)
+		if err != nil {
+			if err.Error() != lastErr {
+				log.Warn("issuer not reloaded; signing with the current one", "err", err)
+			}
+			lastErr = err.Error()
+			continue
+		}
+		lastErr = ""
+		if changed {
+			iss := c.Issuer()
+			log.Info("issuer rotated: new certificates are signed by the new issuer",
+				"issuer_sha256", Fingerprint(iss), "not_after", iss.NotAfter.UTC())
+		}
+	}
+}
 
 // Issuer is the intermediate that signs workload certificates.
 func (c *CA) Issuer() *x509.Certificate { return c.issuer.Load().cert }

@@ -1,13 +1,17 @@
 package ca
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/detourmesh/detour/internal/syncbuf"
 )
 
 // verify checks leaf with its chain against c's trust anchor, as a peer does.
@@ -111,19 +115,92 @@ func TestReloadIssuerRefusesAnotherAnchor(t *testing.T) {
 	}
 }
 
-func TestLoadNamesAnInterruptedRotation(t *testing.T) {
+func TestAnInterruptedRotationIsNamedAndFinishedByRunningItAgain(t *testing.T) {
 	_, dir := newCA(t)
-	// Interrupted between the two renames: the new key is in place, its certificate is not.
+	crt := filepath.Join(dir, IssuerCertFile)
+	old, err := os.ReadFile(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := RotateIssuer(dir); err != nil {
 		t.Fatal(err)
 	}
-	crt := filepath.Join(dir, IssuerCertFile)
-	data, _ := os.ReadFile(crt)
-	os.WriteFile(crt+newSuffix, data, 0o644)
-	_, other := newCA(t)
-	foreign, _ := os.ReadFile(filepath.Join(other, IssuerCertFile))
-	os.WriteFile(crt, foreign, 0o644)
+	// The state of a rotation stopped between its two renames: the new key in place, its
+	// certificate still beside it, the old certificate in place.
+	if err := os.Rename(crt, crt+newSuffix); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(crt, old, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "rotation was interrupted") {
-		t.Fatalf("err = %v, want it to name the interrupted rotation", err)
+		t.Fatalf("Load = %v, want it to name the interrupted rotation", err)
+	}
+	if _, err := RotateIssuer(dir); err != nil {
+		t.Fatalf("running the rotation again: %v", err)
+	}
+	if _, err := Load(dir); err != nil {
+		t.Fatalf("after running it again: %v", err)
+	}
+}
+
+func TestAFailedRotationLeavesTheOldIssuer(t *testing.T) {
+	c, dir := newCA(t)
+	// The certificate's new file cannot be written: a non-empty directory in its place.
+	blocker := filepath.Join(dir, IssuerCertFile+newSuffix)
+	if err := os.MkdirAll(filepath.Join(blocker, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := RotateIssuer(dir); err == nil || !strings.Contains(err.Error(), "old issuer is unchanged") {
+		t.Fatalf("RotateIssuer = %v, want a failure that keeps the old issuer", err)
+	}
+	after, err := Load(dir)
+	if err != nil {
+		t.Fatalf("the CA no longer loads after a failed rotation: %v", err)
+	}
+	if !after.Issuer().Equal(c.Issuer()) {
+		t.Fatal("a failed rotation replaced the issuer")
+	}
+	if _, err := os.Stat(filepath.Join(dir, IssuerKeyFile+newSuffix)); err == nil {
+		t.Error("the new key was left behind")
+	}
+}
+
+func TestFollowIssuerPicksUpARotation(t *testing.T) {
+	running, dir := newCA(t)
+	before := running.Issuer()
+	var logs syncbuf.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		running.FollowIssuer(ctx, dir, 10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	// A broken directory is logged once and changes nothing.
+	key := filepath.Join(dir, IssuerKeyFile)
+	saved, _ := os.ReadFile(key)
+	os.WriteFile(key, []byte("not a key"), 0o600)
+	for deadline := time.Now().Add(5 * time.Second); len(logs.Lines("issuer not reloaded")) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a failed reload was not logged")
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // several more polls of the same failure
+	if n := len(logs.Lines("issuer not reloaded")); n != 1 {
+		t.Errorf("the same failure was logged %d times, want once", n)
+	}
+	os.WriteFile(key, saved, 0o600)
+	rotated, err := RotateIssuer(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !running.Issuer().Equal(rotated.Issuer()); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the running CA did not pick up the new issuer")
+		}
+	}
+	if running.Issuer().Equal(before) || len(logs.Lines("issuer rotated")) != 1 {
+		t.Errorf("issuer changed: %v; logs:\n%s", !running.Issuer().Equal(before), logs.String())
 	}
 }
