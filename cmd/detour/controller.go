@@ -64,7 +64,7 @@ rotate-issuer" is picked up from --ca-dir without a restart. The token file has 
 	fl.StringVar(&f.caDir, "ca-dir", "", "directory of the CA made by \"detour controller ca init\"")
 	fl.StringVar(&f.tokens, "tokens", "", "bootstrap token file: one \"TOKEN SPIFFE-ID\" per line")
 	fl.DurationVar(&f.certTTL, "cert-ttl", cidentity.DefaultTTL, "lifetime of the workload certificates issued")
-	fl.IntVar(&f.proofLimit, "failed-proof-limit", 10, "failed proofs of identity (bad tokens) one address may make in a minute before it is refused until the minute ends")
+	fl.IntVar(&f.proofLimit, "failed-proof-limit", 10, "failed proofs of identity (no, bad or malformed credentials) one address may make in a minute before it is refused until the minute ends; pods behind one address (source NAT, host network) share the count")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.AddCommand(newControllerCACommand())

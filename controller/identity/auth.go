@@ -48,38 +48,62 @@ func NewAuthenticator(authority *ca.CA, v Verifier) *Authenticator {
 // are codes.Unauthenticated errors saying what to present; a Verifier that cannot answer gives
 // codes.Unavailable. No error contains the token.
 func (a *Authenticator) Authenticate(ctx context.Context) (spiffeid.ID, error) {
+	fc, counts := a.verifier.(failureCounter)
+	if counts {
+		if err := fc.Refused(ctx); err != nil {
+			return spiffeid.ID{}, status.Error(codes.ResourceExhausted, err.Error())
+		}
+	}
+	id, verified, err := a.authenticate(ctx)
+	if counts && !verified && status.Code(err) == codes.Unauthenticated {
+		fc.Failed(ctx) // a token the Verifier refused is counted by the Verifier itself
+	}
+	return id, err
+}
+
+// failureCounter is a Verifier that also throttles failed proofs made without it (Throttle), so
+// a caller sending no credential, a malformed one or a bad certificate is refused like one
+// sending bad tokens.
+type failureCounter interface {
+	Refused(ctx context.Context) error
+	Failed(ctx context.Context)
+}
+
+// authenticate is Authenticate without the throttle; verified says whether the Verifier was asked.
+func (a *Authenticator) authenticate(ctx context.Context) (id spiffeid.ID, verified bool, err error) {
 	if certs := peerCertificates(ctx); len(certs) > 0 {
-		return a.certificate(certs)
+		id, err := a.certificate(certs)
+		return id, false, err
 	}
 	vals := metadata.ValueFromIncomingContext(ctx, AuthorizationKey)
 	switch {
 	case len(vals) == 0:
-		return spiffeid.ID{}, status.Errorf(codes.Unauthenticated,
+		return spiffeid.ID{}, false, status.Errorf(codes.Unauthenticated,
 			"no credential: present a workload certificate of trust domain %s, or send a bootstrap token as %q metadata \"Bearer <token>\" (the proxy's --identity-token file)",
 			a.td, AuthorizationKey)
 	case len(vals) > 1:
-		return spiffeid.ID{}, status.Errorf(codes.Unauthenticated, "%d %q metadata values: send one bootstrap token", len(vals), AuthorizationKey)
+		return spiffeid.ID{}, false, status.Errorf(codes.Unauthenticated, "%d %q metadata values: send one bootstrap token", len(vals), AuthorizationKey)
 	}
 	token, ok := bearer(vals[0])
 	if !ok {
-		return spiffeid.ID{}, status.Errorf(codes.Unauthenticated, "the %q metadata is not \"Bearer <token>\"", AuthorizationKey)
+		return spiffeid.ID{}, false, status.Errorf(codes.Unauthenticated, "the %q metadata is not \"Bearer <token>\"", AuthorizationKey)
 	}
 	if len(token) > maxTokenLength {
-		return spiffeid.ID{}, status.Errorf(codes.Unauthenticated, "the bootstrap token is longer than %d bytes", maxTokenLength)
+		return spiffeid.ID{}, false, status.Errorf(codes.Unauthenticated, "the bootstrap token is longer than %d bytes", maxTokenLength)
 	}
-	id, err := a.verifier.Verify(ctx, token)
+	id, err = a.verifier.Verify(ctx, token)
 	switch {
 	case errors.Is(err, ErrUnproven):
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated,
+		return spiffeid.ID{}, true, status.Error(codes.Unauthenticated,
 			"the bootstrap token proves no identity: check the proxy's --identity-token file against the controller's --tokens")
 	case errors.Is(err, ErrThrottled):
-		return spiffeid.ID{}, status.Error(codes.ResourceExhausted, err.Error())
+		return spiffeid.ID{}, true, status.Error(codes.ResourceExhausted, err.Error())
 	case err != nil && ctx.Err() != nil:
-		return spiffeid.ID{}, status.FromContextError(ctx.Err()).Err()
+		return spiffeid.ID{}, true, status.FromContextError(ctx.Err()).Err()
 	case err != nil:
-		return spiffeid.ID{}, status.Errorf(codes.Unavailable, "could not verify the token: %v", err)
+		return spiffeid.ID{}, true, status.Errorf(codes.Unavailable, "could not verify the token: %v", err)
 	}
-	return id, nil
+	return id, true, nil
 }
 
 func (a *Authenticator) certificate(certs [][]byte) (spiffeid.ID, error) {

@@ -25,8 +25,6 @@ func (unreachable) Verify(ctx context.Context, _ string) (spiffeid.ID, error) {
 	return spiffeid.ID{}, errors.New("token review: connection refused")
 }
 
-// The cases a gRPC client cannot easily send or that need a failing Verifier; Discovery.Watch's
-// tests (controller/discovery) cover the rest over real TLS.
 // throttled is a Throttle that has already refused 198.18.0.9 for a failed proof.
 func throttled(t *testing.T) *Throttle {
 	th := NewThrottle(testTokens(t), 1, time.Minute, quietLogger())
@@ -37,6 +35,8 @@ func throttled(t *testing.T) *Throttle {
 	return th
 }
 
+// The cases a gRPC client cannot easily send or that need a failing Verifier; Discovery.Watch's
+// tests (controller/discovery) cover the rest over real TLS.
 func TestAuthenticatorRefusesWhatItCannotTrust(t *testing.T) {
 	c := testCA(t)
 	withAuth := func(ctx context.Context, values ...string) context.Context {
@@ -84,5 +84,42 @@ func TestAuthenticatorRefusesWhatItCannotTrust(t *testing.T) {
 	id, err := NewAuthenticator(c, testTokens(t)).Authenticate(withAuth(context.Background(), "Bearer "+stockwebToken))
 	if err != nil || id != stockweb {
 		t.Fatalf("a good token: %s, %v", id, err)
+	}
+}
+
+// TestAuthenticatorThrottlesEveryKindOfFailedProof: missing credentials count like bad tokens,
+// and a bad token counts once.
+func TestAuthenticatorThrottlesEveryKindOfFailedProof(t *testing.T) {
+	c := testCA(t)
+	from := func(ip byte, values ...string) context.Context {
+		md := metadata.MD{}
+		for _, v := range values {
+			md.Append(AuthorizationKey, v)
+		}
+		return peer.NewContext(metadata.NewIncomingContext(context.Background(), md),
+			&peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(198, 18, 0, ip), Port: 40000}})
+	}
+	auth := NewAuthenticator(c, NewThrottle(testTokens(t), 3, time.Minute, quietLogger()))
+	code := func(ctx context.Context) codes.Code {
+		_, err := auth.Authenticate(ctx)
+		return status.Code(err)
+	}
+	if got := code(from(9)); got != codes.Unauthenticated {
+		t.Fatalf("no credential: %v", got)
+	}
+	if got := code(from(9, "Bearer not-a-token-of-this-controller")); got != codes.Unauthenticated {
+		t.Fatalf("a bad token: %v", got)
+	}
+	if got := code(from(9, "Bearer "+stockwebToken)); got != codes.OK {
+		t.Fatalf("a good token after two failures (limit 3; a bad token counts once): %v", got)
+	}
+	if got := code(from(9, "Basic xyz")); got != codes.Unauthenticated {
+		t.Fatalf("a malformed credential: %v", got)
+	}
+	if got := code(from(9, "Bearer "+stockwebToken)); got != codes.ResourceExhausted {
+		t.Fatalf("a good token after three failures: %v, want ResourceExhausted", got)
+	}
+	if got := code(from(10, "Bearer "+stockwebToken)); got != codes.OK {
+		t.Fatalf("another address: %v", got)
 	}
 }

@@ -60,17 +60,34 @@ func NewThrottle(v Verifier, limit int, window time.Duration, log *slog.Logger) 
 // Verify implements Verifier. The caller's address comes from the gRPC peer in ctx; a call
 // without one is not throttled.
 func (t *Throttle) Verify(ctx context.Context, token string) (spiffeid.ID, error) {
-	addr, ok := callerAddr(ctx)
-	if ok {
-		if until, refused := t.refused(addr); refused {
-			return spiffeid.ID{}, fmt.Errorf("%w (%s): retry after %s", ErrThrottled, addr, until.UTC().Format(time.RFC3339))
-		}
+	if err := t.Refused(ctx); err != nil {
+		return spiffeid.ID{}, err
 	}
 	id, err := t.v.Verify(ctx, token)
-	if ok && errors.Is(err, ErrUnproven) {
-		t.fail(addr)
+	if errors.Is(err, ErrUnproven) {
+		t.Failed(ctx)
 	}
 	return id, err
+}
+
+// Refused returns an error wrapping ErrThrottled if the caller of ctx is refused for now.
+func (t *Throttle) Refused(ctx context.Context) error {
+	addr, ok := callerAddr(ctx)
+	if !ok {
+		return nil
+	}
+	if until, refused := t.refused(addr); refused {
+		return fmt.Errorf("%w (%s): retry after %s", ErrThrottled, addr, until.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Failed counts a failed proof by the caller of ctx that did not go through Verify: no
+// credential, a malformed one, a certificate that does not verify (Authenticator).
+func (t *Throttle) Failed(ctx context.Context) {
+	if addr, ok := callerAddr(ctx); ok {
+		t.fail(addr)
+	}
 }
 
 func (t *Throttle) refused(addr netip.Addr) (until time.Time, refused bool) {
