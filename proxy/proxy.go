@@ -239,9 +239,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 // services declared HTTP/2, so no endpoint of a burst waits for a dial its peers did not.
 func (p *Proxy) update(s *discovery.Snapshot) {
 	// Pooled connections were checked against what their endpoint had to prove then.
-	for _, addr := range p.routes.update(s) {
+	changed, reidentified := p.routes.update(s)
+	for _, addr := range changed {
 		p.h2out.Retire(addr)
 		p.h1out.Retire(addr)
+	}
+	for _, addr := range reidentified {
 		p.log.Info("endpoint identity changed: pooled connections retired", "endpoint", addr.String())
 	}
 	for _, svc := range s.Services() {

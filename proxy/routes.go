@@ -60,9 +60,9 @@ func newRoutes(opts balance.Options) *routes {
 }
 
 // update installs a new snapshot and returns the endpoints whose peer changed: meshed with
-// another identity, or meshed then and not now, or the reverse. It is called by the one
-// goroutine that follows discovery.
-func (r *routes) update(snap *discovery.Snapshot) (changed []netip.AddrPort) {
+// another identity (reidentified), or meshed then and not now, or the reverse. It is called by
+// the one goroutine that follows discovery.
+func (r *routes) update(snap *discovery.Snapshot) (changed, reidentified []netip.AddrPort) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := &table{snap: snap, services: map[*discovery.Service]*service{}, meshed: map[netip.AddrPort]spiffeid.ID{}}
@@ -96,6 +96,9 @@ func (r *routes) update(snap *discovery.Snapshot) (changed []netip.AddrPort) {
 		for addr, id := range old.meshed {
 			if now, ok := t.meshed[addr]; !ok || now != id {
 				changed = append(changed, addr)
+				if ok {
+					reidentified = append(reidentified, addr)
+				}
 			}
 		}
 		for addr := range t.meshed {
@@ -105,7 +108,7 @@ func (r *routes) update(snap *discovery.Snapshot) (changed []netip.AddrPort) {
 		}
 	}
 	r.current.Store(t)
-	return changed
+	return changed, reidentified
 }
 
 func (r *routes) lookup(dst netip.AddrPort) *service { return r.current.Load().lookup(dst) }

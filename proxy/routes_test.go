@@ -106,18 +106,21 @@ services:
       - address: 198.18.0.13:8080
 `
 	r := newRoutes(balance.Options{})
-	if changed := r.update(mustParse(t, meshed)); len(changed) != 0 {
+	if changed, _ := r.update(mustParse(t, meshed)); len(changed) != 0 {
 		t.Fatalf("the first snapshot reported changes: %v", changed)
 	}
-	if changed := r.update(mustParse(t, meshed)); len(changed) != 0 {
+	if changed, _ := r.update(mustParse(t, meshed)); len(changed) != 0 {
 		t.Fatalf("the same snapshot again reported changes: %v", changed)
 	}
 	next := strings.Replace(meshed, "      - address: 198.18.0.11:8080\n        identity: spiffe://cluster.local/ns/stocks/sa/stockdata\n",
 		"      - address: 198.18.0.11:8080\n        identity: spiffe://cluster.local/ns/stocks/sa/other\n", 1)
 	next = strings.Replace(next, "      - address: 198.18.0.12:8080\n        identity: spiffe://cluster.local/ns/stocks/sa/stockdata\n", "      - address: 198.18.0.12:8080\n", 1)
 	next = strings.Replace(next, "      - address: 198.18.0.13:8080\n", "      - address: 198.18.0.13:8080\n        identity: spiffe://cluster.local/ns/stocks/sa/stockdata\n", 1)
-	changed := r.update(mustParse(t, next))
+	changed, reidentified := r.update(mustParse(t, next))
 	slices.SortFunc(changed, netip.AddrPort.Compare)
+	if len(reidentified) != 1 || reidentified[0] != netip.MustParseAddrPort("198.18.0.11:8080") {
+		t.Errorf("reidentified %v, want only the endpoint with another identity", reidentified)
+	}
 	want := []netip.AddrPort{netip.MustParseAddrPort("198.18.0.11:8080"), netip.MustParseAddrPort("198.18.0.12:8080"), netip.MustParseAddrPort("198.18.0.13:8080")}
 	if !slices.Equal(changed, want) {
 		t.Fatalf("changed %v, want %v (another identity, no longer meshed, newly meshed)", changed, want)

@@ -32,7 +32,7 @@ type pool struct {
 	idle  map[netip.AddrPort][]*upConn
 	count int
 	// gen counts Retire calls; retired holds, per retired address, the generation from which
-	// its connections may be pooled again. Addresses are retired rarely (an identity change).
+	// its connections may be pooled again: at most maxRetired addresses, the most recent.
 	gen     uint64
 	retired map[netip.AddrPort]uint64
 	sweep   *time.Timer // armed while count > 0
@@ -58,14 +58,28 @@ func (p *pool) get(ctx context.Context, addr netip.AddrPort, fresh bool) (*upCon
 		}
 		uc.nc.Close()
 	}
-	p.mu.Lock()
-	gen := p.gen
-	p.mu.Unlock()
-	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
-	nc, err := p.cfg.Dial(dctx, addr)
-	cancel()
-	if err != nil {
-		return nil, err
+	var nc net.Conn
+	var gen uint64
+	// A dial that spans a Retire of addr checked the peer against what it used to be: dial
+	// again, once; a second Retire meanwhile is a flapping discovery, and the next dial wins.
+	for try := 0; try < 2; try++ {
+		p.mu.Lock()
+		gen = p.gen
+		p.mu.Unlock()
+		dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+		var err error
+		nc, err = p.cfg.Dial(dctx, addr)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		p.mu.Lock()
+		stale := gen < p.retired[addr]
+		p.mu.Unlock()
+		if !stale || try == 1 {
+			break
+		}
+		nc.Close()
 	}
 	uc := &upConn{nc: nc, addr: addr, br: bufio.NewReaderSize(nc, 4096), alive: newPeerCheck(nc), gen: gen}
 	uc.dw = deadlineWriter{c: nc, timeout: p.cfg.WriteTimeout}
@@ -107,6 +121,9 @@ func (p *pool) put(uc *upConn) {
 	p.mu.Unlock()
 }
 
+// maxRetired bounds the addresses a pool remembers as retired.
+const maxRetired = 4096
+
 // retire closes the idle connections to addr and keeps those in use from returning to the pool.
 func (p *pool) retire(addr netip.AddrPort) {
 	p.mu.Lock()
@@ -115,6 +132,16 @@ func (p *pool) retire(addr netip.AddrPort) {
 		p.retired = make(map[netip.AddrPort]uint64)
 	}
 	p.retired[addr] = p.gen
+	if len(p.retired) > maxRetired {
+		// Forget the oldest half: a connection dialled before those retirements and still in
+		// use after thousands more is the only one that could then return to the pool.
+		cutoff := p.gen - maxRetired/2
+		for a, g := range p.retired {
+			if g <= cutoff {
+				delete(p.retired, a)
+			}
+		}
+	}
 	list := p.idle[addr]
 	delete(p.idle, addr)
 	p.count -= len(list)

@@ -1,9 +1,12 @@
 package http1
 
 import (
+	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 )
 
@@ -47,5 +50,45 @@ func TestRetireKeepsOldConnectionsOutOfThePool(t *testing.T) {
 	p.srv.Retire(up.addr) // now idle in the pool
 	if d := get(); d == c2 {
 		t.Fatalf("an idle connection retired in the pool served the next request (%s)", d)
+	}
+}
+
+// TestRetireDuringADialDialsAgain: a connection whose dial spanned a Retire of its endpoint does
+// not carry the request; a new one is dialled.
+func TestRetireDuringADialDialsAgain(t *testing.T) {
+	up := startUpstream(t, nil)
+	var p *proxy
+	var dials atomic.Int32
+	dial := func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+		if dials.Add(1) == 1 {
+			p.srv.Retire(addr) // discovery changes the endpoint while this dial is under way
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr.String())
+	}
+	p = startProxy(t, Config{Router: &rrRouter{addrs: []netip.AddrPort{up.addr}}, Dial: dial})
+	resp, err := p.client(t).Get("http://stockdata.stocks/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2: the one that spanned Retire, and one after it", n)
+	}
+}
+
+func TestRetiredAddressesAreBounded(t *testing.T) {
+	cfg := Config{}
+	cfg.setDefaults()
+	p := newPool(&cfg)
+	for i := range 3 * maxRetired {
+		p.retire(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 8080))
+	}
+	if n := len(p.retired); n > maxRetired {
+		t.Fatalf("%d retired addresses remembered, want at most %d", n, maxRetired)
+	}
+	last := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte((3*maxRetired - 1) >> 8), byte(3*maxRetired - 1)}), 8080)
+	if p.retired[last] != p.gen {
+		t.Fatal("the most recent retirement was forgotten")
 	}
 }
