@@ -81,14 +81,16 @@ func TestRetiredAddressesAreBounded(t *testing.T) {
 	cfg := Config{}
 	cfg.setDefaults()
 	p := newPool(&cfg)
+	addr := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 8080)
+	}
 	for i := range 3 * maxRetired {
-		p.retire(netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 8080))
+		p.retire(addr(i))
 	}
 	if n := len(p.retired); n > maxRetired {
 		t.Fatalf("%d retired addresses remembered, want at most %d", n, maxRetired)
 	}
-	last := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte((3*maxRetired - 1) >> 8), byte(3*maxRetired - 1)}), 8080)
-	if p.retired[last] != p.gen {
+	if p.retired[addr(3*maxRetired-1)] != p.gen {
 		t.Fatal("the most recent retirement was forgotten")
 	}
 }
