@@ -285,9 +285,9 @@ backend next
 		cmd.Process.Kill()
 		<-mp.exited
 	})
-	addr := strings.Replace(listen, ":", pod.IPv4.String()+":", 1)
-	if !strings.HasPrefix(listen, ":") {
-		addr = listen
+	addr := listen
+	if strings.HasPrefix(listen, ":") { // every address: dial the pod's own
+		addr = pod.IPv4.String() + listen
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		c, err := pod.NS.DialContext(context.Background(), "tcp", addr)

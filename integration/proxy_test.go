@@ -353,7 +353,7 @@ func TestProxyRefusesBadConfiguration(t *testing.T) {
 }
 
 // TestProxyRuntimeSettings: the proxy runs Go code on one core and collects garbage at 50 %
-// growth unless told otherwise, as its /metrics shows; --cores and DETOUR_CORES change the first.
+// growth unless told otherwise, as its /metrics shows; --cores changes the first.
 func TestProxyRuntimeSettings(t *testing.T) {
 	topo := nstest.Topology(t)
 	for _, tt := range []struct {

@@ -60,7 +60,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "how long the outbound side keeps serving after SIGTERM")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
-	fl.IntVar(&f.cores, "cores", 1, "CPUs the proxy runs Go code on at once (GOMAXPROCS); 0: every CPU the process may use")
+	fl.IntVar(&f.cores, "cores", 1, "CPUs the proxy runs Go code on at once; 0: Go's default (every CPU the process may use, or $GOMAXPROCS). Without --cores or DETOUR_CORES, a GOMAXPROCS environment variable wins over the default of 1")
 	fl.StringVar(&f.identity, "identity", "", "this workload's SPIFFE ID; with it the proxy gets a certificate from the controller and speaks mutual TLS to meshed peers")
 	fl.StringVar(&f.trustAnchor, "trust-anchor", "", "PEM file of the trust anchors (the controller CA's ca.crt), to verify the controller")
 	fl.StringVar(&f.token, "identity-token", "", "file holding the proof of identity (a bootstrap token) the controller asks for certificates and discovery; required with --discovery controller:")
