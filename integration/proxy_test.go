@@ -353,18 +353,24 @@ func TestProxyRefusesBadConfiguration(t *testing.T) {
 }
 
 // TestProxyRuntimeSettings: the proxy runs Go code on one core and collects garbage at 50 %
-// growth unless told otherwise, as its /metrics shows; --cores changes the first.
+// growth unless told otherwise, as its /metrics shows; --cores or DETOUR_CORES changes the
+// first, and so does GOMAXPROCS when neither is given.
 func TestProxyRuntimeSettings(t *testing.T) {
 	topo := nstest.Topology(t)
 	for _, tt := range []struct {
 		pod   string
+		env   string // DETOUR_PROXY_ENV: the proxy's extra environment
 		flags []string
 		want  string
 	}{
-		{"defaults", nil, "go_sched_gomaxprocs_threads 1\n"},
-		{"cores-2", []string{"--cores", "2"}, "go_sched_gomaxprocs_threads 2\n"},
+		{"defaults", "", nil, "go_sched_gomaxprocs_threads 1\n"},
+		{"cores-2", "", []string{"--cores", "2"}, "go_sched_gomaxprocs_threads 2\n"},
+		{"env-cores-2", "DETOUR_CORES=2", nil, "go_sched_gomaxprocs_threads 2\n"},
+		{"gomaxprocs-2", "GOMAXPROCS=2", nil, "go_sched_gomaxprocs_threads 2\n"},
+		{"flag-over-gomaxprocs", "GOMAXPROCS=2", []string{"--cores", "1"}, "go_sched_gomaxprocs_threads 1\n"},
 	} {
 		t.Run(tt.pod, func(t *testing.T) {
+			t.Setenv("DETOUR_PROXY_ENV", tt.env)
 			m := mesh(t, addPod(t, topo, tt.pod), "", tt.flags...)
 			_, metrics := m.admin(t, "/metrics")
 			for _, want := range []string{tt.want, "go_gc_gogc_percent 50\n"} {
