@@ -4,8 +4,9 @@ GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     := bin/detour
 # command=Debian package, installed by scripts/deps.sh when the command is missing.
 DEPS    := iptables=iptables iptables-legacy=iptables ip=iproute2 curl=curl h2load=nghttp2-client
-# HAProxy is the benchmark's reference: the same two hops through a C proxy, in the same run.
-BENCHDEPS := $(DEPS) haproxy=haproxy
+# The benchmark's references, the same two hops in the same run: HAProxy (a C HTTP/2 proxy) and
+# socat (a byte relay: the least a userspace hop costs).
+BENCHDEPS := $(DEPS) haproxy=haproxy socat=socat
 TESTDEPS := $(DEPS) chromium=chromium
 PKGS    := ./...
 TESTLOG := bin/integration.log

@@ -2,7 +2,9 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -160,33 +163,51 @@ func BenchmarkMesh(b *testing.B) {
 	proxies["mtls"] = [2]*meshPod{meshWithIdentity(b, tlsClient, append(cf, "--log-level", "warn")),
 		meshWithIdentity(b, tlsServer, append(sf, "--log-level", "warn"))}
 
-	// The reference: the same two hops through HAProxy (C, one event loop per thread, HTTP/2 on
-	// both sides, no TLS, no redirect), so that what this machine's kernel and scheduler cost any
-	// proxy is measured in the same run. Without haproxy the path is left out.
-	var refClient *netns.Pod
-	if _, err := exec.LookPath("haproxy"); err == nil {
-		var refServer *netns.Pod
-		refClient, refServer = addPod(b, topo, "ref-client"), addPod(b, topo, "ref-server")
-		serveStockData(b, refServer, "haproxy", 0)
-		proxies["haproxy"] = [2]*meshPod{
-			haproxy(b, refClient, "127.0.0.1:7140", netip.AddrPortFrom(refServer.IPv4, 7143).String()),
-			haproxy(b, refServer, ":7143", "127.0.0.1:8080")}
-	} else {
-		b.Log("haproxy not installed: the HAProxy reference path is left out (make bench installs it)")
+	// References: the same two hops through other proxies, so that what this machine's kernel
+	// and scheduler cost any proxy is measured in the same run. HAProxy (C, one event loop, HTTP/2
+	// on both sides, one thread like the proxy, no TLS, no redirect), and socat: a byte relay
+	// (no HTTP, no balancing), the least a userspace hop can do. A tool not installed leaves its
+	// path out (make bench installs both).
+	refs := map[string]*netns.Pod{}
+	for _, ref := range []struct {
+		name  string
+		start func(client, server *netns.Pod) [2]*meshPod
+	}{
+		{"haproxy", func(client, server *netns.Pod) [2]*meshPod {
+			return [2]*meshPod{
+				haproxy(b, client, "127.0.0.1:7140", netip.AddrPortFrom(server.IPv4, 7143).String()),
+				haproxy(b, server, ":7143", "127.0.0.1:8080")}
+		}},
+		{"socat", func(client, server *netns.Pod) [2]*meshPod {
+			// One connection each, no fork: the measured process is the one that relays.
+			return [2]*meshPod{
+				refProxy(b, client, "127.0.0.1:7140", exec.Command("socat", "TCP-LISTEN:7140,bind=127.0.0.1,reuseaddr,nodelay",
+					"TCP:"+netip.AddrPortFrom(server.IPv4, 7143).String()+",nodelay")),
+				refProxy(b, server, ":7143", exec.Command("socat", "TCP-LISTEN:7143,reuseaddr,nodelay", "TCP:127.0.0.1:8080,nodelay"))}
+		}},
+	} {
+		if _, err := exec.LookPath(ref.name); err != nil {
+			b.Logf("%s not installed: its reference path is left out (make bench installs it)", ref.name)
+			continue
+		}
+		client, server := addPod(b, topo, ref.name+"-client"), addPod(b, topo, ref.name+"-server")
+		serveStockData(b, server, ref.name, 0)
+		proxies[ref.name] = ref.start(client, server)
+		refs[ref.name] = client
 	}
 
 	direct := grpcClientIn(b, directClient.NS, netip.AddrPortFrom(directServer.IPv4, 8080).String())
 	meshed := grpcClientIn(b, meshClient.NS, vip.String())
 	mtlsed := grpcClientIn(b, tlsClient.NS, vip.String())
-	paths := []struct {
+	type path struct {
 		name string
 		cc   *grpc.ClientConn
-	}{{"direct", direct}, {"mesh", meshed}, {"mtls", mtlsed}}
-	if refClient != nil {
-		paths = append(paths, struct {
-			name string
-			cc   *grpc.ClientConn
-		}{"haproxy", grpcClientIn(b, refClient.NS, "127.0.0.1:7140")})
+	}
+	paths := []path{{"direct", direct}, {"mesh", meshed}, {"mtls", mtlsed}}
+	for _, name := range []string{"haproxy", "socat"} {
+		if client := refs[name]; client != nil {
+			paths = append(paths, path{name, grpcClientIn(b, client.NS, "127.0.0.1:7140")})
+		}
 	}
 	for _, p := range paths { // warm up connections and pools
 		cc := p.cc
@@ -238,7 +259,7 @@ func BenchmarkMesh(b *testing.B) {
 	}
 	for _, mode := range []string{"1000rps", "saturation"} {
 		d := results["BenchmarkMesh/direct-"+mode]
-		for _, path := range []string{"mesh", "mtls", "haproxy"} {
+		for _, path := range []string{"mesh", "mtls", "haproxy", "socat"} {
 			m := results["BenchmarkMesh/"+path+"-"+mode]
 			if d.calls == 0 || m.calls == 0 {
 				continue
@@ -273,7 +294,14 @@ backend next
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd := exec.Command("haproxy", "-db", "-f", cfg)
+	return refProxy(tb, pod, listen, exec.Command("haproxy", "-db", "-f", cfg))
+}
+
+// refProxy starts a reference proxy's cmd in pod and waits until it listens on listen ("host:port",
+// or ":port" for every address). It checks by binding the port, not by connecting, because a
+// relay such as socat without fork serves exactly one connection.
+func refProxy(tb testing.TB, pod *netns.Pod, listen string, cmd *exec.Cmd) *meshPod {
+	tb.Helper()
 	log := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := pod.NS.Start(cmd); err != nil {
@@ -285,19 +313,25 @@ backend next
 		cmd.Process.Kill()
 		<-mp.exited
 	})
-	addr := listen
-	if strings.HasPrefix(listen, ":") { // every address: dial the pod's own
-		addr = pod.IPv4.String() + listen
-	}
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		c, err := pod.NS.DialContext(context.Background(), "tcp", addr)
-		if err == nil {
-			c.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var bound bool
+		err := pod.NS.Do(func() error {
+			ln, err := net.Listen("tcp", listen)
+			if err == nil {
+				ln.Close()
+				return nil
+			}
+			bound = errors.Is(err, syscall.EADDRINUSE)
+			return nil
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if bound {
 			return mp
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("haproxy in %s does not listen on %s: %v\n%s", pod.Name, addr, err, log)
+			tb.Fatalf("%s in %s does not listen on %s:\n%s", cmd.Path, pod.Name, listen, log)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
