@@ -528,3 +528,49 @@ func TestQueueBoundFailsFastWithUnavailable(t *testing.T) {
 		t.Fatalf("got %v", h.Fields)
 	}
 }
+
+// TestUpstreamGoAwayDialsForQueuedStreams: a stream queued for a slot on the one connection an
+// endpoint may have is sent on a new connection when that connection's GOAWAY drains it.
+func TestUpstreamGoAwayDialsForQueuedStreams(t *testing.T) {
+	first := make(chan *rawServerConn, 1)
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		if n == 1 {
+			first <- sc // holds the one slot until the test answers
+			return
+		}
+		sc.respondGRPC(f.StreamID, []byte("second"))
+	})
+	ru.settings = []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 1}}
+	addr, srv, _ := startProxy(t, Config{Router: newRecorder(ru.addr), MaxConnsPerEndpoint: 1})
+	cc := dialGRPC(t, addr)
+	call := func(done chan<- error) {
+		in, out := []byte("body"), []byte(nil)
+		done <- cc.Invoke(ctxT(t), mUnary, &in, &out)
+	}
+	held, queued := make(chan error, 1), make(chan error, 1)
+	go call(held)
+	sc := <-first
+	p := srv.pool(ru.addr)
+	waitFor(t, "the upstream's stream limit to reach the proxy", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.conns) == 1 && p.conns[0].maxStreams == 1
+	})
+	go call(queued)
+	waitFor(t, "the second call to queue for the slot", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.waiters) == 1
+	})
+	sc.goAway(1, http2.ErrCodeNo) // the held stream goes on; no new one here
+	if err := <-queued; err != nil {
+		t.Fatalf("the queued call after the GOAWAY: %v", err)
+	}
+	sc.respondGRPC(1, []byte("first"))
+	if err := <-held; err != nil {
+		t.Fatalf("the held call: %v", err)
+	}
+	if n := ru.conns.Load(); n != 2 {
+		t.Fatalf("the upstream accepted %d connections, want 2", n)
+	}
+}

@@ -115,6 +115,12 @@ func TestRetireServesStreamsWaitingForASlot(t *testing.T) {
 	}
 	hold.SendMsg(&[]byte{})
 	waitFor(t, "the held stream to reach the server", func() bool { return ts.calls.Load() == 1 })
+	p := srv.pool(ts.addr)
+	waitFor(t, "the server's stream limit to reach the proxy", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.conns) == 1 && p.conns[0].maxStreams == 1
+	})
 	done := make(chan error, 1)
 	go func() {
 		req := []byte("hello")
@@ -123,7 +129,6 @@ func TestRetireServesStreamsWaitingForASlot(t *testing.T) {
 		defer cancel()
 		done <- cc.Invoke(ctx, "/detour.test.Echo/Unary", &req, &resp)
 	}()
-	p := srv.pool(ts.addr)
 	waitFor(t, "the call to queue for a slot", func() bool {
 		p.mu.Lock()
 		defer p.mu.Unlock()
