@@ -126,26 +126,14 @@ func Init(dir string, td spiffeid.TrustDomain) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating CA: %w", err)
 	}
-	files := []struct {
-		name string
-		mode os.FileMode
-		data []byte
-	}{
+	err = writeFiles(dir, "", []caFile{
 		{AnchorKeyFile, 0o600, keyPEM(anchorKey)},
 		{AnchorCertFile, 0o644, certPEM(anchorDER)},
 		{IssuerKeyFile, 0o600, keyPEM(issuerKey)},
 		{IssuerCertFile, 0o644, certPEM(issuerDER)},
-	}
-	var written []string
-	for _, f := range files {
-		p := filepath.Join(dir, f.name)
-		if err := writeNew(p, f.data, f.mode); err != nil {
-			for _, w := range written {
-				os.Remove(w)
-			}
-			return nil, fmt.Errorf("creating CA: %w", err)
-		}
-		written = append(written, p)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating CA: %w", err)
 	}
 	return Load(dir)
 }
@@ -211,27 +199,9 @@ func RotateIssuer(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rotating the issuer: %w", err)
 	}
-	files := []struct {
-		name string
-		mode os.FileMode
-		data []byte
-	}{{IssuerKeyFile, 0o600, keyPEM(key)}, {IssuerCertFile, 0o644, certPEM(der)}}
-	var written []string
-	for _, f := range files {
-		final := filepath.Join(dir, f.name)
-		tmp := final + newSuffix
-		os.Remove(tmp) // a leftover of an earlier interrupted rotation
-		err := writeNew(tmp, f.data, f.mode)
-		if err == nil {
-			err = sameOwner(tmp, final)
-		}
-		if err != nil {
-			for _, w := range append(written, tmp) {
-				os.Remove(w)
-			}
-			return nil, fmt.Errorf("rotating the issuer (the old issuer is unchanged): %w", err)
-		}
-		written = append(written, tmp)
+	files := []caFile{{IssuerKeyFile, 0o600, keyPEM(key)}, {IssuerCertFile, 0o644, certPEM(der)}}
+	if err := writeFiles(dir, newSuffix, files); err != nil {
+		return nil, fmt.Errorf("rotating the issuer (the old issuer is unchanged): %w", err)
 	}
 	if err := syncDir(dir); err != nil {
 		return nil, fmt.Errorf("rotating the issuer: %w", err)
@@ -246,6 +216,41 @@ func RotateIssuer(dir string) (*CA, error) {
 		return nil, fmt.Errorf("rotating the issuer: %w", err)
 	}
 	return Load(dir)
+}
+
+// caFile is one file of a CA directory.
+type caFile struct {
+	name string
+	mode os.FileMode
+	data []byte
+}
+
+// writeFiles writes each file as dir/name+suffix, which must not exist yet. With a suffix (a
+// replacement to rename into place) a leftover of an interrupted rotation is replaced, and the
+// file takes the owner of the one it will replace. On an error it removes what it wrote.
+func writeFiles(dir, suffix string, files []caFile) error {
+	var written []string
+	for _, f := range files {
+		final := filepath.Join(dir, f.name)
+		p := final + suffix
+		if suffix != "" {
+			os.Remove(p)
+		}
+		err := writeNew(p, f.data, f.mode)
+		if err == nil {
+			written = append(written, p)
+			if suffix != "" {
+				err = sameOwner(p, final)
+			}
+		}
+		if err != nil {
+			for _, w := range written {
+				os.Remove(w)
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // sameOwner gives path the owner of like, if like exists.

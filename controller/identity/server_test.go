@@ -67,6 +67,12 @@ func testCA(t testing.TB) *ca.CA {
 // client that verifies the controller against the trust anchor.
 func serve(t *testing.T, c *ca.CA, srv *Server) identitypb.IdentityClient {
 	t.Helper()
+	return dial(t, listen(t, c, srv), c, pidentity.ControllerID(td))
+}
+
+// listen runs the Identity service on a loopback TLS port and returns its address.
+func listen(t *testing.T, c *ca.CA, srv *Server) string {
+	t.Helper()
 	tlsCfg, err := c.ServerTLS(pidentity.ControllerID(td), time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -79,14 +85,15 @@ func serve(t *testing.T, c *ca.CA, srv *Server) identitypb.IdentityClient {
 	identitypb.RegisterIdentityServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	return dial(t, lis.Addr().String(), c, pidentity.ControllerID(td))
+	return lis.Addr().String()
 }
 
-func dial(t *testing.T, addr string, c *ca.CA, server spiffeid.ID) identitypb.IdentityClient {
+func dial(t *testing.T, addr string, c *ca.CA, server spiffeid.ID, opts ...grpc.DialOption) identitypb.IdentityClient {
 	t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(c.TrustAnchor())
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pidentity.ClientTLS(roots, server, nil))))
+	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(pidentity.ClientTLS(roots, server, nil))))
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,14 +2,12 @@ package identity
 
 import (
 	"context"
-	"crypto/x509"
 	"net"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/detourmesh/detour/api/identitypb"
@@ -24,31 +22,12 @@ func TestThrottleRefusesAnAddressThatKeepsFailing(t *testing.T) {
 	clock := time.Now()
 	throttle.now = func() time.Time { return clock }
 	srv := NewServer(Config{CA: c, Verifier: throttle, TTL: time.Hour, Logger: quietLogger()})
-	tlsCfg, err := c.ServerTLS(pidentity.ControllerID(td), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
-	identitypb.RegisterIdentityServer(gs, srv)
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
+	addr := listen(t, c, srv)
 	// Two clients on different loopback source addresses.
 	from := func(src string) identitypb.IdentityClient {
-		roots := x509.NewCertPool()
-		roots.AddCert(c.TrustAnchor())
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-		conn, err := grpc.NewClient(lis.Addr().String(),
-			grpc.WithTransportCredentials(credentials.NewTLS(pidentity.ClientTLS(roots, pidentity.ControllerID(td), nil))),
+		return dial(t, addr, c, pidentity.ControllerID(td),
 			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return identitypb.NewIdentityClient(conn)
 	}
 	bad, other := from("127.0.0.1"), from("127.0.0.2")
 	certify := func(client identitypb.IdentityClient, token string) codes.Code {
