@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/detourmesh/detour/examples/stockkube/stockpb"
-	"github.com/detourmesh/detour/internal/syncbuf"
 	"github.com/detourmesh/detour/netns"
 	"github.com/detourmesh/detour/netns/nstest"
 )
@@ -302,17 +301,7 @@ backend next
 // relay such as socat without fork serves exactly one connection.
 func refProxy(tb testing.TB, pod *netns.Pod, listen string, cmd *exec.Cmd) *meshPod {
 	tb.Helper()
-	log := &syncbuf.Buffer{}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := pod.NS.Start(cmd); err != nil {
-		tb.Fatal(err)
-	}
-	mp := &meshPod{Pod: pod, proxy: cmd, log: log, exited: make(chan error, 1)}
-	go func() { mp.exited <- cmd.Wait() }()
-	tb.Cleanup(func() {
-		cmd.Process.Kill()
-		<-mp.exited
-	})
+	mp := startProxyIn(tb, pod, cmd)
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		var bound bool
 		err := pod.NS.Do(func() error {
@@ -331,7 +320,7 @@ func refProxy(tb testing.TB, pod *netns.Pod, listen string, cmd *exec.Cmd) *mesh
 			return mp
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("%s in %s does not listen on %s:\n%s", cmd.Path, pod.Name, listen, log)
+			tb.Fatalf("%s in %s does not listen on %s:\n%s", cmd.Path, pod.Name, listen, mp.log)
 		}
 	}
 }

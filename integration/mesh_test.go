@@ -137,9 +137,19 @@ func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *
 		// Benchmarks of the proxy's runtime settings, e.g. DETOUR_PROXY_ENV="GOGC=50 GOMAXPROCS=1".
 		cmd.Env = append(os.Environ(), strings.Fields(v)...)
 	}
+	netns.AsUID(cmd, proxyUID, proxyUID)
+	mp := startProxyIn(t, pod, cmd)
+	mp.waitReady(t)
+	return mp
+}
+
+// startProxyIn starts a proxy process (Detour's, or a reference proxy of the benchmark) in pod,
+// its output kept in the returned meshPod's log and shown if the test fails, and ends it when
+// the test does.
+func startProxyIn(t testing.TB, pod *netns.Pod, cmd *exec.Cmd) *meshPod {
+	t.Helper()
 	log := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = log, log
-	netns.AsUID(cmd, proxyUID, proxyUID)
 	if err := pod.NS.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
@@ -149,10 +159,9 @@ func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *
 		cmd.Process.Kill()
 		<-mp.exited
 		if t.Failed() {
-			t.Logf("proxy log of %s:\n%s", pod.Name, log)
+			t.Logf("%s log of %s:\n%s", filepath.Base(cmd.Path), pod.Name, log)
 		}
 	})
-	mp.waitReady(t)
 	return mp
 }
 
