@@ -157,8 +157,8 @@ func BenchmarkMesh(b *testing.B) {
 	proxies["mesh"] = [2]*meshPod{mesh(b, meshClient, disc, "--log-level", "warn"), mesh(b, meshServer, "", "--log-level", "warn")}
 	// The same path with mutual TLS between the two proxies, identities from a controller.
 	ca := newMeshCA(b, topo, 24*time.Hour)
-	cf, sf := ca.meshFlags(b, spiffe("bench", "client")), ca.meshFlags(b, spiffe("bench", "server"))
-	ca.start(b, stockDiscoveryWithIdentity(vip, []*netns.Pod{tlsServer}, spiffe("bench", "server")))
+	cf, sf := ca.meshFlags(b, spiffeID("bench", "client")), ca.meshFlags(b, spiffeID("bench", "server"))
+	ca.start(b, stockDiscoveryWithIdentity(vip, []*netns.Pod{tlsServer}, spiffeID("bench", "server")))
 	proxies["mtls"] = [2]*meshPod{meshWithIdentity(b, tlsClient, append(cf, "--log-level", "warn")),
 		meshWithIdentity(b, tlsServer, append(sf, "--log-level", "warn"))}
 

@@ -36,7 +36,7 @@ import (
 	"github.com/detourmesh/detour/internal/syncbuf"
 	"github.com/detourmesh/detour/netns"
 	"github.com/detourmesh/detour/netns/nstest"
-	pidentity "github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 var nstestTopology = nstest.Topology
@@ -153,7 +153,7 @@ func meshWithIdentity(t testing.TB, pod *netns.Pod, flags []string) *meshPod {
 	return mesh(t, pod, "", flags...)
 }
 
-func spiffe(ns, sa string) string { return fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", ns, sa) }
+func spiffeID(ns, sa string) string { return fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", ns, sa) }
 
 // stockDiscoveryWithIdentity is the StockData service at vip with the replicas as meshed
 // endpoints proving identity.
@@ -172,7 +172,7 @@ func TestMutualTLSBetweenMeshedPods(t *testing.T) {
 	topo := nstestTopology(t)
 	ca := newMeshCA(t, topo, 24*time.Hour)
 	client, server, plain := addPod(t, topo, "client"), addPod(t, topo, "server"), addPod(t, topo, "plain")
-	webID, stockID := spiffe("web", "stockweb"), spiffe("stocks", "stockdata")
+	webID, stockID := spiffeID("web", "stockweb"), spiffeID("stocks", "stockdata")
 	for port, id := range map[uint16]string{8080: "permissive", 8081: "strict", 8082: "allow-list", 8083: "announced-as-impostor"} {
 		serveStockDataOn(t, server, port, id, 0)
 	}
@@ -185,9 +185,9 @@ func TestMutualTLSBetweenMeshedPods(t *testing.T) {
 	}
 	clientFlags := ca.meshFlags(t, webID)
 	serverFlags := append(ca.meshFlags(t, stockID), "--port-policy", "8081=strict",
-		"--allow", "8082="+spiffe("web", "someone-else"))
+		"--allow", "8082="+spiffeID("web", "someone-else"))
 	ca.start(t, "trustDomain: cluster.local\nservices:\n"+
-		svc(0, 8080, stockID)+svc(1, 8081, stockID)+svc(2, 8082, stockID)+svc(3, 8083, spiffe("stocks", "impostor")))
+		svc(0, 8080, stockID)+svc(1, 8081, stockID)+svc(2, 8082, stockID)+svc(3, 8083, spiffeID("stocks", "impostor")))
 	srv := meshWithIdentity(t, server, serverFlags)
 	cli := meshWithIdentity(t, client, clientFlags)
 
@@ -334,8 +334,8 @@ func meshedStockPair(t *testing.T, ttl time.Duration) (ca *meshCA, client, serve
 	c, s := addPod(t, topo, "client"), addPod(t, topo, "server")
 	serveStockData(t, s, "server", 0)
 	vip = netip.MustParseAddrPort("198.19.0.10:80")
-	cf, sf := ca.meshFlags(t, spiffe("web", "stockweb")), ca.meshFlags(t, spiffe("stocks", "stockdata"))
-	ca.start(t, stockDiscoveryWithIdentity(vip, []*netns.Pod{s}, spiffe("stocks", "stockdata")))
+	cf, sf := ca.meshFlags(t, spiffeID("web", "stockweb")), ca.meshFlags(t, spiffeID("stocks", "stockdata"))
+	ca.start(t, stockDiscoveryWithIdentity(vip, []*netns.Pod{s}, spiffeID("stocks", "stockdata")))
 	return ca, meshWithIdentity(t, c, cf), meshWithIdentity(t, s, sf), vip
 }
 
@@ -480,9 +480,9 @@ func TestAppTLSPassesThrough(t *testing.T) {
 		}()
 	}
 	vip := netip.MustParseAddrPort("198.19.0.12:443")
-	cf, sf := ca.meshFlags(t, spiffe("web", "stockweb")), ca.meshFlags(t, spiffe("stocks", "app"))
+	cf, sf := ca.meshFlags(t, spiffeID("web", "stockweb")), ca.meshFlags(t, spiffeID("stocks", "app"))
 	ca.start(t, fmt.Sprintf("trustDomain: cluster.local\nservices:\n  - name: app.stocks\n    addresses: [%q]\n    endpoints:\n      - address: %q\n        identity: %s\n",
-		vip.String(), netip.AddrPortFrom(s.IPv4, 9443).String(), spiffe("stocks", "app")))
+		vip.String(), netip.AddrPortFrom(s.IPv4, 9443).String(), spiffeID("stocks", "app")))
 	meshWithIdentity(t, s, sf)
 	meshWithIdentity(t, c, cf)
 	for _, target := range []netip.AddrPort{vip, netip.AddrPortFrom(s.IPv4, 9443)} {
@@ -531,7 +531,7 @@ func TestDenialsByProtocol(t *testing.T) {
 	allowed, denied, server := addPod(t, topo, "allowed"), addPod(t, topo, "denied"), addPod(t, topo, "server")
 	serveHTTP(t, server, new(atomic.Int64))
 	serveTCP(t, server, 9000, echo)
-	allowedID, deniedID, serverID := spiffe("web", "allowed"), spiffe("web", "denied"), spiffe("stocks", "server")
+	allowedID, deniedID, serverID := spiffeID("web", "allowed"), spiffeID("web", "denied"), spiffeID("stocks", "server")
 	httpVIP, tcpVIP := netip.MustParseAddrPort("198.19.0.30:80"), netip.MustParseAddrPort("198.19.0.31:9000")
 	af, df := ca.meshFlags(t, allowedID), ca.meshFlags(t, deniedID)
 	sf := append(ca.meshFlags(t, serverID), "--allow", fmt.Sprintf("8081=%s;9000=%s", allowedID, allowedID))
@@ -594,8 +594,8 @@ func TestIdentityChangeRetiresPooledConnections(t *testing.T) {
 	announce := func(identity string) {
 		t.Helper()
 		yaml := mustRead(t, ca.disc)
-		yaml = strings.Replace(yaml, spiffe("stocks", "stockdata"), identity, 1)
-		yaml = strings.Replace(yaml, spiffe("stocks", "other"), identity, 1)
+		yaml = strings.Replace(yaml, spiffeID("stocks", "stockdata"), identity, 1)
+		yaml = strings.Replace(yaml, spiffeID("stocks", "other"), identity, 1)
 		if err := os.WriteFile(ca.disc, []byte(yaml), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -609,12 +609,12 @@ func TestIdentityChangeRetiresPooledConnections(t *testing.T) {
 		}
 	}
 	// The server's proxy still proves stockdata, which is now the wrong identity.
-	announce(spiffe("stocks", "other"))
+	announce(spiffeID("stocks", "other"))
 	if err := call(); status.Code(err) != codes.Unavailable {
 		t.Fatalf("a call after the identity change: %v, want Unavailable (the pooled connection proved the old identity)", err)
 	}
 	client.waitLog(t, "pooled connections retired")
-	announce(spiffe("stocks", "stockdata"))
+	announce(spiffeID("stocks", "stockdata"))
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		err := call()
 		if err == nil {
@@ -633,19 +633,19 @@ func TestControllerWatchNeedsACredential(t *testing.T) {
 	topo := nstestTopology(t)
 	ca := newMeshCA(t, topo, time.Hour)
 	pod := addPod(t, topo, "client")
-	tokenFile := ca.token(t, spiffe("web", "stockweb"))
-	ca.start(t, stockDiscoveryWithIdentity(netip.MustParseAddrPort("198.19.0.10:80"), []*netns.Pod{pod}, spiffe("stocks", "stockdata")))
+	tokenFile := ca.token(t, spiffeID("web", "stockweb"))
+	ca.start(t, stockDiscoveryWithIdentity(netip.MustParseAddrPort("198.19.0.10:80"), []*netns.Pod{pod}, spiffeID("stocks", "stockdata")))
 
-	anchors, err := pidentity.LoadTrustAnchors(ca.anchor)
+	anchors, err := spiffe.LoadTrustAnchors(ca.anchor)
 	if err != nil {
 		t.Fatal(err)
 	}
-	td, err := pidentity.TrustDomainOf(anchors[0])
+	td, err := spiffe.TrustDomainOf(anchors[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	cc, err := grpc.NewClient("passthrough:///"+ca.addr(),
-		grpc.WithTransportCredentials(credentials.NewTLS(pidentity.ClientTLS(pidentity.Pool(anchors), pidentity.ControllerID(td), nil))),
+		grpc.WithTransportCredentials(credentials.NewTLS(spiffe.ClientTLS(spiffe.Pool(anchors), spiffe.ControllerID(td), nil))),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return pod.NS.DialContext(ctx, "tcp", addr)
 		}))

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/proxy/h2"
 	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/metrics"

@@ -20,9 +20,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/proxy/admin"
 	"github.com/detourmesh/detour/proxy/balance"
-	"github.com/detourmesh/detour/proxy/discovery"
 	"github.com/detourmesh/detour/proxy/h2"
 	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/identity"

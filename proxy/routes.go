@@ -7,8 +7,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/proxy/balance"
-	"github.com/detourmesh/detour/proxy/discovery"
 )
 
 // service is a discovered service with the balancer that spreads its requests.

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/proxy/balance"
-	"github.com/detourmesh/detour/proxy/discovery"
 )
 
 func mustParse(t *testing.T, yaml string) *discovery.Snapshot {

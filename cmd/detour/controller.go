@@ -22,10 +22,10 @@ import (
 	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/api/identitypb"
 	"github.com/detourmesh/detour/controller/ca"
-	cdiscovery "github.com/detourmesh/detour/controller/discovery"
-	cidentity "github.com/detourmesh/detour/controller/identity"
-	"github.com/detourmesh/detour/proxy/discovery"
-	pidentity "github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/controller/destination"
+	"github.com/detourmesh/detour/controller/identity"
+	"github.com/detourmesh/detour/discovery"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 type controllerFlags struct {
@@ -63,7 +63,7 @@ rotate-issuer" is picked up from --ca-dir without a restart. The token file has 
 	fl.StringVar(&f.listen, "listen", ":7086", "gRPC address for discovery and identity")
 	fl.StringVar(&f.caDir, "ca-dir", "", "directory of the CA made by \"detour controller ca init\"")
 	fl.StringVar(&f.tokens, "tokens", "", "bootstrap token file: one \"TOKEN SPIFFE-ID\" per line")
-	fl.DurationVar(&f.certTTL, "cert-ttl", cidentity.DefaultTTL, "lifetime of the workload certificates issued")
+	fl.DurationVar(&f.certTTL, "cert-ttl", identity.DefaultTTL, "lifetime of the workload certificates issued")
 	fl.IntVar(&f.proofLimit, "failed-proof-limit", 10, "failed proofs of identity (no, bad or malformed credentials) one address may make in a minute before it is refused until the minute ends; pods behind one address (source NAT, host network) share the count")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -90,7 +90,7 @@ func runController(ctx context.Context, f controllerFlags) error {
 		return fmt.Errorf("--ca-dir: %w (make one with: detour controller ca init --dir %s)", err, f.caDir)
 	}
 	td := authority.TrustDomain()
-	tokens, err := cidentity.LoadTokens(f.tokens, td)
+	tokens, err := identity.LoadTokens(f.tokens, td)
 	if err != nil {
 		return fmt.Errorf("--tokens: %w", err)
 	}
@@ -105,7 +105,7 @@ func runController(ctx context.Context, f controllerFlags) error {
 	default:
 		return fmt.Errorf("--source %q: want file:PATH", f.source)
 	}
-	tlsConfig, err := authority.ServerTLS(pidentity.ControllerID(td), f.certTTL)
+	tlsConfig, err := authority.ServerTLS(spiffe.ControllerID(td), f.certTTL)
 	if err != nil {
 		return fmt.Errorf("issuing the controller's own certificate: %w", err)
 	}
@@ -121,12 +121,12 @@ func runController(ctx context.Context, f controllerFlags) error {
 	)
 	// One throttle for both services: an address that keeps failing to prove an identity is
 	// refused for a while, whichever service it calls.
-	verifier := cidentity.NewThrottle(tokens, f.proofLimit, time.Minute, log)
-	disc := cdiscovery.NewServer(cdiscovery.Config{
-		Source: src, Auth: cidentity.NewAuthenticator(authority, verifier), Logger: log,
+	verifier := identity.NewThrottle(tokens, f.proofLimit, time.Minute, log)
+	disc := destination.NewServer(destination.Config{
+		Source: src, Auth: identity.NewAuthenticator(authority, verifier), Logger: log,
 	})
 	discoverypb.RegisterDiscoveryServer(srv, disc)
-	identitypb.RegisterIdentityServer(srv, cidentity.NewServer(cidentity.Config{
+	identitypb.RegisterIdentityServer(srv, identity.NewServer(identity.Config{
 		CA: authority, Verifier: verifier, TTL: f.certTTL, Logger: log,
 	}))
 
@@ -152,7 +152,7 @@ func runController(ctx context.Context, f controllerFlags) error {
 		return nil
 	})
 	log.Info("controller serving", "listen", lis.Addr().String(), "trust_domain", td.Name(),
-		"trust_anchor_sha256", ca.Fingerprint(authority.TrustAnchor()), "tokens", tokens.Len(),
+		"trust_anchor_sha256", spiffe.Fingerprint(authority.TrustAnchor().Raw), "tokens", tokens.Len(),
 		"cert_ttl", f.certTTL.String())
 	return g.Wait()
 }
@@ -277,12 +277,12 @@ func writeCAReport(w io.Writer, output, dir string, authority *ca.CA, title, foo
 		Dir:         dir,
 		TrustAnchor: caCertInfo{
 			Path: filepath.Join(dir, ca.AnchorCertFile), KeyPath: filepath.Join(dir, ca.AnchorKeyFile),
-			SHA256: ca.Fingerprint(authority.TrustAnchor()), NotAfter: authority.TrustAnchor().NotAfter.UTC(),
+			SHA256: spiffe.Fingerprint(authority.TrustAnchor().Raw), NotAfter: authority.TrustAnchor().NotAfter.UTC(),
 			Description: "give to every proxy (--trust-anchor)",
 		},
 		Issuer: caCertInfo{
 			Path: filepath.Join(dir, ca.IssuerCertFile), KeyPath: filepath.Join(dir, ca.IssuerKeyFile),
-			SHA256: ca.Fingerprint(authority.Issuer()), NotAfter: authority.Issuer().NotAfter.UTC(),
+			SHA256: spiffe.Fingerprint(authority.Issuer().Raw), NotAfter: authority.Issuer().NotAfter.UTC(),
 			Description: "signs workload certificates (controller --ca-dir)",
 		},
 	}

@@ -14,11 +14,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/init/plan"
 	"github.com/detourmesh/detour/proxy"
-	"github.com/detourmesh/detour/proxy/discovery"
 	"github.com/detourmesh/detour/proxy/identity"
 	"github.com/detourmesh/detour/proxy/mtls"
+	"github.com/detourmesh/detour/proxy/resolve"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 type proxyFlags struct {
@@ -122,10 +124,10 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	var id spiffeid.ID
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
 	if f.trustAnchor != "" {
-		if anchorCerts, err = identity.LoadTrustAnchors(f.trustAnchor); err != nil {
+		if anchorCerts, err = spiffe.LoadTrustAnchors(f.trustAnchor); err != nil {
 			return fmt.Errorf("--trust-anchor: %w", err)
 		}
-		if td, err = identity.TrustDomainOf(anchorCerts[0]); err != nil {
+		if td, err = spiffe.TrustDomainOf(anchorCerts[0]); err != nil {
 			return fmt.Errorf("--trust-anchor: %w", err)
 		}
 	}
@@ -159,8 +161,8 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		if f.token == "" {
 			return fmt.Errorf("--discovery controller:%s needs --identity-token: the controller serves discovery only to proxies that prove their identity with a bootstrap token (one of its --tokens)", arg)
 		}
-		src, err := discovery.StartController(ctx, discovery.ControllerOptions{
-			Address: arg, TLS: identity.ClientTLS(identity.Pool(anchorCerts), identity.ControllerID(td), time.Now),
+		src, err := resolve.StartController(ctx, resolve.ControllerOptions{
+			Address: arg, TLS: spiffe.ClientTLS(spiffe.Pool(anchorCerts), spiffe.ControllerID(td), time.Now),
 			Identity: f.identity, TokenFile: f.token, Logger: log,
 		})
 		if err != nil {

@@ -20,10 +20,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -37,6 +35,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/detourmesh/detour/spiffe"
 )
 
 // Files of a CA directory.
@@ -407,7 +407,7 @@ func (c *CA) FollowIssuer(ctx context.Context, dir string, every time.Duration, 
 		if changed {
 			iss := c.Issuer()
 			log.Info("issuer rotated: new certificates are signed by the new issuer",
-				"issuer_sha256", Fingerprint(iss), "not_after", iss.NotAfter.UTC())
+				"issuer_sha256", spiffe.Fingerprint(iss.Raw), "not_after", iss.NotAfter.UTC())
 		}
 	}
 }
@@ -476,13 +476,6 @@ func (c *CA) Sign(csr *x509.CertificateRequest, id spiffeid.ID, ttl time.Duratio
 		return nil, nil, fmt.Errorf("signing certificate for %s: %w", id, err)
 	}
 	return leaf, [][]byte{iss.cert.Raw}, nil
-}
-
-// Fingerprint is the SHA-256 of a certificate's DER, in hex: what `openssl x509 -fingerprint
-// -sha256` prints, without the colons.
-func Fingerprint(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.Raw)
-	return hex.EncodeToString(sum[:])
 }
 
 func keyType(k crypto.PublicKey) string {

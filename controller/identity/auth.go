@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detourmesh/detour/controller/ca"
-	pidentity "github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 // AuthorizationKey is the gRPC metadata key that carries a bootstrap token, as
@@ -37,7 +37,7 @@ type Authenticator struct {
 func NewAuthenticator(authority *ca.CA, v Verifier) *Authenticator {
 	return &Authenticator{
 		td:       authority.TrustDomain(),
-		roots:    pidentity.Pool([]*x509.Certificate{authority.TrustAnchor()}),
+		roots:    spiffe.Pool([]*x509.Certificate{authority.TrustAnchor()}),
 		verifier: v,
 	}
 }
@@ -107,13 +107,10 @@ func (a *Authenticator) authenticate(ctx context.Context) (id spiffeid.ID, verif
 }
 
 func (a *Authenticator) certificate(certs [][]byte) (spiffeid.ID, error) {
-	id, err := pidentity.PeerID(certs, a.roots, x509.ExtKeyUsageClientAuth, time.Now())
+	id, err := spiffe.VerifyRawPeer(certs, a.roots, x509.ExtKeyUsageClientAuth, a.td, time.Now())
 	if err != nil {
 		return spiffeid.ID{}, status.Errorf(codes.Unauthenticated,
 			"the client certificate is not a valid workload certificate of trust domain %s (%v): renew it, or connect without one and send a bootstrap token", a.td, err)
-	}
-	if !id.MemberOf(a.td) || id.Path() == "" {
-		return spiffeid.ID{}, status.Errorf(codes.Unauthenticated, "the client certificate is for %s, not a workload of trust domain %s", id, a.td)
 	}
 	return id, nil
 }

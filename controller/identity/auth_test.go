@@ -36,7 +36,7 @@ func throttled(t *testing.T) *Throttle {
 }
 
 // The cases a gRPC client cannot easily send or that need a failing Verifier; Discovery.Watch's
-// tests (controller/discovery) cover the rest over real TLS.
+// tests (controller/destination) cover the rest over real TLS.
 func TestAuthenticatorRefusesWhatItCannotTrust(t *testing.T) {
 	c := testCA(t)
 	withAuth := func(ctx context.Context, values ...string) context.Context {

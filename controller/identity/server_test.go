@@ -24,7 +24,7 @@ import (
 
 	"github.com/detourmesh/detour/api/identitypb"
 	"github.com/detourmesh/detour/controller/ca"
-	pidentity "github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 const (
@@ -67,13 +67,13 @@ func testCA(t testing.TB) *ca.CA {
 // client that verifies the controller against the trust anchor.
 func serve(t *testing.T, c *ca.CA, srv *Server) identitypb.IdentityClient {
 	t.Helper()
-	return dial(t, listen(t, c, srv), c, pidentity.ControllerID(td))
+	return dial(t, listen(t, c, srv), c, spiffe.ControllerID(td))
 }
 
 // listen runs the Identity service on a loopback TLS port and returns its address.
 func listen(t *testing.T, c *ca.CA, srv *Server) string {
 	t.Helper()
-	tlsCfg, err := c.ServerTLS(pidentity.ControllerID(td), time.Hour)
+	tlsCfg, err := c.ServerTLS(spiffe.ControllerID(td), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func dial(t *testing.T, addr string, c *ca.CA, server spiffeid.ID, opts ...grpc.
 	t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(c.TrustAnchor())
-	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(pidentity.ClientTLS(roots, server, nil))))
+	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(spiffe.ClientTLS(roots, server, nil))))
 	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +145,7 @@ func TestCertifyIssuesForAProvenIdentity(t *testing.T) {
 	chain := append([][]byte{resp.Certificate}, resp.Intermediates...)
 	roots := x509.NewCertPool()
 	roots.AddCert(c.TrustAnchor())
-	id, err := pidentity.PeerID(chain, roots, x509.ExtKeyUsageClientAuth, time.Now())
+	id, err := spiffe.VerifyRawPeer(chain, roots, x509.ExtKeyUsageClientAuth, td, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestClientRefusesAControllerWithAnotherIdentity(t *testing.T) {
 	identitypb.RegisterIdentityServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	client := dial(t, lis.Addr().String(), c, pidentity.ControllerID(td))
+	client := dial(t, lis.Addr().String(), c, spiffe.ControllerID(td))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	_, err = client.Certify(ctx, &identitypb.CertifyRequest{Identity: stockdata.String(), Csr: csrDER(t, p256(t)), Token: stockdataToken})

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detourmesh/detour/api/identitypb"
-	pidentity "github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 // TestThrottleRefusesAnAddressThatKeepsFailing: over real gRPC, an address that fails Limit
@@ -26,7 +26,7 @@ func TestThrottleRefusesAnAddressThatKeepsFailing(t *testing.T) {
 	// Two clients on different loopback source addresses.
 	from := func(src string) identitypb.IdentityClient {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-		return dial(t, addr, c, pidentity.ControllerID(td),
+		return dial(t, addr, c, spiffe.ControllerID(td),
 			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
 	}
 	bad, other := from("127.0.0.1"), from("127.0.0.2")

@@ -29,7 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/discovery"
 )
 
 // ErrNoEndpoints is returned by Pick when the service has no endpoints. The proxy fails the

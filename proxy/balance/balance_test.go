@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/discovery"
 )
 
 // fakeClock is a clock tests move by hand.

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/discovery"
 )
 
 // FuzzBalancer drives both balancers with an arbitrary sequence of updates, picks and

@@ -6,7 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/discovery"
 )
 
 // Options tunes P2C. The zero value gives the defaults.

@@ -3,7 +3,7 @@ package balance
 import (
 	"sync/atomic"
 
-	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/discovery"
 )
 
 // RoundRobin hands out endpoints in a fixed cycle, each endpoint appearing as often as its

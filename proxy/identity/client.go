@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/detourmesh/detour/api/identitypb"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 // Clock is the client's time source. Tests substitute one to control renewal; the default is the
@@ -121,7 +122,7 @@ func NewClient(cfg ClientConfig) *Client {
 		cfg.Clock = realClock{}
 	}
 	if cfg.ControllerID.IsZero() && !cfg.ID.IsZero() {
-		cfg.ControllerID = ControllerID(cfg.ID.TrustDomain())
+		cfg.ControllerID = spiffe.ControllerID(cfg.ID.TrustDomain())
 	}
 	return &Client{cfg: cfg, empty: x509.NewCertPool()}
 }
@@ -144,14 +145,14 @@ func (c *Client) Run(ctx context.Context) error {
 	anchors := cfg.TrustAnchorCerts
 	if len(anchors) == 0 {
 		var err error
-		if anchors, err = LoadTrustAnchors(cfg.TrustAnchors); err != nil {
+		if anchors, err = spiffe.LoadTrustAnchors(cfg.TrustAnchors); err != nil {
 			return fmt.Errorf("identity client: %w", err)
 		}
 	}
-	boot := Pool(anchors)
+	boot := spiffe.Pool(anchors)
 	c.boot.Store(boot)
 	conn, err := grpc.NewClient(cfg.Controller,
-		grpc.WithTransportCredentials(credentials.NewTLS(ClientTLS(boot, cfg.ControllerID, cfg.Clock.Now))),
+		grpc.WithTransportCredentials(credentials.NewTLS(spiffe.ClientTLS(boot, cfg.ControllerID, cfg.Clock.Now))),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
 			MinConnectTimeout: cfg.RequestTimeout,
@@ -264,10 +265,10 @@ func (c *Client) check(resp *identitypb.CertifyResponse, key *ecdsa.PrivateKey, 
 			}
 			anchors = append(anchors, a)
 		}
-		roots = Pool(anchors)
+		roots = spiffe.Pool(anchors)
 	}
 	chain := append([][]byte{leaf.Raw}, resp.GetIntermediates()...)
-	if _, err := PeerID(chain, roots, x509.ExtKeyUsageServerAuth, now); err != nil {
+	if _, err := spiffe.VerifyRawPeer(chain, roots, x509.ExtKeyUsageServerAuth, c.cfg.ID.TrustDomain(), now); err != nil {
 		return nil, err
 	}
 	life := leaf.NotAfter.Sub(now)
@@ -370,11 +371,11 @@ func (c *Client) Status() Status {
 	if h := c.held.Load(); h != nil {
 		s.Serial = h.leaf.SerialNumber.Text(16)
 		if chain := h.cert.Certificate; len(chain) > 1 {
-			s.Issuer = fingerprintDER(chain[1])
+			s.Issuer = spiffe.Fingerprint(chain[1])
 		}
 		s.NotBefore, s.NotAfter, s.RenewAt = h.leaf.NotBefore.UTC(), h.leaf.NotAfter.UTC(), h.renewAt.UTC()
 		for _, a := range h.anchors {
-			s.TrustAnchors = append(s.TrustAnchors, Fingerprint(a))
+			s.TrustAnchors = append(s.TrustAnchors, spiffe.Fingerprint(a.Raw))
 		}
 	}
 	c.mu.Lock()

@@ -23,6 +23,7 @@ import (
 	"github.com/detourmesh/detour/controller/ca"
 	cidentity "github.com/detourmesh/detour/controller/identity"
 	"github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 const stockdataToken = "3f1c9a0e5b7d42c8a16e0f9b2d4c7a51"
@@ -72,7 +73,7 @@ func (k *controller) start() {
 	if err != nil {
 		k.t.Fatal(err)
 	}
-	tlsCfg, err := k.ca.ServerTLS(identity.ControllerID(td), time.Hour)
+	tlsCfg, err := k.ca.ServerTLS(spiffe.ControllerID(td), time.Hour)
 	if err != nil {
 		k.t.Fatal(err)
 	}
@@ -168,7 +169,7 @@ func TestClientIsNotReadyBeforeItsFirstCertificate(t *testing.T) {
 	if cert.Leaf.URIs[0].String() != stockdata.String() || c.ID() != stockdata {
 		t.Errorf("certificate for %v, client says %s", cert.Leaf.URIs, c.ID())
 	}
-	if !c.Roots().Equal(identity.Pool([]*x509.Certificate{k.ca.TrustAnchor()})) {
+	if !c.Roots().Equal(spiffe.Pool([]*x509.Certificate{k.ca.TrustAnchor()})) {
 		t.Errorf("Roots is not the trust anchor")
 	}
 }
@@ -201,8 +202,8 @@ func TestClientRenewsBeforeExpiryWithoutAGap(t *testing.T) {
 	if !renewed.Leaf.NotAfter.After(first.Leaf.NotAfter) {
 		t.Errorf("renewed certificate expires at %s, not after the old one's %s", renewed.Leaf.NotAfter, first.Leaf.NotAfter)
 	}
-	if st := c.Status(); st.Renewals < 1 || st.LastError != "" || st.Issuer != ca.Fingerprint(k.ca.Issuer()) {
-		t.Errorf("status after renewal: %+v (want issuer %s)", st, ca.Fingerprint(k.ca.Issuer()))
+	if st := c.Status(); st.Renewals < 1 || st.LastError != "" || st.Issuer != spiffe.Fingerprint(k.ca.Issuer().Raw) {
+		t.Errorf("status after renewal: %+v (want issuer %s)", st, spiffe.Fingerprint(k.ca.Issuer().Raw))
 	}
 }
 
@@ -303,7 +304,7 @@ func TestClientStatusIsTheDebugIdentityDocument(t *testing.T) {
 		t.Errorf("last_error present with no error: %s", data)
 	}
 	anchors, _ := doc["trust_anchors"].([]any)
-	if len(anchors) != 1 || anchors[0] != ca.Fingerprint(k.ca.TrustAnchor()) {
+	if len(anchors) != 1 || anchors[0] != spiffe.Fingerprint(k.ca.TrustAnchor().Raw) {
 		t.Errorf("trust_anchors = %v, want the CA's fingerprint", doc["trust_anchors"])
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/detourmesh/detour/spiffe"
 )
 
 // BenchmarkHandshake measures one full mutual-TLS handshake over loopback TCP, both sides
@@ -70,7 +72,7 @@ func BenchmarkVerifyPeer(b *testing.B) {
 	td := idStockweb.TrustDomain()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := verifyPeer(chain, p.root.roots, x509.ExtKeyUsageClientAuth, td, time.Now()); err != nil {
+		if _, err := spiffe.VerifyPeer(chain, p.root.Roots, x509.ExtKeyUsageClientAuth, td, time.Now()); err != nil {
 			b.Fatal(err)
 		}
 	}

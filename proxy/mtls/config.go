@@ -8,9 +8,11 @@ import (
 	"slices"
 	"time"
 
-	"github.com/detourmesh/detour/proxy/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 // ClientConfig returns the TLS configuration an outbound proxy dials a meshed endpoint with:
@@ -30,7 +32,7 @@ func ClientConfig(src identity.Source, want spiffeid.ID, alpn string) *tls.Confi
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			td := src.ID().TrustDomain()
-			id, err := verifyPeer(cs.PeerCertificates, src.Roots(), x509.ExtKeyUsageServerAuth, td, time.Now())
+			id, err := spiffe.VerifyPeer(cs.PeerCertificates, src.Roots(), x509.ExtKeyUsageServerAuth, td, time.Now())
 			if err != nil {
 				return fmt.Errorf("mtls: refusing server (discovery announced %s): %w", want, err)
 			}
@@ -66,7 +68,7 @@ func ServerConfig(src identity.Source, alpn []string) *tls.Config {
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			td := src.ID().TrustDomain()
-			id, err := verifyPeer(cs.PeerCertificates, src.Roots(), x509.ExtKeyUsageClientAuth, td, time.Now())
+			id, err := spiffe.VerifyPeer(cs.PeerCertificates, src.Roots(), x509.ExtKeyUsageClientAuth, td, time.Now())
 			if err != nil {
 				return fmt.Errorf("mtls: refusing client: %w", err)
 			}

@@ -7,9 +7,10 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/detourmesh/detour/proxy/identity"
 	"github.com/detourmesh/detour/proxy/rawsock"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Dialer returns a dial function for the forwarding engines (it converts to h2.Dialer and

@@ -10,9 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/detourmesh/detour/internal/testpki"
 	"github.com/detourmesh/detour/proxy/h2"
 	"github.com/detourmesh/detour/proxy/http1"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // The Dialer fits both engines' hooks.
@@ -53,7 +55,7 @@ func TestDialer(t *testing.T) {
 	scfg := ServerConfig(p.server, []string{ALPNH2, ALPNTCP})
 	meshed := echoServer(t, func(c net.Conn) net.Conn { return tls.Server(c, scfg) })
 	impostor := echoServer(t, func(c net.Conn) net.Conn {
-		other := newSource(idOther, p.root.roots, p.ca.leaf(leafSpec{id: idOther, eku: ekuBoth}))
+		other := newSource(idOther, p.root.Roots, p.ca.Leaf(testpki.LeafSpec{ID: idOther, EKU: ekuBoth}))
 		return tls.Server(c, ServerConfig(other, []string{ALPNH2}))
 	})
 	plain := echoServer(t, nil)

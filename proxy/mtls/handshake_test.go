@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/detourmesh/detour/internal/testpki"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 // outcome is what both ends of one handshake saw.
@@ -119,43 +122,45 @@ func TestALPNNegotiation(t *testing.T) {
 
 func TestClientRefusesServers(t *testing.T) {
 	p := newPKI(t)
-	untrusted := newRoot(t, "someone else's anchor").issuer("someone else's issuer")
-	long := p.root.issuer("i1").issuer("i2").issuer("i3").issuer("i4")
+	untrusted := newRoot(t, "someone else's anchor").Issuer("someone else's issuer")
+	long := p.root.Issuer("i1").Issuer("i2").Issuer("i3").Issuer("i4")
 	cases := []struct {
 		name string
 		cert func() *tls.Certificate // what the server presents
 		want string                  // in the client's error
 	}{
-		{"another identity", func() *tls.Certificate { return p.ca.leaf(leafSpec{id: idOther, eku: ekuBoth}) },
+		{"another identity", func() *tls.Certificate { return p.ca.Leaf(testpki.LeafSpec{ID: idOther, EKU: ekuBoth}) },
 			"server presented spiffe://cluster.local/ns/x/sa/y, discovery announced spiffe://cluster.local/ns/stocks/sa/stockdata"},
 		{"the right identity only as a DNS SAN", func() *tls.Certificate {
-			return p.ca.leaf(leafSpec{dns: []string{"spiffe.cluster.local", "stockdata.stocks.svc"}, eku: ekuBoth})
+			return p.ca.Leaf(testpki.LeafSpec{DNS: []string{"spiffe.cluster.local", "stockdata.stocks.svc"}, EKU: ekuBoth})
 		}, "no SPIFFE ID"},
-		{"a certificate without extended key usage", func() *tls.Certificate { return p.ca.leaf(leafSpec{id: idStockdata}) },
+		{"a certificate without extended key usage", func() *tls.Certificate { return p.ca.Leaf(testpki.LeafSpec{ID: idStockdata}) },
 			"lacks extended key usage serverAuth"},
-		{"a client-only certificate", func() *tls.Certificate { return p.ca.leaf(leafSpec{id: idStockdata, eku: ekuClient}) },
+		{"a client-only certificate", func() *tls.Certificate { return p.ca.Leaf(testpki.LeafSpec{ID: idStockdata, EKU: ekuClient}) },
 			"lacks extended key usage serverAuth"},
-		{"a foreign trust domain", func() *tls.Certificate { return p.ca.leaf(leafSpec{id: idForeign, eku: ekuBoth}) },
+		{"a foreign trust domain", func() *tls.Certificate { return p.ca.Leaf(testpki.LeafSpec{ID: idForeign, EKU: ekuBoth}) },
 			`is in trust domain "evil.example", not "cluster.local"`},
 		{"an expired certificate", func() *tls.Certificate {
-			return p.ca.leaf(leafSpec{id: idStockdata, eku: ekuBoth, notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-24 * time.Hour)})
+			return p.ca.Leaf(testpki.LeafSpec{ID: idStockdata, EKU: ekuBoth, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
 		}, "expired"},
 		{"a certificate not yet valid", func() *tls.Certificate {
-			return p.ca.leaf(leafSpec{id: idStockdata, eku: ekuBoth, notBefore: time.Now().Add(time.Hour)})
+			return p.ca.Leaf(testpki.LeafSpec{ID: idStockdata, EKU: ekuBoth, NotBefore: time.Now().Add(time.Hour)})
 		}, "not yet valid"},
-		{"an untrusted issuer", func() *tls.Certificate { return untrusted.leaf(leafSpec{id: idStockdata, eku: ekuBoth}) },
+		{"an untrusted issuer", func() *tls.Certificate { return untrusted.Leaf(testpki.LeafSpec{ID: idStockdata, EKU: ekuBoth}) },
 			"certificate signed by unknown authority"},
 		{"a chain of six certificates", func() *tls.Certificate {
-			c := long.leaf(leafSpec{id: idStockdata, eku: ekuBoth})
-			c.Certificate = append(c.Certificate, p.root.cert.Raw)
+			c := long.Leaf(testpki.LeafSpec{ID: idStockdata, EKU: ekuBoth})
+			c.Certificate = append(c.Certificate, p.root.Cert.Raw)
 			return c
 		}, "chain of 6 certificates, more than 4"},
-		{"a chain over 64 KiB", func() *tls.Certificate { return p.ca.leaf(leafSpec{id: idStockdata, eku: ekuBoth, pad: 65 << 10}) },
+		{"a chain over 64 KiB", func() *tls.Certificate {
+			return p.ca.Leaf(testpki.LeafSpec{ID: idStockdata, EKU: ekuBoth, Pad: 65 << 10})
+		},
 			"bytes, more than 65536"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			server := newSource(idStockdata, p.root.roots, tc.cert())
+			server := newSource(idStockdata, p.root.Roots, tc.cert())
 			out := handshake(t, ClientConfig(p.client, idStockdata, ALPNH2), ServerConfig(server, []string{ALPNH2}))
 			if out.clientErr == nil {
 				t.Fatal("client accepted the server")
@@ -173,7 +178,7 @@ func TestClientRefusesServers(t *testing.T) {
 
 func TestServerRefusesClients(t *testing.T) {
 	p := newPKI(t)
-	untrusted := newRoot(t, "someone else's anchor").issuer("someone else's issuer")
+	untrusted := newRoot(t, "someone else's anchor").Issuer("someone else's issuer")
 	cases := []struct {
 		name   string
 		client func() *tls.Config
@@ -183,22 +188,22 @@ func TestServerRefusesClients(t *testing.T) {
 			return &tls.Config{InsecureSkipVerify: true, NextProtos: []string{ALPNH2}, MinVersion: tls.VersionTLS13}
 		}, "client didn't provide a certificate"},
 		{"an untrusted issuer", func() *tls.Config {
-			return clientWith(p, untrusted.leaf(leafSpec{id: idStockweb, eku: ekuBoth}))
+			return clientWith(p, untrusted.Leaf(testpki.LeafSpec{ID: idStockweb, EKU: ekuBoth}))
 		}, "certificate signed by unknown authority"},
 		{"an expired certificate", func() *tls.Config {
-			return clientWith(p, p.ca.leaf(leafSpec{id: idStockweb, eku: ekuBoth, notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-time.Second)}))
+			return clientWith(p, p.ca.Leaf(testpki.LeafSpec{ID: idStockweb, EKU: ekuBoth, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Second)}))
 		}, "expired"},
 		{"a server-only certificate", func() *tls.Config {
-			return clientWith(p, p.ca.leaf(leafSpec{id: idStockweb, eku: ekuServer}))
+			return clientWith(p, p.ca.Leaf(testpki.LeafSpec{ID: idStockweb, EKU: ekuServer}))
 		}, "lacks extended key usage clientAuth"},
 		{"a certificate without extended key usage", func() *tls.Config {
-			return clientWith(p, p.ca.leaf(leafSpec{id: idStockweb}))
+			return clientWith(p, p.ca.Leaf(testpki.LeafSpec{ID: idStockweb}))
 		}, "lacks extended key usage clientAuth"},
 		{"a foreign trust domain", func() *tls.Config {
-			return clientWith(p, p.ca.leaf(leafSpec{id: idForeign, eku: ekuBoth}))
+			return clientWith(p, p.ca.Leaf(testpki.LeafSpec{ID: idForeign, EKU: ekuBoth}))
 		}, `not "cluster.local"`},
 		{"a DNS name instead of a SPIFFE ID", func() *tls.Config {
-			return clientWith(p, p.ca.leaf(leafSpec{dns: []string{"stockweb.web.svc"}, eku: ekuBoth}))
+			return clientWith(p, p.ca.Leaf(testpki.LeafSpec{DNS: []string{"stockweb.web.svc"}, EKU: ekuBoth}))
 		}, "no SPIFFE ID"},
 		{"a client offering only the application's protocols", func() *tls.Config {
 			cfg := ClientConfig(p.client, idStockdata, ALPNH2)
@@ -231,19 +236,19 @@ func TestServerRefusesClients(t *testing.T) {
 
 // clientWith is ClientConfig for a client presenting cert.
 func clientWith(p *pki, cert *tls.Certificate) *tls.Config {
-	return ClientConfig(newSource(idStockweb, p.root.roots, cert), idStockdata, ALPNH2)
+	return ClientConfig(newSource(idStockweb, p.root.Roots, cert), idStockdata, ALPNH2)
 }
 
 func TestNoCertificateYetFailsTheHandshake(t *testing.T) {
 	p := newPKI(t)
 	t.Run("server", func(t *testing.T) {
-		out := handshake(t, ClientConfig(p.client, idStockdata, ALPNH2), ServerConfig(newSource(idStockdata, p.root.roots, nil), []string{ALPNH2}))
+		out := handshake(t, ClientConfig(p.client, idStockdata, ALPNH2), ServerConfig(newSource(idStockdata, p.root.Roots, nil), []string{ALPNH2}))
 		if out.serverErr == nil || !strings.Contains(out.serverErr.Error(), "no certificate issued yet") {
 			t.Errorf("server error = %v", out.serverErr)
 		}
 	})
 	t.Run("client", func(t *testing.T) {
-		out := handshake(t, ClientConfig(newSource(idStockweb, p.root.roots, nil), idStockdata, ALPNH2), ServerConfig(p.server, []string{ALPNH2}))
+		out := handshake(t, ClientConfig(newSource(idStockweb, p.root.Roots, nil), idStockdata, ALPNH2), ServerConfig(p.server, []string{ALPNH2}))
 		if out.clientErr == nil || !strings.Contains(out.clientErr.Error(), "no certificate issued yet") {
 			t.Errorf("client error = %v", out.clientErr)
 		}
@@ -319,8 +324,8 @@ func TestRenewal(t *testing.T) {
 		t.Fatalf("server saw client serial %v, want %v", oldClient.SerialNumber, serialOf(cs))
 	}
 
-	newServer := p.ca.leaf(leafSpec{id: idStockdata, eku: ekuBoth})
-	newClient := p.ca.leaf(leafSpec{id: idStockweb, eku: ekuBoth})
+	newServer := p.ca.Leaf(testpki.LeafSpec{ID: idStockdata, EKU: ekuBoth})
+	newClient := p.ca.Leaf(testpki.LeafSpec{ID: idStockweb, EKU: ekuBoth})
 	p.server.cert.Store(newServer)
 	p.client.cert.Store(newClient)
 
@@ -341,8 +346,8 @@ func TestRenewal(t *testing.T) {
 func TestVerifyPeerWithoutRootsRefuses(t *testing.T) {
 	p := newPKI(t)
 	cert, _ := p.server.Certificate()
-	_, err := verifyPeer([]*x509.Certificate{cert.Leaf}, nil, x509.ExtKeyUsageServerAuth, idStockdata.TrustDomain(), time.Now())
+	_, err := spiffe.VerifyPeer([]*x509.Certificate{cert.Leaf}, nil, x509.ExtKeyUsageServerAuth, idStockdata.TrustDomain(), time.Now())
 	if err == nil || !strings.Contains(err.Error(), "no trust anchors") {
-		t.Errorf("verifyPeer without roots = %v; it must not fall back to the system roots", err)
+		t.Errorf("VerifyPeer without roots = %v; it must not fall back to the system roots", err)
 	}
 }

@@ -13,8 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/detourmesh/detour/proxy/h2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/detourmesh/detour/proxy/h2"
 )
 
 // serveH2C serves h on a loopback listener over HTTP/2 with prior knowledge until the test ends.

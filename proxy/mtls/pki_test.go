@@ -1,20 +1,15 @@
 package mtls
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
-	"net/url"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/detourmesh/detour/internal/testpki"
 )
 
 // The identities of the tests, as shared/DESIGN.md spells them.
@@ -25,122 +20,15 @@ var (
 	idForeign   = spiffeid.RequireFromString("spiffe://evil.example/ns/stocks/sa/stockdata")
 )
 
+type testCA = testpki.CA
+
+func newRoot(t testing.TB, name string) *testCA { return testpki.NewRoot(t, name) }
+
 var (
-	ekuServer = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	ekuClient = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	ekuBoth   = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	ekuServer = testpki.EKUServer
+	ekuClient = testpki.EKUClient
+	ekuBoth   = testpki.EKUBoth
 )
-
-// testCA is a certificate authority: a self-signed trust anchor, or an issuer under one.
-type testCA struct {
-	t     testing.TB
-	cert  *x509.Certificate
-	key   *ecdsa.PrivateKey
-	chain []*x509.Certificate // issuers above this CA up to, not including, the anchor
-	roots *x509.CertPool      // the anchor
-}
-
-var serial atomic.Int64
-
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func sign(t testing.TB, tmpl, parent *x509.Certificate, pub any, priv *ecdsa.PrivateKey) *x509.Certificate {
-	t.Helper()
-	tmpl.SerialNumber = big.NewInt(serial.Add(1))
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// newRoot makes a trust anchor.
-func newRoot(t testing.TB, name string) *testCA {
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{Organization: []string{"detour test"}, CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	cert := sign(t, tmpl, tmpl, &key.PublicKey, key)
-	roots := x509.NewCertPool()
-	roots.AddCert(cert)
-	return &testCA{t: t, cert: cert, key: key, roots: roots}
-}
-
-// issuer makes an intermediate CA under ca.
-func (ca *testCA) issuer(name string) *testCA {
-	key := newKey(ca.t)
-	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{Organization: []string{"detour test"}, CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	cert := sign(ca.t, tmpl, ca.cert, &key.PublicKey, ca.key)
-	chain := append([]*x509.Certificate{cert}, ca.chain...)
-	return &testCA{t: ca.t, cert: cert, key: key, chain: chain, roots: ca.roots}
-}
-
-// leafSpec describes a workload certificate; zero fields take a valid SVID's values.
-type leafSpec struct {
-	id        spiffeid.ID // the URI SAN; zero: none
-	dns       []string
-	eku       []x509.ExtKeyUsage // nil: no extension at all
-	notBefore time.Time
-	notAfter  time.Time
-	pad       int // bytes of an extra extension, to make the certificate large
-}
-
-// leaf issues a certificate and returns it with its key and the issuer chain, as a proxy
-// presents it.
-func (ca *testCA) leaf(spec leafSpec) *tls.Certificate {
-	key := newKey(ca.t)
-	tmpl := &x509.Certificate{
-		Subject:     pkix.Name{Organization: []string{"detour test"}},
-		NotBefore:   spec.notBefore,
-		NotAfter:    spec.notAfter,
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: spec.eku,
-		DNSNames:    spec.dns,
-	}
-	if tmpl.NotBefore.IsZero() {
-		tmpl.NotBefore = time.Now().Add(-time.Minute)
-	}
-	if tmpl.NotAfter.IsZero() {
-		tmpl.NotAfter = time.Now().Add(24 * time.Hour)
-	}
-	if !spec.id.IsZero() {
-		tmpl.URIs = []*url.URL{spec.id.URL()}
-	}
-	if spec.pad > 0 {
-		tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, pkix.Extension{
-			Id: []int{1, 3, 6, 1, 4, 1, 99999, 1}, Value: make([]byte, spec.pad),
-		})
-	}
-	cert := sign(ca.t, tmpl, ca.cert, &key.PublicKey, ca.key)
-	out := &tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
-	for _, c := range ca.chain {
-		out.Certificate = append(out.Certificate, c.Raw)
-	}
-	return out
-}
 
 // testSource is an identity.Source whose certificate the test swaps, as a renewal would.
 type testSource struct {
@@ -176,11 +64,11 @@ type pki struct {
 
 func newPKI(t testing.TB) *pki {
 	root := newRoot(t, "cluster.local trust anchor")
-	ca := root.issuer("cluster.local issuer")
+	ca := root.Issuer("cluster.local issuer")
 	return &pki{
 		root:   root,
 		ca:     ca,
-		server: newSource(idStockdata, root.roots, ca.leaf(leafSpec{id: idStockdata, eku: ekuBoth})),
-		client: newSource(idStockweb, root.roots, ca.leaf(leafSpec{id: idStockweb, eku: ekuBoth})),
+		server: newSource(idStockdata, root.Roots, ca.Leaf(testpki.LeafSpec{ID: idStockdata, EKU: ekuBoth})),
+		client: newSource(idStockweb, root.Roots, ca.Leaf(testpki.LeafSpec{ID: idStockweb, EKU: ekuBoth})),
 	}
 }

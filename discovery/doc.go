@@ -1,10 +1,12 @@
-// Package discovery is the proxy's model of where traffic may go: which services exist, which
+// Package discovery is the mesh's model of where traffic may go: which services exist, which
 // destination addresses and authorities select them, and which endpoints (with their identities,
 // weights and zones) serve them.
 //
-// It exists so that every other part of the proxy asks one immutable question — "what is behind
-// this destination?" — of one immutable value, the Snapshot, whatever produced it: the local
-// discovery file (the embedded default, read by File), or later the controller's gRPC Watch. A
+// It lives outside proxy/ because both sides speak it: the controller builds it from its sources
+// and streams it, the proxy routes by it, and neither imports the other. Every part of the proxy
+// asks one immutable question — "what is behind this destination?" — of one immutable value, the
+// Snapshot, whatever produced it: the local discovery file (the embedded default, read by File),
+// or the controller's Discovery service (proxy/resolve). A
 // Snapshot never changes after it is built; a Source replaces it whole, so a connection that
 // looked a service up keeps a consistent view while a reload happens under it, and lookups on the
 // per-connection path are plain map reads with no locks and no allocations.

@@ -1,4 +1,4 @@
-package discovery
+package destination
 
 import (
 	"context"
@@ -30,9 +30,9 @@ import (
 	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/controller/ca"
 	cidentity "github.com/detourmesh/detour/controller/identity"
+	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/internal/syncbuf"
-	"github.com/detourmesh/detour/proxy/discovery"
-	"github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 const (
@@ -89,7 +89,7 @@ func newServer(t *testing.T, src discovery.Source, authority *ca.CA, log *slog.L
 // and returns its address.
 func serveTLS(t *testing.T, srv *Server, authority *ca.CA) string {
 	t.Helper()
-	tlsCfg, err := authority.ServerTLS(identity.ControllerID(td), time.Hour)
+	tlsCfg, err := authority.ServerTLS(spiffe.ControllerID(td), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func dial(t *testing.T, addr string, authority *ca.CA, cert *tls.Certificate) di
 	t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(authority.TrustAnchor())
-	cfg := identity.ClientTLS(roots, identity.ControllerID(td), nil)
+	cfg := spiffe.ClientTLS(roots, spiffe.ControllerID(td), nil)
 	if cert != nil {
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 	}
@@ -414,8 +414,26 @@ func TestWatchServesOnlyAuthenticatedCallers(t *testing.T) {
 			wantCode: codes.Unauthenticated, wantMsg: "does not chain to the trust anchors"},
 		{name: "a leaf sent without its issuer is refused", cert: withoutIssuer(workloadCert(t, authority, stockdata)),
 			wantCode: codes.Unauthenticated, wantMsg: "not a valid workload certificate"},
-		{name: "a certificate for the trust domain itself, not a workload, is refused", cert: trustDomainCert(t, authority, caDir),
-			wantCode: codes.Unauthenticated, wantMsg: "not a workload of trust domain cluster.local"},
+		{name: "a certificate for the trust domain itself, not a workload, is refused",
+			cert:     issuedCert(t, authority, caDir, func(c *x509.Certificate) { c.URIs = []*url.URL{td.ID().URL()} }),
+			wantCode: codes.Unauthenticated, wantMsg: "names a trust domain, not a workload"},
+		{name: "a CA certificate of the issuer is refused",
+			cert: issuedCert(t, authority, caDir, func(c *x509.Certificate) {
+				c.IsCA, c.BasicConstraintsValid, c.ExtKeyUsage = true, true, nil
+				c.KeyUsage |= x509.KeyUsageCertSign
+			}),
+			wantCode: codes.Unauthenticated, wantMsg: "leaf certificate is a CA"},
+		{name: "a certificate without clientAuth is refused",
+			cert:     issuedCert(t, authority, caDir, func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} }),
+			wantCode: codes.Unauthenticated, wantMsg: "lacks extended key usage clientAuth"},
+		{name: "a certificate without any extended key usage is refused",
+			cert:     issuedCert(t, authority, caDir, func(c *x509.Certificate) { c.ExtKeyUsage = nil }),
+			wantCode: codes.Unauthenticated, wantMsg: "lacks extended key usage clientAuth"},
+		{name: "a certificate of a foreign trust domain is refused",
+			cert: issuedCert(t, authority, caDir, func(c *x509.Certificate) {
+				c.URIs = []*url.URL{spiffeid.RequireFromString("spiffe://evil.example/ns/stocks/sa/stockdata").URL()}
+			}),
+			wantCode: codes.Unauthenticated, wantMsg: "not \"cluster.local\""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -468,7 +486,10 @@ func withoutIssuer(cert *tls.Certificate) *tls.Certificate {
 
 // trustDomainCert is a certificate signed by authority's own issuer, as a bug in the CA might
 // make one, for the trust domain itself rather than a workload in it.
-func trustDomainCert(t *testing.T, authority *ca.CA, dir string) *tls.Certificate {
+// issuedCert is a certificate the CA's own issuer signed (its key read from dir), made from a
+// valid stockdata workload template that edit spoils: what only a stolen issuer key or a buggy
+// CA could produce, which the controller must still refuse.
+func issuedCert(t *testing.T, authority *ca.CA, dir string, edit func(*x509.Certificate)) *tls.Certificate {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(dir, ca.IssuerKeyFile))
 	if err != nil {
@@ -484,10 +505,12 @@ func trustDomainCert(t *testing.T, authority *ca.CA, dir string) *tls.Certificat
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7), URIs: []*url.URL{td.ID().URL()},
+		SerialNumber: big.NewInt(7), URIs: []*url.URL{stockdata.URL()},
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
+	edit(tmpl)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, authority.Issuer(), &key.PublicKey, issuerKey)
 	if err != nil {
 		t.Fatal(err)

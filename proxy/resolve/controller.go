@@ -1,4 +1,7 @@
-package discovery
+// Package resolve is the proxy's client of the controller's Discovery service: it follows the
+// controller's stream and turns it into the discovery model (package discovery) the proxy routes
+// by, keeping the last good view while the controller is away.
+package resolve
 
 import (
 	"context"
@@ -22,13 +25,14 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detourmesh/detour/api/discoverypb"
+	"github.com/detourmesh/detour/discovery"
 )
 
 // ControllerOptions configures a Controller source. Address and TLS are required.
 type ControllerOptions struct {
 	// Address is the controller's gRPC address, host:port.
 	Address string
-	// TLS verifies the controller: identity.ClientTLS(trust anchors, identity.ControllerID(td)).
+	// TLS verifies the controller: spiffe.ClientTLS(trust anchors, spiffe.ControllerID(td)).
 	TLS *tls.Config
 	// Identity is the proxy's SPIFFE ID. The controller refuses a watch naming an identity the
 	// caller did not prove; empty names none.
@@ -52,7 +56,7 @@ type ControllerOptions struct {
 // something invalid it keeps the last good snapshot and reconnects with backoff.
 type Controller struct {
 	opts    ControllerOptions
-	current atomic.Pointer[Snapshot]
+	current atomic.Pointer[discovery.Snapshot]
 	first   chan struct{} // closed at the first snapshot
 	done    chan struct{} // closed when the stream goroutine has exited
 
@@ -61,7 +65,7 @@ type Controller struct {
 	lastErr error
 }
 
-var _ Source = (*Controller)(nil)
+var _ discovery.Source = (*Controller)(nil)
 
 // StartController connects to the controller and waits up to opts.StartTimeout for its first
 // snapshot, so a proxy never starts without a routing table; on timeout it fails with the reason
@@ -92,7 +96,7 @@ func StartController(ctx context.Context, opts ControllerOptions) (*Controller, 
 		// A controller that vanishes without closing the connection (a node lost) is noticed
 		// within 40 s instead of the kernel's TCP timeout.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxFileSize)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(discovery.MaxFileSize)),
 	}
 	if opts.TokenFile != "" {
 		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(tokenFile(opts.TokenFile)))
@@ -167,7 +171,7 @@ func (f tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]st
 func (tokenFile) RequireTransportSecurity() bool { return true }
 
 // Snapshot returns the snapshot in force: the last good one the controller sent.
-func (c *Controller) Snapshot() *Snapshot { return c.current.Load() }
+func (c *Controller) Snapshot() *discovery.Snapshot { return c.current.Load() }
 
 // Err returns why the stream to the controller is down, or nil while it is up: for
 // /debug/endpoints and readiness reporting. The snapshot in force stays Snapshot's either way.
@@ -182,8 +186,8 @@ func (c *Controller) Err() error {
 func (c *Controller) Done() <-chan struct{} { return c.done }
 
 // Watch implements Source.
-func (c *Controller) Watch(ctx context.Context) <-chan *Snapshot {
-	ch := make(chan *Snapshot, 1)
+func (c *Controller) Watch(ctx context.Context) <-chan *discovery.Snapshot {
+	ch := make(chan *discovery.Snapshot, 1)
 	last := c.current.Load()
 	ch <- last
 	go func() {
@@ -215,7 +219,7 @@ func (c *Controller) Watch(ctx context.Context) <-chan *Snapshot {
 	return ch
 }
 
-func (c *Controller) publish(s *Snapshot) {
+func (c *Controller) publish(s *discovery.Snapshot) {
 	first := c.current.Swap(s) == nil
 	c.mu.Lock()
 	close(c.changed)
@@ -280,7 +284,7 @@ func (c *Controller) stream(ctx context.Context, client discoverypb.DiscoveryCli
 		if err != nil {
 			return got, err
 		}
-		snap, err := FromProto(pb)
+		snap, err := discovery.FromProto(pb)
 		if err != nil {
 			if pb.GetRevision() != badRev {
 				badRev = pb.GetRevision()

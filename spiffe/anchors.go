@@ -1,4 +1,4 @@
-package identity
+package spiffe
 
 import (
 	"crypto/sha256"
@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -55,53 +54,18 @@ func Pool(certs []*x509.Certificate) *x509.CertPool {
 	return p
 }
 
-// Fingerprint is the SHA-256 of a certificate's DER in hex, as /debug/identity shows trust
-// anchors.
-func Fingerprint(c *x509.Certificate) string { return fingerprintDER(c.Raw) }
-
-func fingerprintDER(der []byte) string {
+// Fingerprint is the SHA-256 of a certificate's DER, in hex: what `openssl x509 -fingerprint
+// -sha256` prints, without the colons; /debug/identity names trust anchors and issuers by it.
+func Fingerprint(der []byte) string {
 	sum := sha256.Sum256(der)
 	return hex.EncodeToString(sum[:])
 }
 
-// PeerID verifies a certificate chain as presented in a TLS handshake (leaf first) against
-// roots, for the given use (x509.ExtKeyUsageServerAuth when checking a server), and returns the
-// SPIFFE ID of its leaf: its one URI SAN. Host names play no part; a SPIFFE certificate has none.
-func PeerID(rawCerts [][]byte, roots *x509.CertPool, usage x509.ExtKeyUsage, now time.Time) (spiffeid.ID, error) {
-	if len(rawCerts) == 0 {
-		return spiffeid.ID{}, errors.New("peer presented no certificate")
-	}
-	leaf, err := x509.ParseCertificate(rawCerts[0])
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("peer certificate: %w", err)
-	}
-	inter := x509.NewCertPool()
-	for _, raw := range rawCerts[1:] {
-		c, err := x509.ParseCertificate(raw)
-		if err != nil {
-			return spiffeid.ID{}, fmt.Errorf("peer intermediate certificate: %w", err)
-		}
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage},
-	}); err != nil {
-		return spiffeid.ID{}, fmt.Errorf("peer certificate does not chain to the trust anchors: %w", err)
-	}
-	if len(leaf.URIs) != 1 {
-		return spiffeid.ID{}, fmt.Errorf("peer certificate has %d URI SANs, want exactly one SPIFFE ID", len(leaf.URIs))
-	}
-	id, err := spiffeid.FromURI(leaf.URIs[0])
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("peer certificate: %w", err)
-	}
-	return id, nil
-}
-
 // ClientTLS returns the TLS configuration for dialling a server that must present a certificate
 // for server chaining to roots (the controller: its own identity and the trust anchor file). It
-// replaces host-name verification by a SPIFFE ID check, because mesh certificates carry no DNS
-// names; the chain is still fully verified (InsecureSkipVerify only turns off the host-name path).
+// replaces host-name verification by VerifyPeer and a SPIFFE ID check, because mesh certificates
+// carry no DNS names; the chain is still fully verified (InsecureSkipVerify only turns off the
+// host-name path).
 func ClientTLS(roots *x509.CertPool, server spiffeid.ID, now func() time.Time) *tls.Config {
 	if now == nil {
 		now = time.Now
@@ -110,11 +74,7 @@ func ClientTLS(roots *x509.CertPool, server spiffeid.ID, now func() time.Time) *
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // verified in VerifyConnection, against roots and the SPIFFE ID
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			raw := make([][]byte, len(cs.PeerCertificates))
-			for i, c := range cs.PeerCertificates {
-				raw[i] = c.Raw
-			}
-			id, err := PeerID(raw, roots, x509.ExtKeyUsageServerAuth, now())
+			id, err := VerifyPeer(cs.PeerCertificates, roots, x509.ExtKeyUsageServerAuth, server.TrustDomain(), now())
 			if err != nil {
 				return err
 			}

@@ -1,4 +1,4 @@
-package discovery_test
+package resolve_test
 
 import (
 	"context"
@@ -21,10 +21,11 @@ import (
 
 	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/controller/ca"
-	cdiscovery "github.com/detourmesh/detour/controller/discovery"
-	cidentity "github.com/detourmesh/detour/controller/identity"
-	"github.com/detourmesh/detour/proxy/discovery"
-	"github.com/detourmesh/detour/proxy/identity"
+	"github.com/detourmesh/detour/controller/destination"
+	"github.com/detourmesh/detour/controller/identity"
+	"github.com/detourmesh/detour/discovery"
+	"github.com/detourmesh/detour/proxy/resolve"
+	"github.com/detourmesh/detour/spiffe"
 )
 
 const stockwebToken = "9b2e41d07c3f5a8e6d1b0c4f7a2e9d36"
@@ -86,7 +87,7 @@ func newFakeController(t *testing.T, authority *ca.CA, srv discoverypb.Discovery
 
 func (k *fakeController) start() {
 	k.t.Helper()
-	tlsCfg, err := k.ca.ServerTLS(identity.ControllerID(td), time.Hour)
+	tlsCfg, err := k.ca.ServerTLS(spiffe.ControllerID(td), time.Hour)
 	if err != nil {
 		k.t.Fatal(err)
 	}
@@ -112,11 +113,11 @@ func (k *fakeController) stop() {
 	}
 }
 
-func (k *fakeController) options() discovery.ControllerOptions {
-	anchors := identity.Pool([]*x509.Certificate{k.ca.TrustAnchor()})
-	return discovery.ControllerOptions{
+func (k *fakeController) options() resolve.ControllerOptions {
+	anchors := spiffe.Pool([]*x509.Certificate{k.ca.TrustAnchor()})
+	return resolve.ControllerOptions{
 		Address:      k.addr,
-		TLS:          identity.ClientTLS(anchors, identity.ControllerID(td), nil),
+		TLS:          spiffe.ClientTLS(anchors, spiffe.ControllerID(td), nil),
 		Identity:     stockweb.String(),
 		TokenFile:    k.token,
 		StartTimeout: 10 * time.Second,
@@ -136,12 +137,12 @@ func fileController(t *testing.T, content string) (*fakeController, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokens, err := cidentity.ParseTokens([]byte(stockwebToken+" "+stockweb.String()+"\n"), td)
+	tokens, err := identity.ParseTokens([]byte(stockwebToken+" "+stockweb.String()+"\n"), td)
 	if err != nil {
 		t.Fatal(err)
 	}
 	authority := newAuthority(t)
-	srv := cdiscovery.NewServer(cdiscovery.Config{Source: file, Auth: cidentity.NewAuthenticator(authority, tokens), Logger: quietLog()})
+	srv := destination.NewServer(destination.Config{Source: file, Auth: identity.NewAuthenticator(authority, tokens), Logger: quietLog()})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { srv.Run(ctx); close(done) }()
@@ -149,10 +150,10 @@ func fileController(t *testing.T, content string) (*fakeController, string) {
 	return newFakeController(t, authority, srv), path
 }
 
-func startSource(t *testing.T, opts discovery.ControllerOptions) *discovery.Controller {
+func startSource(t *testing.T, opts resolve.ControllerOptions) *resolve.Controller {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	src, err := discovery.StartController(ctx, opts)
+	src, err := resolve.StartController(ctx, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -237,14 +238,14 @@ func TestStartControllerFailsClearlyWhenNoControllerAnswers(t *testing.T) {
 	}
 	addr := lis.Addr().String()
 	lis.Close() // nothing listens there now
-	opts := discovery.ControllerOptions{
+	opts := resolve.ControllerOptions{
 		Address:      addr,
-		TLS:          identity.ClientTLS(identity.Pool(nil), identity.ControllerID(td), nil),
+		TLS:          spiffe.ClientTLS(spiffe.Pool(nil), spiffe.ControllerID(td), nil),
 		StartTimeout: 300 * time.Millisecond,
 		MinBackoff:   20 * time.Millisecond,
 		Logger:       quietLog(),
 	}
-	_, err = discovery.StartController(context.Background(), opts)
+	_, err = resolve.StartController(context.Background(), opts)
 	if err == nil {
 		t.Fatal("started without a controller")
 	}
@@ -262,9 +263,9 @@ func TestStartControllerRefusesAnImpostor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.TLS = identity.ClientTLS(identity.Pool([]*x509.Certificate{other.TrustAnchor()}), identity.ControllerID(td), nil)
+	opts.TLS = spiffe.ClientTLS(spiffe.Pool([]*x509.Certificate{other.TrustAnchor()}), spiffe.ControllerID(td), nil)
 	opts.StartTimeout = 500 * time.Millisecond
-	_, err = discovery.StartController(context.Background(), opts)
+	_, err = resolve.StartController(context.Background(), opts)
 	if err == nil || !strings.Contains(err.Error(), "does not chain to the trust anchors") {
 		t.Fatalf("err = %v, want a certificate refusal", err)
 	}
@@ -381,7 +382,7 @@ func TestStartControllerSaysWhenTheControllerRefusesTheProxy(t *testing.T) {
 			opts := k.options()
 			opts.TokenFile = tt.tokenFile
 			opts.StartTimeout = 500 * time.Millisecond
-			_, err := discovery.StartController(context.Background(), opts)
+			_, err := resolve.StartController(context.Background(), opts)
 			if err == nil {
 				t.Fatal("started")
 			}

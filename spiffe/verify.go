@@ -1,4 +1,4 @@
-package mtls
+package spiffe
 
 import (
 	"crypto/x509"
@@ -20,16 +20,16 @@ const (
 	MaxChainBytes = 64 << 10
 )
 
-// verifyPeer checks the chain a peer presented and returns the SPIFFE ID it proves: at most
-// MaxChainCerts certificates and MaxChainBytes; a leaf that is an X509-SVID (exactly one URI SAN,
-// a SPIFFE ID; not a CA) in trust domain td; extended key usage eku named explicitly (crypto/x509
-// lets a leaf without the extension pass for any usage; an SVID must say what it is for); a
-// chain to roots at now.
+// VerifyPeer checks the chain a peer presented (leaf first) and returns the SPIFFE ID it proves:
+// at most MaxChainCerts certificates and MaxChainBytes; a leaf that is an X509-SVID (exactly one
+// URI SAN, a SPIFFE ID with a path; not a CA, may not sign certificates) in trust domain td;
+// extended key usage eku named explicitly (crypto/x509 lets a leaf without the extension pass for
+// any usage; an SVID must say what it is for); a chain to roots at now.
 //
-// The chain is verified with crypto/x509 rather than x509svid.Verify because identity.Source
-// hands out a CertPool, not the bundle's certificates, and x509svid.Verify accepts any key usage.
-// The SVID rules themselves come from go-spiffe (x509svid.IDFromCert, spiffeid).
-func verifyPeer(certs []*x509.Certificate, roots *x509.CertPool, eku x509.ExtKeyUsage, td spiffeid.TrustDomain, now time.Time) (spiffeid.ID, error) {
+// The chain is verified with crypto/x509 rather than x509svid.Verify because callers hold a
+// CertPool, not the bundle's certificates, and x509svid.Verify accepts any key usage. The SVID
+// rules themselves come from go-spiffe (x509svid.IDFromCert, spiffeid).
+func VerifyPeer(certs []*x509.Certificate, roots *x509.CertPool, eku x509.ExtKeyUsage, td spiffeid.TrustDomain, now time.Time) (spiffeid.ID, error) {
 	if len(certs) == 0 {
 		return spiffeid.ID{}, errors.New("no certificate presented")
 	}
@@ -58,6 +58,8 @@ func verifyPeer(certs []*x509.Certificate, roots *x509.CertPool, eku x509.ExtKey
 		return id, fmt.Errorf("%s: leaf certificate may sign certificates or CRLs", id)
 	case !id.MemberOf(td):
 		return id, fmt.Errorf("%s is in trust domain %q, not %q", id, id.TrustDomain(), td)
+	case id.Path() == "":
+		return id, fmt.Errorf("%s names a trust domain, not a workload", id)
 	case !slices.Contains(leaf.ExtKeyUsage, eku):
 		return id, fmt.Errorf("%s: certificate lacks extended key usage %s", id, ekuName(eku))
 	case roots == nil:
@@ -77,9 +79,33 @@ func verifyPeer(certs []*x509.Certificate, roots *x509.CertPool, eku x509.ExtKey
 		CurrentTime:   now,
 	})
 	if err != nil {
-		return id, fmt.Errorf("%s: %w", id, err)
+		return id, fmt.Errorf("%s does not chain to the trust anchors: %w", id, err)
 	}
 	return id, nil
+}
+
+// VerifyRawPeer is VerifyPeer for a chain in DER, as gRPC's TLS info and crypto/tls's
+// VerifyPeerCertificate hand it over. The bounds are checked before anything is parsed.
+func VerifyRawPeer(raw [][]byte, roots *x509.CertPool, eku x509.ExtKeyUsage, td spiffeid.TrustDomain, now time.Time) (spiffeid.ID, error) {
+	if len(raw) > MaxChainCerts {
+		return spiffeid.ID{}, fmt.Errorf("chain of %d certificates, more than %d", len(raw), MaxChainCerts)
+	}
+	size := 0
+	for _, der := range raw {
+		size += len(der)
+	}
+	if size > MaxChainBytes {
+		return spiffeid.ID{}, fmt.Errorf("chain of %d bytes, more than %d", size, MaxChainBytes)
+	}
+	certs := make([]*x509.Certificate, len(raw))
+	for i, der := range raw {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("certificate %d of the chain: %w", i, err)
+		}
+		certs[i] = c
+	}
+	return VerifyPeer(certs, roots, eku, td, now)
 }
 
 func ekuName(eku x509.ExtKeyUsage) string {

@@ -1,10 +1,10 @@
-// Package discovery is the controller's Discovery service: it exists to serve one discovery
-// Source (the file today, Kubernetes later) to every proxy over gRPC, in the same model the
-// proxy's own file source produces (proxy/discovery), so a proxy behaves the same whichever it
-// reads. The source is followed once and each snapshot converted once, however many proxies
-// watch. Only callers that prove a workload identity may watch: the services and endpoints of
-// the mesh are not for anyone who can reach the port.
-package discovery
+// Package destination is the controller's Discovery service: it exists to serve one discovery
+// Source (the file today, Kubernetes later) to every proxy over gRPC, in the model both sides
+// share (package discovery), so a proxy behaves the same whichever it reads. The source is
+// followed once and each snapshot converted once, however many proxies watch. Only callers that
+// prove a workload identity may watch: the services and endpoints of the mesh are not for anyone
+// who can reach the port.
+package destination
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detourmesh/detour/api/discoverypb"
-	"github.com/detourmesh/detour/proxy/discovery"
+	"github.com/detourmesh/detour/discovery"
 )
 
 // maxIDLength is the longest SPIFFE ID the SPIFFE ID specification requires support for.
