@@ -28,6 +28,7 @@ import (
 	"github.com/detourmesh/detour/proxy/identity"
 	"github.com/detourmesh/detour/proxy/metrics"
 	"github.com/detourmesh/detour/proxy/mtls"
+	"github.com/detourmesh/detour/proxy/tap"
 )
 
 // DefaultOpaquePorts are ports whose servers speak first (SMTP, MySQL, PostgreSQL, Redis,
@@ -59,6 +60,16 @@ type Config struct {
 	Policy mtls.Policy
 	// Debug adds documents under /debug/ on the admin port, e.g. "identity".
 	Debug map[string]func() any
+	// Pod names the workload the proxy serves, for /debug/proxy and `detour debug pods`; empty
+	// when not known (the Kubernetes injector sets it from the downward API).
+	Pod PodInfo
+	// DiscoveryName says where Discovery comes from, e.g. "controller:198.18.0.1:7086".
+	DiscoveryName string
+}
+
+// PodInfo names a pod.
+type PodInfo struct {
+	Name, Namespace string
 }
 
 // Proxy is one sidecar. Run it once.
@@ -85,6 +96,11 @@ type Proxy struct {
 	stop          chan struct{} // closed when shutdown begins
 	stopOnce      sync.Once
 	loggedTimeout sync.Map // port -> struct{}: detection timeouts already logged
+
+	tap       tap.Hub
+	started   time.Time
+	listeners []listenerDoc             // set by Run before the admin port serves
+	updated   atomic.Pointer[time.Time] // when the last discovery snapshot was installed
 }
 
 // New returns a proxy for cfg.
@@ -107,6 +123,7 @@ func New(cfg Config) *Proxy {
 		local:   &localAddrs{},
 		dialer:  net.Dialer{Timeout: 5 * time.Second},
 		stop:    make(chan struct{}),
+		started: time.Now(),
 	}
 	dialH2, dialH1 := p.plainOnly, p.plainOnly
 	p.dialMesh = p.plainOnly
@@ -157,10 +174,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 		closeAll()
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	for _, l := range slices.Concat(tag(outbound, metrics.Outbound), tag(inbound, metrics.Inbound), tag(adminLns, "admin")) {
+		p.listeners = append(p.listeners, listenerDoc{Role: l.direction, Address: l.Addr().String()})
+	}
 	adminSrv := admin.NewServer(admin.Handler(admin.Config{
 		Registry: p.metrics.Registry,
 		Ready:    p.readiness,
 		Debug:    p.debugDocs(),
+		Streams:  map[string]http.Handler{"tap": p.tap.Handler()},
 		Shutdown: p.Shutdown,
 		Logger:   p.log,
 	}))
@@ -240,6 +261,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 func (p *Proxy) update(s *discovery.Snapshot) {
 	// Pooled connections were checked against what their endpoint had to prove then.
 	changed, reidentified := p.routes.update(s)
+	now := time.Now()
+	p.updated.Store(&now)
 	for _, addr := range changed {
 		p.h2out.Retire(addr)
 		p.h1out.Retire(addr)
@@ -286,7 +309,8 @@ func (p *Proxy) readiness() error {
 func (p *Proxy) debugDocs() map[string]func(*http.Request) any {
 	docs := map[string]func(*http.Request) any{
 		"endpoints":   func(*http.Request) any { return p.routes.doc() },
-		"connections": func(*http.Request) any { return p.conns.doc() },
+		"connections": func(r *http.Request) any { return p.conns.doc(r.URL.Query().Get("closed") == "1") },
+		"proxy":       func(*http.Request) any { return p.proxyDoc() },
 	}
 	for name, fn := range p.cfg.Debug {
 		docs[name] = func(*http.Request) any { return fn() }

@@ -33,6 +33,7 @@ type proxyFlags struct {
 
 	identity, trustAnchor, token string
 	policy, portPolicy, allow    string
+	podName, podNamespace        string
 }
 
 func newProxyCommand() *cobra.Command {
@@ -68,6 +69,8 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.StringVar(&f.token, "identity-token", "", "file holding the proof of identity (a bootstrap token) the controller asks for certificates and discovery; required with --discovery controller:")
 	fl.StringVar(&f.policy, "policy", "permissive", "inbound policy: permissive (plaintext from unmeshed clients accepted) or strict (mesh TLS only)")
 	fl.StringVar(&f.portPolicy, "port-policy", "", "per-port policy, e.g. 8080=strict,9090=permissive")
+	fl.StringVar(&f.podName, "pod-name", "", "the pod this proxy serves, shown by /debug/proxy and detour debug (Kubernetes: DETOUR_POD_NAME from the downward API)")
+	fl.StringVar(&f.podNamespace, "pod-namespace", "", "the pod's namespace (DETOUR_POD_NAMESPACE)")
 	fl.StringVar(&f.allow, "allow", "", "per-port allow-lists of client identities, e.g. 8080=spiffe://cluster.local/ns/web/sa/stockweb;9000=...")
 	return cmd
 }
@@ -111,6 +114,7 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	cfg := proxy.Config{
 		OutboundPort: f.outbound, InboundPort: f.inbound, AdminPort: f.admin,
 		OpaquePorts: ports, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, Logger: log,
+		Pod: proxy.PodInfo{Name: f.podName, Namespace: f.podNamespace}, DiscoveryName: f.discovery,
 	}
 	if cfg.Policy, err = mtls.ParsePolicy(f.policy, f.portPolicy, f.allow); err != nil {
 		return err
