@@ -159,6 +159,9 @@ func recordRules(c Config) []Rule {
 	return rules
 }
 
+// IsRecord reports whether r is one of the rules that carry the record.
+func (r Rule) IsRecord() bool { return strings.HasPrefix(r.Purpose, recordPurpose) }
+
 func recordSum(text string) string {
 	h := sha256.Sum256([]byte(text))
 	return hex.EncodeToString(h[:4])
