@@ -38,7 +38,7 @@ const recordChunk = 200
 const encodingVersion = "v1"
 
 // Encode returns c as canonical text, e.g.
-// "v1;in=7143;out=7140;admin=7190;uid=2102;skip-in=22,9000-9100;skip-out=5432;skip-cidr=10.0.0.0/8".
+// "v1;in=7143;out=7140;admin=7190;uid=2102;skip-in=22,9000-9100;skip-out=5432;skip-cidr=10.0.0.0/8;pod=web-1;pod-namespace=shop".
 // Empty lists are left out. DecodeConfig reverses it.
 func (c Config) Encode() string {
 	fields := []string{encodingVersion,
@@ -69,6 +69,12 @@ func (c Config) Encode() string {
 			s[i] = p.String()
 		}
 		fields = append(fields, "skip-cidr="+strings.Join(s, ","))
+	}
+	if c.PodName != "" {
+		fields = append(fields, "pod="+c.PodName)
+	}
+	if c.PodNamespace != "" {
+		fields = append(fields, "pod-namespace="+c.PodNamespace)
 	}
 	return strings.Join(fields, ";")
 }
@@ -116,6 +122,16 @@ func DecodeConfig(s string) (Config, error) {
 			c.SkipOutboundPorts, err = parseNonEmpty(val, ParsePorts)
 		case "skip-cidr":
 			c.SkipOutboundCIDRs, err = parseNonEmpty(val, ParseCIDRs)
+		case "pod":
+			c.PodName = val
+			if val == "" {
+				err = errors.New("empty")
+			}
+		case "pod-namespace":
+			c.PodNamespace = val
+			if val == "" {
+				err = errors.New("empty")
+			}
 		default:
 			return Config{}, fmt.Errorf("record field %q unknown", key)
 		}

@@ -32,6 +32,7 @@ func TestTheRecordRoundTripsEveryConfiguration(t *testing.T) {
 			c.SkipInboundPorts = mustPorts(t, "22,9000-9100")
 			c.SkipOutboundPorts = mustPorts(t, "5432")
 			c.SkipOutboundCIDRs = mustCIDRs(t, "10.0.0.0/8,fd00::/8,198.18.7.7")
+			c.PodName, c.PodNamespace = "stockweb-5d8f9c-x2x7q", "stocks"
 		}, 1},
 		{"more than one comment holds", func(c *Config) { c.SkipOutboundCIDRs = mustCIDRs(t, strings.Join(manyCIDRs, ",")) }, 5},
 	}
@@ -104,6 +105,7 @@ func TestABrokenRecordIsAnErrorThatSaysWhy(t *testing.T) {
 		{"an unknown field", []string{recordComment("v1;in=7143;out=7140;admin=7190;uid=2102;mtu=1500")}, `"mtu" unknown`},
 		{"a missing field", []string{recordComment("v1;in=7143;out=7140;admin=7190")}, "uid missing"},
 		{"an invalid configuration", []string{recordComment("v1;in=7143;out=7143;admin=7190;uid=2102")}, "they must differ"},
+		{"a pod name that needs quoting", []string{recordComment("v1;in=7143;out=7140;admin=7190;uid=2102;pod=a b")}, "want a Kubernetes name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
