@@ -9,8 +9,5 @@ var errUnsupported = errors.New("detour debug reads /proc and enters network nam
 // Find is only implemented on Linux.
 func (f Finder) Find() ([]Pod, error) { return nil, errUnsupported }
 
-// Target is only implemented on Linux.
-type Target struct{ Proxies []Pod }
-
 // Resolve is only implemented on Linux.
 func (f Finder) Resolve(arg string, found []Pod) (*Target, error) { return nil, errUnsupported }

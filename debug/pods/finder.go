@@ -2,10 +2,13 @@ package pods
 
 import (
 	"bytes"
+
 	"debug/buildinfo"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/detourmesh/detour/netns"
 )
 
 // DetourMain is the main package of the detour binary, as its build information names it.
@@ -18,6 +21,10 @@ type Finder struct {
 	// IsDetour reports whether the executable at path is a detour binary; default: its Go
 	// build information names DetourMain.
 	IsDetour func(path string) bool
+	// Recorded, if set, reads the pod that a namespace's rules record (init's --pod-name and
+	// --pod-namespace): Resolve asks it of every namespace of the node when a pod name matches
+	// no running proxy, so a pod is found by name while its proxy is down.
+	Recorded func(ns *netns.NS) (namespace, name string, ok bool)
 }
 
 func (f Finder) proc() string {

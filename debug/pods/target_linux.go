@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -16,40 +17,65 @@ import (
 // nsGetNSType is NS_GET_NSTYPE of linux/nsfs.h: _IO(0xb7, 0x3).
 const nsGetNSType = 0xb703
 
-// Target is what a POD argument names: a network namespace, held open until Close so that it
-// stays the same namespace while a command looks at it (a PID can be reused, a name can be
-// bound anew), and the proxies found serving it: usually one, none when the proxy is not
-// running, more than one when something is wrong.
-type Target struct {
-	Arg     string
-	NS      *netns.NS
-	NetNS   NetNS
-	Proxies []Pod
-	fd      int
+// byRecord looks for the pod arg names (name or namespace/name) in the rules' records of every
+// network namespace of the node that runs no proxy, and returns a path to the one that records
+// it; "" when none or several do.
+func (f Finder) byRecord(arg string) string {
+	if f.Recorded == nil {
+		return ""
+	}
+	wantNS, wantName, qualified := strings.Cut(arg, "/")
+	if !qualified {
+		wantNS, wantName = "", arg
+	}
+	var hits []string
+	for _, c := range f.namespaces() {
+		ns, err := netns.OpenPath(c)
+		if err != nil {
+			continue
+		}
+		gotNS, gotName, ok := f.Recorded(ns)
+		if ok && gotName == wantName && (!qualified || gotNS == wantNS) {
+			hits = append(hits, c)
+		}
+	}
+	if len(hits) != 1 {
+		return ""
+	}
+	return hits[0]
 }
 
-// Close releases the namespace.
-func (t *Target) Close() {
-	if t.fd >= 0 {
-		unix.Close(t.fd)
-		t.fd = -1
+// namespaces returns a path to every network namespace of the node but the caller's: those
+// named under NetnsDir, and those processes are in.
+func (f Finder) namespaces() []string {
+	var self unix.Stat_t
+	unix.Stat("/proc/self/ns/net", &self)
+	seen := map[nsKey]bool{{uint64(self.Dev), self.Ino}: true}
+	var out []string
+	add := func(path string) {
+		var st unix.Stat_t
+		if unix.Stat(path, &st) != nil {
+			return
+		}
+		k := nsKey{uint64(st.Dev), st.Ino}
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, path)
+		}
 	}
-}
-
-// Proxy returns the pod's proxy, if exactly one was found.
-func (t *Target) Proxy() (Pod, bool) {
-	if len(t.Proxies) == 1 {
-		return t.Proxies[0], true
+	if entries, err := os.ReadDir(f.netnsDir()); err == nil {
+		for _, e := range entries {
+			add(filepath.Join(f.netnsDir(), e.Name()))
+		}
 	}
-	return Pod{}, false
-}
-
-// Label names the target in messages.
-func (t *Target) Label() string {
-	if p, ok := t.Proxy(); ok {
-		return "pod " + p.Label()
+	if entries, err := os.ReadDir(f.proc()); err == nil {
+		for _, e := range entries {
+			if _, err := strconv.Atoi(e.Name()); err == nil {
+				add(filepath.Join(f.proc(), e.Name(), "ns", "net"))
+			}
+		}
 	}
-	return fmt.Sprintf("%q (network namespace %s)", t.Arg, t.NetNS)
+	return out
 }
 
 // Resolve finds what arg names (see Usage) among the proxies found by Find, and opens its
@@ -74,13 +100,15 @@ func (f Finder) Resolve(arg string, found []Pod) (*Target, error) {
 		path = arg
 	default:
 		k, err := matchName(arg, found, names)
-		if err != nil {
-			return nil, err
-		}
-		if in := proxiesIn(k, found); len(in) > 0 {
-			path = filepath.Join(f.proc(), strconv.Itoa(in[0].PID), "ns", "net")
-		} else {
+		switch {
+		case err == nil && len(proxiesIn(k, found)) > 0:
+			path = filepath.Join(f.proc(), strconv.Itoa(proxiesIn(k, found)[0].PID), "ns", "net")
+		case err == nil:
 			path = filepath.Join(f.netnsDir(), names[k][0])
+		default:
+			if path = f.byRecord(arg); path == "" {
+				return nil, err
+			}
 		}
 	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)

@@ -125,10 +125,14 @@ func FlagsText(c plan.Config) string {
 			f = append(f, "--skip-outbound-ports "+val)
 		case "skip-cidr":
 			f = append(f, "--skip-outbound-cidrs "+val)
+		case "pod":
+			f = append(f, "--pod-name "+val)
+		case "pod-namespace":
+			f = append(f, "--pod-namespace "+val)
 		}
 	}
 	if len(f) == 0 {
-		return "(the defaults)"
+		return "the defaults"
 	}
 	return strings.Join(f, " ")
 }
@@ -235,15 +239,7 @@ func configOf(snap Snapshot, backend string, fallback plan.Config, rep *Report) 
 		if s == nil || !hasDetour(s) {
 			continue
 		}
-		var comments []string
-		for _, c := range s.Tables[plan.Table].Chains {
-			for _, r := range c.Rules {
-				if r.Comment != "" {
-					comments = append(comments, r.Comment)
-				}
-			}
-		}
-		rec, err := plan.ReadRecord(comments)
+		rec, err := plan.ReadRecord(comments(s))
 		switch {
 		case err == plan.ErrNoRecord:
 			rep.Findings = append(rep.Findings, Finding{Kind: RecordKind, Note: true, Family: f.String(), Backend: backend,
@@ -265,6 +261,19 @@ func configOf(snap Snapshot, backend string, fallback plan.Config, rep *Report) 
 	}
 	rep.recorded = true
 	return found.Config, "record " + found.Sum
+}
+
+// comments returns the comments of every rule of s's nat table.
+func comments(s *Save) []string {
+	var out []string
+	for _, c := range s.Tables[plan.Table].Chains {
+		for _, r := range c.Rules {
+			if r.Comment != "" {
+				out = append(out, r.Comment)
+			}
+		}
+	}
+	return out
 }
 
 // compare checks one family of the backend holding Detour's rules against the plan.
@@ -423,8 +432,8 @@ func (rep *Report) otherBackend(s *Save, backend string, f plan.Family, detourBa
 			if eff, ok := effect(s, r, true); ok {
 				rv.Effect = eff.text
 				rep.Findings = append(rep.Findings, Finding{Kind: OtherBackend, Family: f.String(), Backend: backend, Rule: r.Line, Ports: eff.ports,
-					Detail: fmt.Sprintf("iptables-%s, which Detour does not use here, holds a %s rule that %s for %s; it runs beside Detour's iptables-%s rules in an order the kernel does not define",
-						backend, chain, eff.text, traffic(r), detourBackend),
+					Detail: fmt.Sprintf("iptables-%s, which Detour does not use here, holds %s rule %d, which for %s %s; it runs beside Detour's iptables-%s rules, in an order the kernel does not define",
+						backend, chain, r.Index, traffic(r), eff.text, detourBackend),
 					Hint: fmt.Sprintf("move it to iptables-%s, or remove it (iptables-%s -t nat -D %s %d)", detourBackend, backend, chain, r.Index)})
 			}
 			cv.Rules = append(cv.Rules, rv)

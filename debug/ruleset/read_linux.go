@@ -43,3 +43,23 @@ func Read(ns *netns.NS) (Snapshot, error) {
 	})
 	return snap, err
 }
+
+// RecordedPod reads the pod that the record of ns's Detour rules names (init's --pod-name and
+// --pod-namespace); ok is false when there are no rules, no record, or it names no pod.
+func RecordedPod(ns *netns.NS) (namespace, name string, ok bool) {
+	snap, err := Read(ns)
+	if err != nil {
+		return "", "", false
+	}
+	for _, b := range Backends {
+		for _, s := range snap.Saves[b] {
+			if s == nil || !hasDetour(s) {
+				continue
+			}
+			if rec, err := plan.ReadRecord(comments(s)); err == nil && rec.Config.PodName != "" {
+				return rec.Config.PodNamespace, rec.Config.PodName, true
+			}
+		}
+	}
+	return "", "", false
+}

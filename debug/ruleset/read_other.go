@@ -12,3 +12,6 @@ import (
 func Read(*netns.NS) (Snapshot, error) {
 	return Snapshot{}, errors.New("reading iptables rules needs Linux")
 }
+
+// RecordedPod is only implemented on Linux.
+func RecordedPod(*netns.NS) (namespace, name string, ok bool) { return "", "", false }

@@ -120,7 +120,7 @@ func TestAnalyze(t *testing.T) {
 			},
 			ports: []uint16{80, 443, 6379}},
 		{name: "Detour in legacy, a DNAT in nft", snap: "other-backend", proxy: proxy, kinds: []string{"IPv4 other-backend"},
-			contains: []string{"iptables-nft, which Detour does not use here, holds a OUTPUT rule that sends it elsewhere (DNAT --to-destination 198.18.0.50:80)",
+			contains: []string{"iptables-nft, which Detour does not use here, holds OUTPUT rule 1, which for traffic matching -d 198.19.0.0/16 -p tcp sends it elsewhere (DNAT --to-destination 198.18.0.50:80)",
 				"runs beside Detour's iptables-legacy rules"}},
 		{name: "Detour in both backends", snap: "both-backends", proxy: proxy, kinds: []string{" both-backends"},
 			contains: []string{"packets traverse both", "detour init --remove --backend legacy"}},
