@@ -16,7 +16,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInitCommand(), newProxyCommand(), newDemoCommand(), newControllerCommand())
+	root.AddCommand(newInitCommand(), newProxyCommand(), newDemoCommand(), newControllerCommand(), newDebugCommand())
 	return root
 }
 
