@@ -48,42 +48,67 @@ type connInfo struct {
 	conn     *net.TCPConn
 	client   netip.AddrPort
 
-	mu        sync.Mutex // guards endpoints and other
-	endpoints map[netip.AddrPort]int64
-	other     int64
+	// endpoints counts the connection's requests per endpoint. Counting is on the data path
+	// (every HTTP/2 stream), so it takes no lock: the list is replaced, under mu, only when a
+	// new endpoint appears, which a connection's first requests to each endpoint do.
+	endpoints atomic.Pointer[[]*endpointCount]
+	other     atomic.Int64 // requests to endpoints beyond maxConnEndpoints
+	mu        sync.Mutex
 }
 
-// sentTo counts one request of the connection sent to addr. The HTTP/2 engine calls it from the
-// connection's read loop, so the lock is uncontended but for /debug/connections.
+type endpointCount struct {
+	addr netip.AddrPort
+	n    atomic.Int64
+}
+
+// sentTo counts one request of the connection sent to addr.
 func (c *connInfo) sentTo(addr netip.AddrPort) {
-	c.mu.Lock()
-	switch _, known := c.endpoints[addr]; {
-	case known:
-		c.endpoints[addr]++
-	case len(c.endpoints) >= maxConnEndpoints:
-		c.other++
-	default:
-		if c.endpoints == nil {
-			c.endpoints = map[netip.AddrPort]int64{}
+	if l := c.endpoints.Load(); l != nil {
+		for _, e := range *l {
+			if e.addr == addr {
+				e.n.Add(1)
+				return
+			}
 		}
-		c.endpoints[addr] = 1
 	}
-	c.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var cur []*endpointCount
+	if l := c.endpoints.Load(); l != nil {
+		cur = *l
+	}
+	for _, e := range cur {
+		if e.addr == addr { // added meanwhile
+			e.n.Add(1)
+			return
+		}
+	}
+	if len(cur) >= maxConnEndpoints {
+		c.other.Add(1)
+		return
+	}
+	e := &endpointCount{addr: addr}
+	e.n.Store(1)
+	next := append(append(make([]*endpointCount, 0, len(cur)+1), cur...), e)
+	c.endpoints.Store(&next)
 }
 
 func (c *connInfo) endpointDocs() []endpointUse {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.endpoints) == 0 && c.other == 0 {
+	var cur []*endpointCount
+	if l := c.endpoints.Load(); l != nil {
+		cur = *l
+	}
+	other := c.other.Load()
+	if len(cur) == 0 && other == 0 {
 		return nil
 	}
-	out := make([]endpointUse, 0, len(c.endpoints)+1)
-	for a, n := range c.endpoints {
-		out = append(out, endpointUse{Address: a.String(), Requests: n})
+	out := make([]endpointUse, 0, len(cur)+1)
+	for _, e := range cur {
+		out = append(out, endpointUse{Address: e.addr.String(), Requests: e.n.Load()})
 	}
 	slices.SortFunc(out, func(a, b endpointUse) int { return cmp.Compare(a.Address, b.Address) })
-	if c.other > 0 {
-		out = append(out, endpointUse{Address: "other", Requests: c.other})
+	if other > 0 {
+		out = append(out, endpointUse{Address: "other", Requests: other})
 	}
 	return out
 }

@@ -232,7 +232,8 @@ func (p *Proxy) routeH2Outbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error
 	if info, ok := h.Conn.Owner.(*connInfo); ok {
 		info.sentTo(pk.addr)
 	}
-	return h2.Route{Addr: pk.addr, Done: func(r h2.Result) { pk.done(h2Outcome(r)) }}, nil
+	done := pk.done // the closure keeps only what it calls
+	return h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}, nil
 }
 
 func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error) {
@@ -243,7 +244,8 @@ func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error)
 	if info, ok := h.Conn.Owner.(*connInfo); ok {
 		info.sentTo(pk.addr)
 	}
-	route := h2.Route{Addr: pk.addr, Done: func(r h2.Result) { pk.done(h2Outcome(r)) }}
+	done := pk.done
+	route := h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}
 	if denied != "" {
 		return route, &h2.Refusal{Message: denied} // 403, or gRPC PERMISSION_DENIED
 	}
@@ -258,7 +260,8 @@ func (p *Proxy) routeH1Outbound(dst netip.AddrPort, r *http.Request) (http1.Rout
 	if err != nil {
 		return http1.Route{}, err
 	}
-	return http1.Route{Addr: pk.addr, Done: func(r http1.Result) { pk.done(h1Outcome(r)) }}, nil
+	done := pk.done
+	return http1.Route{Addr: pk.addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}, nil
 }
 
 func (p *Proxy) routeH1Inbound(dst netip.AddrPort, r *http.Request) (http1.Route, error) {
@@ -266,7 +269,8 @@ func (p *Proxy) routeH1Inbound(dst netip.AddrPort, r *http.Request) (http1.Route
 	if p.tap.Active() {
 		pk = p.tapped(pk, h1TapEvent(metrics.Inbound, dst, r), nil)
 	}
-	route := http1.Route{Addr: pk.addr, Done: func(r http1.Result) { pk.done(h1Outcome(r)) }}
+	done := pk.done
+	route := http1.Route{Addr: pk.addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}
 	if denied != "" {
 		return route, &http1.Refusal{Message: denied}
 	}
