@@ -392,7 +392,7 @@ func TestDebugAgainstTheDemo(t *testing.T) {
 
 	t.Run("a healthy pod passes check", func(t *testing.T) {
 		rep := healthy(t, web)
-		for _, want := range []string{"proxy", "admin-port", "ready", "listeners", "rules-backend", "rules-plan", "rules-foreign",
+		for _, want := range []string{"proxy", "admin-port", "ready", "listeners", "proxy-uid", "rules-backend", "rules-plan", "rules-foreign",
 			"redirect-out", "redirect-in", "uid-exempt", "admin-exempt", "discovery", "controller", "trust-anchor", "certificate"} {
 			if !slices.ContainsFunc(rep.Checks, func(l checkLine) bool { return l.Check == want && l.Status == "ok" }) {
 				t.Errorf("no ok %s line", want)

@@ -263,6 +263,14 @@ func (c *checker) checkRules() {
 		proxy = &ruleset.Ports{Inbound: f.InboundPort, Outbound: f.OutboundPort, Admin: f.AdminPort}
 	}
 	c.rules = ruleset.Analyze(snap, c.fallback(), proxy)
+	if c.hasPod && c.rules.Backend != "" {
+		if uid := c.rules.Config.ProxyUID; c.pod.UID != int(uid) {
+			c.add("proxy-uid", Failed, fmt.Sprintf("the proxy runs as UID %d, but the rules exempt UID %d from the redirect: the proxy's own connections are sent back into it", c.pod.UID, uid),
+				fmt.Sprintf("run the proxy as UID %d (runAsUser), or init with --proxy-uid %d", uid, c.pod.UID))
+		} else {
+			c.add("proxy-uid", OK, fmt.Sprintf("the proxy runs as UID %d, the UID the rules exempt", uid), "")
+		}
+	}
 	byGroup := map[string][]ruleset.Finding{}
 	for _, f := range c.rules.Findings {
 		if f.Note {
@@ -271,8 +279,8 @@ func (c *checker) checkRules() {
 		byGroup[group(f.Kind)] = append(byGroup[group(f.Kind)], f)
 	}
 	for _, g := range []struct{ name, ok string }{
-		{"rules-backend", fmt.Sprintf("Detour's rules are in iptables-%s only, and the other backend holds nothing that changes TCP's path", c.rules.Backend)},
-		{"rules-plan", fmt.Sprintf("%s rules as init plans them for its flags: %s (%s)", strings.Join(c.rules.Families, " and "), c.rules.Flags, c.rules.FlagsSource)},
+		{"rules-backend", fmt.Sprintf("iptables-%s only; iptables-%s holds nothing that changes TCP's path", c.rules.Backend, otherBackend(c.rules.Backend))},
+		{"rules-plan", fmt.Sprintf("%s as planned for init's flags: %s (%s)", strings.Join(c.rules.Families, ", "), c.rules.Flags, c.rules.FlagsSource)},
 		{"rules-foreign", "no rule ahead of Detour's jumps captures or bypasses TCP"},
 	} {
 		fs := byGroup[g.name]
@@ -295,6 +303,13 @@ func (c *checker) checkRules() {
 			c.add(g.name, Failed, detail, f.Hint)
 		}
 	}
+}
+
+func otherBackend(b string) string {
+	if b == "legacy" {
+		return "nft"
+	}
+	return "legacy"
 }
 
 func group(kind string) string {
@@ -356,6 +371,11 @@ func (c *checker) redirect(ctx context.Context) {
 		return
 	case c.rules.Backend == "":
 		c.add("redirect", Skipped, "no Detour rules to prove", "")
+		return
+	case c.pod.UID != int(c.rules.Config.ProxyUID):
+		// The proof's outbound connection would be relayed by the proxy, redirected back into
+		// it, relayed again...: a loop the check must not start.
+		c.add("redirect", Skipped, "the proxy's own connections are not exempt (see proxy-uid): proving the redirect would start a loop", "")
 		return
 	}
 	var fams []plan.Family
@@ -470,6 +490,17 @@ func (c *checker) identityAndDiscovery(ctx context.Context) {
 	c.certificate(ctx)
 }
 
+// shortDuration writes d in its two largest units: 23h59m, 4m12s, 9s.
+func shortDuration(d time.Duration) string {
+	switch d = d.Round(time.Second); {
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	case d >= time.Minute:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	}
+	return d.String()
+}
+
 func plural(n int, what string) string {
 	if n == 1 {
 		return "1 " + what
@@ -574,7 +605,7 @@ func (c *checker) trustAnchor(anchors []*x509.Certificate, chain []*x509.Certifi
 			"the trust domain's CA was replaced: restart the proxy with the new ca.crt")
 		return
 	}
-	c.add("trust-anchor", OK, fmt.Sprintf("the pod's trust anchor (sha256 %s…) verifies the controller's certificate for %s", fp[:16], id), "")
+	c.add("trust-anchor", OK, fmt.Sprintf("the pod's trust anchor (sha256 %s…) verifies the controller's certificate", fp[:12]), "")
 }
 
 func (c *checker) certificate(ctx context.Context) {
@@ -608,7 +639,7 @@ func (c *checker) certificate(ctx context.Context) {
 		c.add("certificate", Failed, fmt.Sprintf("%s: renewal overdue since %s, expires in %s%s", id.ID, id.RenewAt.Format(time.RFC3339), left.Round(time.Second), why),
 			"renewal keeps failing: see the controller line; once the certificate expires meshed peers refuse the pod")
 	default:
-		c.add("certificate", OK, fmt.Sprintf("%s, serial %s, valid for %s more, renews at %s", id.ID, id.Serial, left.Round(time.Second), id.RenewAt.Format(time.RFC3339)), "")
+		c.add("certificate", OK, fmt.Sprintf("%s: valid %s more, renews in %s", id.ID, shortDuration(left), shortDuration(id.RenewAt.Sub(c.now))), "")
 	}
 }
 

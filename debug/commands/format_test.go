@@ -31,7 +31,7 @@ func TestTableFormats(t *testing.T) {
 			t.Errorf("identityPath(%q) = %q, want %q", id, got, want)
 		}
 	}
-	for ms, want := range map[float64]string{0.42: "0.42ms", 12.345: "12.3ms", 456.7: "457ms", 1234: "1.23s"} {
+	for ms, want := range map[float64]string{0.42: "0.42ms", 3.5: "3.50ms", 12.345: "12.3ms", 456.7: "457ms", 1234: "1.23s"} {
 		if got := latencyText(ms); got != want {
 			t.Errorf("latencyText(%v) = %q, want %q", ms, got, want)
 		}

@@ -133,13 +133,15 @@ func statusText(l tap.Line) string {
 	return "-"
 }
 
-// latencyText writes a latency in three significant digits: 0.42ms, 12.3ms, 456ms, 1.23s.
+// latencyText writes a latency in three significant digits: 0.42ms, 3.50ms, 12.3ms, 456ms, 1.23s.
 func latencyText(ms float64) string {
 	switch {
 	case ms >= 1000:
-		return fmt.Sprintf("%.3gs", ms/1000)
+		return fmt.Sprintf("%.2fs", ms/1000)
 	case ms >= 100:
 		return fmt.Sprintf("%.0fms", ms)
+	case ms >= 10:
+		return fmt.Sprintf("%.1fms", ms)
 	}
-	return fmt.Sprintf("%.3gms", ms)
+	return fmt.Sprintf("%.2fms", ms)
 }

@@ -147,7 +147,7 @@ func proveLanding(network string, dst netip.AddrPort, o Observer, want, who stri
 	case l.Orig != dst:
 		return Failed, fmt.Sprintf("%s -> %s landed on the proxy's %s listener, but the proxy read its original destination as %s", who, dst, want, l.Orig)
 	}
-	return OK, fmt.Sprintf("%s -> %s landed on the proxy's %s listener, original destination %s", who, dst, want, l.Orig)
+	return OK, fmt.Sprintf("%s -> %s landed on the proxy's %s listener, destination intact", who, dst, want)
 }
 
 // arrivedDirectly reports whether the connection from local is among those already waiting on
