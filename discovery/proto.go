@@ -3,6 +3,7 @@ package discovery
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/detourmesh/detour/api/discoverypb"
@@ -53,11 +54,16 @@ func EntryFromProto(pb *discoverypb.Service, field string) (*Service, error) {
 	if err := checkServiceName(pb.GetName()); err != nil {
 		return nil, protoError(join(field, "name"), err.Error())
 	}
-	svc := &Service{Name: pb.GetName(), Unresolved: true}
+	svc := &Service{Name: pb.GetName(), Unresolved: true,
+		Addresses: make([]netip.AddrPort, 0, len(pb.GetAddresses()))}
+	if n := len(pb.GetAuthorities()); n > 0 {
+		svc.Authorities = make([]string, 0, n)
+	}
 	if len(pb.GetAddresses())+len(pb.GetAuthorities()) == 0 {
 		return nil, protoError(join(field, "addresses"), "a service needs at least one address (a VIP like \"198.19.0.10:80\" or an authority like \"stockdata.stocks:80\")")
 	}
-	seenAddr := make(map[netip.AddrPort]bool, len(pb.GetAddresses()))
+	// A service has a handful of destinations: a scan for duplicates costs less than a map,
+	// and a table of thousands of services is checked without thousands of maps.
 	for i, s := range pb.GetAddresses() {
 		f := field + ".addresses[" + strconv.Itoa(i) + "]"
 		ap, authority, err := parseDestination(s)
@@ -66,13 +72,11 @@ func EntryFromProto(pb *discoverypb.Service, field string) (*Service, error) {
 			return nil, protoError(f, err.Error())
 		case authority != "":
 			return nil, protoError(f, fmt.Sprintf("%q is an authority: it belongs in authorities", s))
-		case seenAddr[ap]:
+		case slices.Contains(svc.Addresses, ap):
 			return nil, protoError(f, ap.String()+" is listed twice")
 		}
-		seenAddr[ap] = true
 		svc.Addresses = append(svc.Addresses, ap)
 	}
-	seenAuth := make(map[string]bool, len(pb.GetAuthorities()))
 	for i, s := range pb.GetAuthorities() {
 		f := field + ".authorities[" + strconv.Itoa(i) + "]"
 		_, authority, err := parseDestination(s)
@@ -81,10 +85,9 @@ func EntryFromProto(pb *discoverypb.Service, field string) (*Service, error) {
 			return nil, protoError(f, err.Error())
 		case authority == "":
 			return nil, protoError(f, fmt.Sprintf("%q is an IP address: it belongs in addresses", s))
-		case seenAuth[authority]:
+		case slices.Contains(svc.Authorities, authority):
 			return nil, protoError(f, authority+" is listed twice")
 		}
-		seenAuth[authority] = true
 		svc.Authorities = append(svc.Authorities, authority)
 	}
 	if p := pb.GetProtocol(); p != "" {
@@ -152,13 +155,14 @@ func protoError(field, msg string) error {
 // Table is a service table under construction from entries that each passed EntryFromProto: it
 // checks the rule that spans entries, that a name and a destination select one service.
 type Table struct {
-	names map[string]bool
-	dests map[string]string // address or authority -> service
+	names       map[string]bool
+	addrs       map[netip.AddrPort]string // VIP -> service
+	authorities map[string]string         // authority -> service
 }
 
 // NewTable returns an empty table with room for n services.
 func NewTable(n int) *Table {
-	return &Table{names: make(map[string]bool, n), dests: make(map[string]string, 2*n)}
+	return &Table{names: make(map[string]bool, n), addrs: make(map[netip.AddrPort]string, n), authorities: make(map[string]string, n)}
 }
 
 // Add adds svc, or says which rule it breaks.
@@ -167,22 +171,17 @@ func (t *Table) Add(svc *Service) error {
 		return protoError("services", fmt.Sprintf("service %q is defined twice", svc.Name))
 	}
 	t.names[svc.Name] = true
-	claim := func(d string) error {
-		if prev, dup := t.dests[d]; dup {
-			return protoError("services", fmt.Sprintf("%s is used by services %q and %q; an address selects one service", d, prev, svc.Name))
-		}
-		t.dests[d] = svc.Name
-		return nil
-	}
 	for _, a := range svc.Addresses {
-		if err := claim(a.String()); err != nil {
-			return err
+		if prev, dup := t.addrs[a]; dup {
+			return protoError("services", fmt.Sprintf("%s is used by services %q and %q; an address selects one service", a, prev, svc.Name))
 		}
+		t.addrs[a] = svc.Name
 	}
 	for _, a := range svc.Authorities {
-		if err := claim(a); err != nil {
-			return err
+		if prev, dup := t.authorities[a]; dup {
+			return protoError("services", fmt.Sprintf("%s is used by services %q and %q; an address selects one service", a, prev, svc.Name))
 		}
+		t.authorities[a] = svc.Name
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -97,6 +98,7 @@ func NewServer(cfg Config) *Server {
 func (s *Server) Run(ctx context.Context) error {
 	defer close(s.stopped)
 	for snap := range s.src.Watch(ctx) {
+		start := time.Now()
 		s.mu.Lock()
 		prev := s.cur
 		st := next(prev, snap)
@@ -122,7 +124,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		if prev != nil {
 			s.log.Info("discovery change", "table", st.table, "table_changed", st.tableChanged,
-				"services_changed", len(st.changed), "streams", woken)
+				"services_changed", len(st.changed), "streams", woken, "took", time.Since(start))
 		}
 	}
 	return nil

