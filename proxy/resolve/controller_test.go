@@ -190,15 +190,6 @@ func until(t *testing.T, ch <-chan *discovery.Snapshot, what string, ok func(*di
 	}
 }
 
-// next receives from a Watch channel until a snapshot has vip.
-func next(t *testing.T, ch <-chan *discovery.Snapshot, vip string) *discovery.Snapshot {
-	t.Helper()
-	return until(t, ch, "with "+vip, func(s *discovery.Snapshot) bool {
-		_, found := s.Lookup(netip.MustParseAddrPort(vip))
-		return found
-	})
-}
-
 // endpointsOf returns the addresses of the named service's endpoints, or "unresolved".
 func endpointsOf(s *discovery.Snapshot, name string) string {
 	svc, ok := s.Service(name)
