@@ -11,8 +11,8 @@ import (
 	"time"
 )
 
-// Source delivers discovery snapshots as they change: the file source here, the controller's
-// gRPC Watch later.
+// Source delivers discovery snapshots as they change: the discovery file (File), the Kubernetes
+// API (the controller's), the controller's Discovery service (the proxy's, proxy/resolve).
 type Source interface {
 	// Watch returns a channel that delivers the current snapshot at once and then every new
 	// one. It does not block. Each call starts one goroutine, owned by the source, that runs
@@ -20,7 +20,25 @@ type Source interface {
 	// consumer that falls behind receives the newest, never a backlog, so it may skip versions
 	// but never sees an old one after a newer one. Every snapshot delivered is valid; a source
 	// that fails to produce a new one keeps the last good one and says why in its log.
+	//
+	// A service unchanged between two snapshots SHOULD be the same *Service in both: consumers
+	// (the controller's delta computation, the proxy's routing table) compare by pointer first
+	// and by value (Service.Equal) only when the pointers differ, so a source that keeps its
+	// pointers makes a change cost what changed, not the size of the mesh. File does this.
 	Watch(ctx context.Context) <-chan *Snapshot
+}
+
+// Subscriber is a Source whose snapshots leave services Unresolved until they are used: the
+// proxy's client of the controller learns every service's destinations but the endpoints only
+// of the services the proxy routes to. The proxy calls Use from connection goroutines,
+// concurrently; it does not block.
+type Subscriber interface {
+	Source
+	// Use says the proxy routes to the service named name until release is called (once): the
+	// source resolves the service's endpoints if it has not (a later snapshot has it with
+	// Unresolved false) and follows them while any use is held and for a grace period after
+	// the last release.
+	Use(name string) (release func())
 }
 
 // FileOptions tunes a File source. The zero value is ready to use.
@@ -113,6 +131,7 @@ func (f *File) poll(ctx context.Context, ch chan *Snapshot) {
 		case <-t.C:
 		}
 		if snap := p.once(time.Now()); snap != nil {
+			keepUnchanged(f.current.Load(), snap)
 			f.current.Store(snap)
 			// Latest wins: this goroutine is the only sender, so after dropping a stale
 			// snapshot the send cannot block.

@@ -6,7 +6,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// The file format, as Format and FromProto write it. Parse does not decode into these types (it
+// The file format, as Format writes it. Parse does not decode into these types (it
 // walks the YAML node tree to report lines and strict errors), but the field names are the same
 // contract. Zero values are left out, so they mean what an absent field means.
 type (

@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -113,6 +114,23 @@ type Service struct {
 	// Endpoints are the backends, in file order. A service may have none: it is known, but a
 	// request to it fails rather than leaving the mesh.
 	Endpoints []Endpoint
+	// Unresolved says the source has not given the service's endpoints yet: Endpoints is empty
+	// because nobody asked, not because there are none. A Source that is a Subscriber resolves a
+	// service when the proxy first uses it; the file source resolves every service.
+	Unresolved bool
+}
+
+// EqualEntry reports whether s and o are the same table entry: the same name, destinations and
+// policy, whatever their endpoints. A field added to Service must be added here.
+func (s *Service) EqualEntry(o *Service) bool {
+	return s.Name == o.Name && slices.Equal(s.Addresses, o.Addresses) && slices.Equal(s.Authorities, o.Authorities) &&
+		s.Protocol == o.Protocol && s.Balancer == o.Balancer
+}
+
+// Equal reports whether s and o describe the same service: the same entry, resolution and
+// endpoints in the same order.
+func (s *Service) Equal(o *Service) bool {
+	return s == o || s.EqualEntry(o) && s.Unresolved == o.Unresolved && slices.Equal(s.Endpoints, o.Endpoints)
 }
 
 // Snapshot is one immutable, consistent view of discovery. It is safe for concurrent use, and
@@ -120,36 +138,96 @@ type Service struct {
 type Snapshot struct {
 	trustDomain TrustDomain
 	services    []*Service
-	byAddr      map[netip.AddrPort]*Service
-	byAuthority map[string]*Service
-	revision    string
+	*index
+	revision string
+}
+
+// index maps destinations and names to positions in a snapshot's services. It depends only on
+// the services' names and destinations, so snapshots that differ only in endpoints share it
+// (WithServices): a change of one service's endpoints costs a copy of the services slice, not
+// a rebuild of the maps.
+type index struct {
+	byAddr      map[netip.AddrPort]int32
+	byAuthority map[string]int32
+	byName      map[string]int32
 }
 
 // NewSnapshot builds a snapshot from services that the caller has already validated (Parse does
-// this for the file source). It indexes every address and authority; when two services claim the
-// same destination the first one wins. The snapshot takes ownership of services.
+// this for the file source). It indexes every address, authority and name; when two services
+// claim the same destination (or name) the first one wins. The snapshot takes ownership of
+// services.
 func NewSnapshot(td TrustDomain, revision string, services []*Service) *Snapshot {
-	s := &Snapshot{
-		trustDomain: td,
-		services:    services,
-		byAddr:      make(map[netip.AddrPort]*Service),
-		byAuthority: make(map[string]*Service),
-		revision:    revision,
+	ix := &index{
+		byAddr:      make(map[netip.AddrPort]int32, len(services)),
+		byAuthority: make(map[string]int32, len(services)),
+		byName:      make(map[string]int32, len(services)),
 	}
-	for _, svc := range services {
+	for i, svc := range services {
 		for _, a := range svc.Addresses {
 			a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
-			if _, dup := s.byAddr[a]; !dup {
-				s.byAddr[a] = svc
+			if _, dup := ix.byAddr[a]; !dup {
+				ix.byAddr[a] = int32(i)
 			}
 		}
 		for _, a := range svc.Authorities {
-			if _, dup := s.byAuthority[a]; !dup {
-				s.byAuthority[a] = svc
+			if _, dup := ix.byAuthority[a]; !dup {
+				ix.byAuthority[a] = int32(i)
 			}
 		}
+		if _, dup := ix.byName[svc.Name]; !dup {
+			ix.byName[svc.Name] = int32(i)
+		}
 	}
-	return s
+	return &Snapshot{trustDomain: td, services: services, index: ix, revision: revision}
+}
+
+// Service returns the service named name.
+func (s *Snapshot) Service(name string) (*Service, bool) {
+	i, ok := s.byName[name]
+	if !ok {
+		return nil, false
+	}
+	return s.services[i], true
+}
+
+// WithServices returns a snapshot like s in which each of replace takes the place of the
+// service of the same name, with revision rev. When the replacements keep their names,
+// addresses and authorities (an endpoint change), the new snapshot shares s's index and costs
+// one copy of the services slice; otherwise it is built anew, a replacement whose name s does
+// not have being added at the end. s is not changed.
+func (s *Snapshot) WithServices(rev string, replace ...*Service) *Snapshot {
+	services := slices.Clone(s.services)
+	shared := true
+	for _, r := range replace {
+		i, ok := s.byName[r.Name]
+		if !ok {
+			services = append(services, r)
+			shared = false
+			continue
+		}
+		old := services[i]
+		if !slices.Equal(old.Addresses, r.Addresses) || !slices.Equal(old.Authorities, r.Authorities) {
+			shared = false
+		}
+		services[i] = r
+	}
+	if !shared {
+		return NewSnapshot(s.trustDomain, rev, services)
+	}
+	return &Snapshot{trustDomain: s.trustDomain, services: services, index: s.index, revision: rev}
+}
+
+// keepUnchanged makes next use prev's *Service for every service equal in both, so consumers
+// that diff snapshots by pointer (Source) see only what changed. next must not be shared yet.
+func keepUnchanged(prev, next *Snapshot) {
+	if prev == nil {
+		return
+	}
+	for i, svc := range next.services {
+		if old, ok := prev.Service(svc.Name); ok && old.Equal(svc) {
+			next.services[i] = old
+		}
+	}
 }
 
 // TrustDomain is the trust domain every meshed identity in the snapshot belongs to.
@@ -170,8 +248,11 @@ func (s *Snapshot) Lookup(dst netip.AddrPort) (*Service, bool) {
 	if dst.Addr().Is4In6() {
 		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	}
-	svc, ok := s.byAddr[dst]
-	return svc, ok
+	i, ok := s.byAddr[dst]
+	if !ok {
+		return nil, false
+	}
+	return s.services[i], true
 }
 
 // maxAuthority bounds the authorities LookupAuthority normalizes on the stack; a DNS name is at
@@ -217,8 +298,11 @@ func (s *Snapshot) LookupAuthority(authority string) (*Service, bool) {
 	n++
 	n += copy(buf[n:], port)
 	// The compiler turns a map index by string(bytes) into a lookup without a copy.
-	svc, ok := s.byAuthority[string(buf[:n])]
-	return svc, ok
+	i, ok := s.byAuthority[string(buf[:n])]
+	if !ok {
+		return nil, false
+	}
+	return s.services[i], true
 }
 
 // looksLikeIP reports whether host can only be an IP literal, so that host names skip

@@ -1,123 +1,187 @@
 package discovery
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"strconv"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/detourmesh/detour/api/discoverypb"
 )
 
-// ToProto converts a snapshot to its wire form, the message the controller's Watch streams. It
-// is the inverse of FromProto: FromProto(ToProto(s)) equals s.
-func ToProto(s *Snapshot) *discoverypb.Snapshot {
-	pb := &discoverypb.Snapshot{
-		Revision:    s.revision,
-		TrustDomain: string(s.trustDomain),
-		Services:    make([]*discoverypb.Service, 0, len(s.services)),
+// The controller's Discovery service sends the model in pieces (api/discoverypb): table entries
+// (a Service without its endpoints) and endpoints, each converted here. What comes from the
+// controller is checked by the same functions, with the same rules, as what Parse reads from a
+// discovery file (a test holds the two to agreement), so a proxy accepts from the controller
+// precisely what it would accept from a file. Rules that span several pieces (a destination
+// selects one service, an endpoint address is listed once per service) are the receiver's to
+// check on the whole it builds: Table and EndpointSet do.
+
+// ProtoSource names what came from the controller in errors, where the discovery file's errors
+// name the file.
+const ProtoSource = "controller"
+
+// EntryToProto converts a service's table entry (everything but its endpoints) to its wire form.
+func EntryToProto(s *Service) *discoverypb.Service {
+	pb := &discoverypb.Service{
+		Name:        s.Name,
+		Addresses:   make([]string, 0, len(s.Addresses)),
+		Authorities: s.Authorities,
+		Protocol:    s.Protocol.String(),
+		Balancer:    s.Balancer.String(),
 	}
-	for _, svc := range s.services {
-		ps := &discoverypb.Service{
-			Name:        svc.Name,
-			Addresses:   make([]string, 0, len(svc.Addresses)),
-			Authorities: svc.Authorities,
-			Protocol:    svc.Protocol.String(),
-			Balancer:    svc.Balancer.String(),
-			Endpoints:   make([]*discoverypb.Endpoint, 0, len(svc.Endpoints)),
-		}
-		for _, a := range svc.Addresses {
-			ps.Addresses = append(ps.Addresses, a.String())
-		}
-		for _, ep := range svc.Endpoints {
-			ps.Endpoints = append(ps.Endpoints, &discoverypb.Endpoint{
-				Address:  ep.Addr.String(),
-				Identity: ep.Identity,
-				Weight:   ep.Weight,
-				Zone:     ep.Zone,
-			})
-		}
-		pb.Services = append(pb.Services, ps)
+	for _, a := range s.Addresses {
+		pb.Addresses = append(pb.Addresses, a.String())
 	}
 	return pb
 }
 
-// ProtoSource names snapshots that came from the controller in FromProto's errors, where the
-// discovery file's errors name the file.
-const ProtoSource = "controller snapshot"
+// EndpointToProto converts an endpoint to its wire form.
+func EndpointToProto(e *Endpoint) *discoverypb.Endpoint {
+	return &discoverypb.Endpoint{Address: e.Addr.String(), Identity: e.Identity, Weight: e.Weight, Zone: e.Zone}
+}
 
-// FromProto converts a snapshot received from the controller and validates it exactly as Parse
-// validates a discovery file, because it is checked by Parse itself: the message is written out
-// in the file format and parsed. A proxy therefore accepts from the controller precisely what it
-// would accept from a file, and a future rule added to Parse applies to both. The cost, a YAML
-// round trip per snapshot, is paid once per change, not per connection.
+// EntryFromProto validates a table entry from the controller and returns it as a Service with
+// no endpoints and Unresolved set. field names the entry in errors ("table.services[3]").
 //
 // proto3 cannot tell an absent field from its zero value, so the zero values mean what an
-// absent field means in the file: trust_domain "" is cluster.local, protocol "" is auto,
-// balancer "" is p2c-ewma, weight 0 is 1, identity "" is not meshed. addresses must hold IP:port
-// VIPs and authorities host:port names. Errors are an ErrorList naming the field
-// ("services[0].endpoints[1].address") with no line numbers; an empty revision is replaced by a
-// hash of the content.
-func FromProto(pb *discoverypb.Snapshot) (*Snapshot, error) {
+// absent field means in the file: protocol "" is auto, balancer "" is p2c-ewma. addresses must
+// hold IP:port VIPs and authorities host:port names, at least one in all.
+func EntryFromProto(pb *discoverypb.Service, field string) (*Service, error) {
 	if pb == nil {
-		return nil, ErrorList{{File: ProtoSource, Msg: "no snapshot"}}
+		return nil, protoError(field, "no service")
 	}
-	doc := fileDoc{TrustDomain: pb.GetTrustDomain(), Services: make([]fileService, 0, len(pb.GetServices()))}
-	for _, ps := range pb.GetServices() {
-		s := fileService{
-			Name:      ps.GetName(),
-			Addresses: append(append(make([]string, 0, len(ps.GetAddresses())+len(ps.GetAuthorities())), ps.GetAddresses()...), ps.GetAuthorities()...),
-			Protocol:  ps.GetProtocol(),
-			Balancer:  ps.GetBalancer(),
-			Endpoints: make([]fileEndpoint, 0, len(ps.GetEndpoints())),
+	if err := checkServiceName(pb.GetName()); err != nil {
+		return nil, protoError(join(field, "name"), err.Error())
+	}
+	svc := &Service{Name: pb.GetName(), Unresolved: true,
+		Addresses: make([]netip.AddrPort, 0, len(pb.GetAddresses()))}
+	if n := len(pb.GetAuthorities()); n > 0 {
+		svc.Authorities = make([]string, 0, n)
+	}
+	if len(pb.GetAddresses())+len(pb.GetAuthorities()) == 0 {
+		return nil, protoError(join(field, "addresses"), "a service needs at least one address (a VIP like \"198.19.0.10:80\" or an authority like \"stockdata.stocks:80\")")
+	}
+	// A service has a handful of destinations: a scan for duplicates costs less than a map,
+	// and a table of thousands of services is checked without thousands of maps.
+	for i, s := range pb.GetAddresses() {
+		f := field + ".addresses[" + strconv.Itoa(i) + "]"
+		ap, authority, err := parseDestination(s)
+		switch {
+		case err != nil:
+			return nil, protoError(f, err.Error())
+		case authority != "":
+			return nil, protoError(f, fmt.Sprintf("%q is an authority: it belongs in authorities", s))
+		case slices.Contains(svc.Addresses, ap):
+			return nil, protoError(f, ap.String()+" is listed twice")
 		}
-		for _, ep := range ps.GetEndpoints() {
-			s.Endpoints = append(s.Endpoints, fileEndpoint{
-				Address:  ep.GetAddress(),
-				Identity: ep.GetIdentity(),
-				Weight:   ep.GetWeight(),
-				Zone:     ep.GetZone(),
-			})
+		svc.Addresses = append(svc.Addresses, ap)
+	}
+	for i, s := range pb.GetAuthorities() {
+		f := field + ".authorities[" + strconv.Itoa(i) + "]"
+		_, authority, err := parseDestination(s)
+		switch {
+		case err != nil:
+			return nil, protoError(f, err.Error())
+		case authority == "":
+			return nil, protoError(f, fmt.Sprintf("%q is an IP address: it belongs in addresses", s))
+		case slices.Contains(svc.Authorities, authority):
+			return nil, protoError(f, authority+" is listed twice")
 		}
-		doc.Services = append(doc.Services, s)
+		svc.Authorities = append(svc.Authorities, authority)
 	}
-	var b bytes.Buffer
-	enc := yaml.NewEncoder(&b)
-	if err := enc.Encode(doc); err != nil {
-		return nil, ErrorList{{File: ProtoSource, Msg: fmt.Sprintf("cannot encode: %v", err)}}
+	if p := pb.GetProtocol(); p != "" {
+		proto, ok := ParseProtocol(p)
+		if !ok {
+			return nil, protoError(join(field, "protocol"), fmt.Sprintf("unknown protocol %q (want auto, http1, http2 or opaque)", p))
+		}
+		svc.Protocol = proto
 	}
-	if err := enc.Close(); err != nil {
-		return nil, ErrorList{{File: ProtoSource, Msg: fmt.Sprintf("cannot encode: %v", err)}}
+	if b := pb.GetBalancer(); b != "" {
+		bal, ok := ParseBalancer(b)
+		if !ok {
+			return nil, protoError(join(field, "balancer"), fmt.Sprintf("unknown balancer %q (want p2c-ewma or round-robin)", b))
+		}
+		svc.Balancer = bal
 	}
-	snap, err := Parse(ProtoSource, b.Bytes())
+	return svc, nil
+}
+
+// EndpointFromProto validates an endpoint from the controller, whose identity must be in td.
+// Weight 0 means 1 (an absent weight); identity "" means not meshed.
+func EndpointFromProto(pb *discoverypb.Endpoint, td TrustDomain, field string) (Endpoint, error) {
+	if pb == nil {
+		return Endpoint{}, protoError(field, "no endpoint")
+	}
+	ap, err := parseAddrPort(pb.GetAddress())
 	if err != nil {
-		// Lines of a document the sender never saw would only mislead; the field path stays.
-		var list ErrorList
-		if errors.As(err, &list) {
-			for _, e := range list {
-				e.Line = 0
-			}
+		return Endpoint{}, protoError(join(field, "address"), err.Error())
+	}
+	ep := Endpoint{Addr: ap, Weight: max(pb.GetWeight(), 1)}
+	if id := pb.GetIdentity(); id != "" {
+		if err := td.CheckID(id); err != nil {
+			return Endpoint{}, protoError(join(field, "identity"), err.Error())
 		}
-		return nil, err
+		ep.Identity = id
 	}
-	// The file format has one address list; the message keeps VIPs and authorities apart, and
-	// each must be what its list says.
-	var list ErrorList
-	for i, ps := range pb.GetServices() {
-		svc := snap.services[i]
-		if len(svc.Addresses) != len(ps.GetAddresses()) || len(svc.Authorities) != len(ps.GetAuthorities()) {
-			list = append(list, &Error{File: ProtoSource, Field: "services[" + strconv.Itoa(i) + "]",
-				Msg: "addresses must be IP:port VIPs and authorities host:port names; an entry is in the wrong list"})
+	if err := checkZone(pb.GetZone()); err != nil {
+		return Endpoint{}, protoError(join(field, "zone"), err.Error())
+	}
+	ep.Zone = pb.GetZone()
+	return ep, nil
+}
+
+// ParseEndpointAddress validates the address of an endpoint the controller says was removed.
+func ParseEndpointAddress(s, field string) (netip.AddrPort, error) {
+	ap, err := parseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, protoError(field, err.Error())
+	}
+	return ap, nil
+}
+
+// CheckServiceName validates a service name as the discovery file requires it.
+func CheckServiceName(s, field string) error {
+	if err := checkServiceName(s); err != nil {
+		return protoError(field, err.Error())
+	}
+	return nil
+}
+
+func protoError(field, msg string) error {
+	return ErrorList{{File: ProtoSource, Field: field, Msg: msg}}
+}
+
+// Table is a service table under construction from entries that each passed EntryFromProto: it
+// checks the rule that spans entries, that a name and a destination select one service.
+type Table struct {
+	names       map[string]bool
+	addrs       map[netip.AddrPort]string // VIP -> service
+	authorities map[string]string         // authority -> service
+}
+
+// NewTable returns an empty table with room for n services.
+func NewTable(n int) *Table {
+	return &Table{names: make(map[string]bool, n), addrs: make(map[netip.AddrPort]string, n), authorities: make(map[string]string, n)}
+}
+
+// Add adds svc, or says which rule it breaks.
+func (t *Table) Add(svc *Service) error {
+	if t.names[svc.Name] {
+		return protoError("services", fmt.Sprintf("service %q is defined twice", svc.Name))
+	}
+	t.names[svc.Name] = true
+	for _, a := range svc.Addresses {
+		if prev, dup := t.addrs[a]; dup {
+			return protoError("services", fmt.Sprintf("%s is used by services %q and %q; an address selects one service", a, prev, svc.Name))
 		}
+		t.addrs[a] = svc.Name
 	}
-	if len(list) > 0 {
-		return nil, list
+	for _, a := range svc.Authorities {
+		if prev, dup := t.authorities[a]; dup {
+			return protoError("services", fmt.Sprintf("%s is used by services %q and %q; an address selects one service", a, prev, svc.Name))
+		}
+		t.authorities[a] = svc.Name
 	}
-	rev := pb.GetRevision()
-	if rev == "" {
-		rev = snap.revision
-	}
-	return NewSnapshot(snap.trustDomain, rev, snap.services), nil
+	return nil
 }

@@ -626,10 +626,10 @@ func TestIdentityChangeRetiresPooledConnections(t *testing.T) {
 	}
 }
 
-// TestControllerWatchNeedsACredential: a client in a pod that reaches the controller and
+// TestControllerStreamNeedsACredential: a client in a pod that reaches the controller and
 // verifies it, but proves no identity, learns nothing from discovery; the same client with a
 // bootstrap token is served.
-func TestControllerWatchNeedsACredential(t *testing.T) {
+func TestControllerStreamNeedsACredential(t *testing.T) {
 	topo := nstestTopology(t)
 	ca := newMeshCA(t, topo, time.Hour)
 	pod := addPod(t, topo, "client")
@@ -654,14 +654,17 @@ func TestControllerWatchNeedsACredential(t *testing.T) {
 	}
 	t.Cleanup(func() { cc.Close() })
 	client := discoverypb.NewDiscoveryClient(cc)
-	// watch returns the first snapshot or the error, waiting while the controller starts.
-	watch := func(ctx context.Context) (*discoverypb.Snapshot, error) {
+	// watch returns the first response or the error, waiting while the controller starts.
+	watch := func(ctx context.Context) (*discoverypb.DiscoveryResponse, error) {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			stream, err := client.Watch(cctx, &discoverypb.WatchRequest{})
-			var pb *discoverypb.Snapshot
+			stream, err := client.Stream(cctx)
+			var pb *discoverypb.DiscoveryResponse
 			if err == nil {
+				err = stream.Send(&discoverypb.DiscoveryRequest{})
+			}
+			if err == nil || err == io.EOF {
 				pb, err = stream.Recv()
 			}
 			cancel()
@@ -674,11 +677,11 @@ func TestControllerWatchNeedsACredential(t *testing.T) {
 
 	pb, err := watch(context.Background())
 	if st := status.Convert(err); st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "--identity-token") {
-		t.Fatalf("Watch without a credential: %v (%d services), want Unauthenticated saying what to present", err, len(pb.GetServices()))
+		t.Fatalf("Stream without a credential: %v (%d services), want Unauthenticated saying what to present", err, len(pb.GetTable().GetServices()))
 	}
 	refusal := "peer=" + pod.IPv4.String() + ":"
 	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if logged := ca.ctrlLog.String(); strings.Contains(logged, "discovery watch refused") && strings.Contains(logged, refusal) {
+		if logged := ca.ctrlLog.String(); strings.Contains(logged, "discovery stream refused") && strings.Contains(logged, refusal) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -689,7 +692,7 @@ func TestControllerWatchNeedsACredential(t *testing.T) {
 	// The control run: the same client, over the same TLS, with a bootstrap token.
 	token := strings.TrimSpace(mustRead(t, tokenFile))
 	pb, err = watch(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token))
-	if err != nil || len(pb.GetServices()) != 1 || pb.Services[0].Name != "stockdata.stocks" {
-		t.Fatalf("Watch with a token: %v, %v; want the discovery file", pb, err)
+	if err != nil || len(pb.GetTable().GetServices()) != 1 || pb.Table.Services[0].Name != "stockdata.stocks" {
+		t.Fatalf("Stream with a token: %v, %v; want the discovery file's table", pb, err)
 	}
 }

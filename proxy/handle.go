@@ -45,7 +45,11 @@ func (p *Proxy) handle(ctx context.Context, c *net.TCPConn, direction string) {
 	}
 	var svc *service
 	if direction == metrics.Outbound {
-		svc = p.routes.lookup(dst)
+		var release func()
+		svc, release = p.outboundService(ctx, dst)
+		if release != nil {
+			defer release()
+		}
 	}
 	name := ""
 	if svc != nil {
@@ -62,6 +66,39 @@ func (p *Proxy) handle(ctx context.Context, c *net.TCPConn, direction string) {
 		return
 	}
 	p.serve(ctx, direction, proto, svc, conn, dst, "", info)
+}
+
+// outboundService returns the service dst selects, nil for none. With a discovery.Subscriber it
+// holds the service in use until release is called (the connection's end), and when the
+// service's endpoints are not known yet it waits for them up to the resolve timeout; past it,
+// the service is returned without a balancer, so its requests fail rather than leave the mesh.
+func (p *Proxy) outboundService(ctx context.Context, dst netip.AddrPort) (svc *service, release func()) {
+	t := p.routes.current.Load()
+	svc, entry := t.find(dst)
+	if entry == nil || p.subscriber == nil {
+		return svc, nil
+	}
+	release = p.subscriber.Use(entry.Name)
+	if svc != nil {
+		return svc, release
+	}
+	timer := time.NewTimer(p.cfg.ResolveTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-t.replaced:
+		case <-timer.C:
+			p.log.Warn("the endpoints of a service did not arrive in time; its requests fail until they do",
+				"service", entry.Name, "dst", dst, "timeout", p.cfg.ResolveTimeout)
+			return &service{Service: entry, authority: authority(entry)}, release
+		case <-ctx.Done():
+			return &service{Service: entry, authority: authority(entry)}, release
+		}
+		t = p.routes.current.Load()
+		if svc, entry = t.find(dst); svc != nil || entry == nil {
+			return svc, release // resolved, or the service left discovery: relayed as unknown
+		}
+	}
 }
 
 // serve hands a connection whose protocol is known to its forwarder. svc is the outbound
@@ -150,8 +187,11 @@ type picked struct {
 
 // pickOutbound chooses the endpoint of dst's service for one request.
 func (p *Proxy) pickOutbound(dst netip.AddrPort) (picked, error) {
-	svc := p.routes.lookup(dst)
-	if svc == nil {
+	svc, entry := p.routes.current.Load().find(dst)
+	switch {
+	case svc == nil && entry != nil:
+		return picked{service: entry.Name}, fmt.Errorf("service %s: its endpoints are not known yet (discovery has not answered)", entry.Name)
+	case svc == nil:
 		return picked{}, fmt.Errorf("no service at %s any more", dst)
 	}
 	pick, err := svc.balancer.Pick()

@@ -50,7 +50,13 @@ type Config struct {
 	// DrainTimeout is how long the outbound side keeps serving after shutdown begins, while
 	// the inbound side drains; default 30 s.
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
+	// ResolveTimeout bounds the wait of the first connection to a service whose endpoints
+	// discovery has not given yet (a discovery.Subscriber resolves them on first use); default
+	// 2 s. Past it the connection is served anyway: its HTTP requests fail with 503 (gRPC
+	// UNAVAILABLE) until the endpoints arrive, an opaque connection is closed. It is never sent
+	// to its original destination instead: that would leave the mesh (and its mutual TLS).
+	ResolveTimeout time.Duration
+	Logger         *slog.Logger
 
 	// Identity is the proxy's workload identity for mutual TLS with other meshed proxies. Nil
 	// means none: the proxy refuses to reach endpoints discovery says are meshed (it never
@@ -78,13 +84,15 @@ type Proxy struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	routes  *routes
-	conns   *connTable
-	local   *localAddrs
-	h2out   *h2.Server
-	h2in    *h2.Server
-	h1out   *http1.Server
-	h1in    *http1.Server
-	dialer  net.Dialer
+	// subscriber is cfg.Discovery when it resolves services on use (the controller's client).
+	subscriber discovery.Subscriber
+	conns      *connTable
+	local      *localAddrs
+	h2out      *h2.Server
+	h2in       *h2.Server
+	h1out      *http1.Server
+	h1in       *http1.Server
+	dialer     net.Dialer
 	// dialMesh dials an outbound endpoint for opaque TCP: mesh TLS (ALPN detour/tcp) when
 	// discovery says it is meshed, plain TCP otherwise.
 	dialMesh  func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
@@ -111,6 +119,9 @@ func New(cfg Config) *Proxy {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 30 * time.Second
 	}
+	if cfg.ResolveTimeout <= 0 {
+		cfg.ResolveTimeout = 2 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -125,6 +136,7 @@ func New(cfg Config) *Proxy {
 		stop:    make(chan struct{}),
 		started: time.Now(),
 	}
+	p.subscriber, _ = cfg.Discovery.(discovery.Subscriber)
 	dialH2, dialH1 := p.plainOnly, p.plainOnly
 	p.dialMesh = p.plainOnly
 	if cfg.Identity != nil {
@@ -257,10 +269,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 }
 
 // update installs a discovery snapshot and opens connections ahead of time to the endpoints of
-// services declared HTTP/2, so no endpoint of a burst waits for a dial its peers did not.
+// services declared HTTP/2 that are new or changed, so no endpoint of a burst waits for a dial
+// its peers did not. With a discovery.Subscriber those are the services in use: the proxy never
+// dials the endpoints of a service it does not route to.
 func (p *Proxy) update(s *discovery.Snapshot) {
 	// Pooled connections were checked against what their endpoint had to prove then.
-	changed, reidentified := p.routes.update(s)
+	changed, reidentified, fresh := p.routes.update(s)
 	now := time.Now()
 	p.updated.Store(&now)
 	for _, addr := range changed {
@@ -270,7 +284,7 @@ func (p *Proxy) update(s *discovery.Snapshot) {
 	for _, addr := range reidentified {
 		p.log.Info("endpoint identity changed: pooled connections retired", "endpoint", addr.String())
 	}
-	for _, svc := range s.Services() {
+	for _, svc := range fresh {
 		if svc.Protocol == discovery.ProtocolHTTP2 {
 			p.warm(svc)
 		}
@@ -308,7 +322,7 @@ func (p *Proxy) readiness() error {
 
 func (p *Proxy) debugDocs() map[string]func(*http.Request) any {
 	docs := map[string]func(*http.Request) any{
-		"endpoints":   func(*http.Request) any { return p.routes.doc() },
+		"endpoints":   func(r *http.Request) any { return p.routes.doc(r.URL.Query().Has("all")) },
 		"connections": func(r *http.Request) any { return p.conns.doc(r.URL.Query().Get("closed") == "1") },
 		"proxy":       func(*http.Request) any { return p.proxyDoc() },
 	}

@@ -11,32 +11,46 @@ import (
 	"github.com/detourmesh/detour/proxy/balance"
 )
 
-// service is a discovered service with the balancer that spreads its requests.
+// service is a discovered service with the balancer that spreads its requests. balancer is nil
+// for a service whose endpoints are not known (Unresolved): its requests fail.
 type service struct {
 	*discovery.Service
 	balancer  balance.Balancer
 	authority string // label for metrics: the service's first authority, else its name
 }
 
-// table is one immutable routing view: a discovery snapshot and a balancer per service.
-// Lookups read it through one atomic load, like a grpc-go picker.
+// table is one immutable routing view: a discovery snapshot and a balancer per resolved
+// service. Lookups read it through one atomic load, like a grpc-go picker.
 type table struct {
 	snap     *discovery.Snapshot
-	services map[*discovery.Service]*service
+	services map[*discovery.Service]*service // the resolved services
 	// meshed maps a meshed endpoint's address to the identity its proxy must prove; an
 	// identity that does not parse maps to the zero ID, so dialling it fails closed.
 	meshed map[netip.AddrPort]spiffeid.ID
+	// replaced is closed when a newer table is installed: a connection waiting for a service's
+	// endpoints waits on it.
+	replaced chan struct{}
 }
 
-func (t *table) lookup(dst netip.AddrPort) *service {
+// find returns the service dst selects: resolved (with its balancer), or, when its endpoints
+// are not known yet, nil and the service's entry.
+func (t *table) find(dst netip.AddrPort) (*service, *discovery.Service) {
 	if t == nil || t.snap == nil {
-		return nil
+		return nil, nil
 	}
 	s, ok := t.snap.Lookup(dst)
 	if !ok {
-		return nil
+		return nil, nil
 	}
-	return t.services[s]
+	if svc := t.services[s]; svc != nil {
+		return svc, s
+	}
+	return nil, s
+}
+
+func (t *table) lookup(dst netip.AddrPort) *service {
+	svc, _ := t.find(dst)
+	return svc
 }
 
 // routes follows discovery. Balancers live as long as their service's name, so a reload
@@ -60,20 +74,23 @@ func newRoutes(opts balance.Options) *routes {
 }
 
 // update installs a new snapshot and returns the endpoints whose peer changed: meshed with
-// another identity (reidentified), or meshed then and not now, or the reverse. It is called by
-// the one goroutine that follows discovery.
-func (r *routes) update(snap *discovery.Snapshot) (changed, reidentified []netip.AddrPort) {
+// another identity (reidentified), or meshed then and not now, or the reverse; and the resolved
+// services that are new or changed since the last snapshot (fresh). Services are compared by
+// pointer (a discovery.Source keeps the *Service of an unchanged service), so a snapshot that
+// changes one service updates one balancer. Only resolved services get a balancer: a service
+// whose endpoints are not known costs its table entry and nothing more. It is called by the one
+// goroutine that follows discovery.
+func (r *routes) update(snap *discovery.Snapshot) (changed, reidentified []netip.AddrPort, fresh []*discovery.Service) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t := &table{snap: snap, services: map[*discovery.Service]*service{}, meshed: map[netip.AddrPort]spiffeid.ID{}}
+	old := r.current.Load()
+	t := &table{snap: snap, services: map[*discovery.Service]*service{}, meshed: map[netip.AddrPort]spiffeid.ID{},
+		replaced: make(chan struct{})}
 	seen := map[string]bool{}
 	for _, s := range snap.Services() {
-		k, ok := r.balancers[s.Name]
-		if !ok || k.kind != s.Balancer {
-			k = kept{balance.New(s.Balancer, r.opts), s.Balancer}
-			r.balancers[s.Name] = k
+		if s.Unresolved {
+			continue
 		}
-		k.Update(s.Endpoints)
 		seen[s.Name] = true
 		for _, e := range s.Endpoints {
 			if e.Meshed() {
@@ -81,18 +98,27 @@ func (r *routes) update(snap *discovery.Snapshot) (changed, reidentified []netip
 				t.meshed[e.Addr] = id
 			}
 		}
-		auth := s.Name
-		if len(s.Authorities) > 0 {
-			auth = s.Authorities[0]
+		if old != nil {
+			if svc := old.services[s]; svc != nil {
+				t.services[s] = svc // the same service: its balancer has these endpoints
+				continue
+			}
 		}
-		t.services[s] = &service{Service: s, balancer: k.Balancer, authority: auth}
+		k, ok := r.balancers[s.Name]
+		if !ok || k.kind != s.Balancer {
+			k = kept{balance.New(s.Balancer, r.opts), s.Balancer}
+			r.balancers[s.Name] = k
+		}
+		k.Update(s.Endpoints)
+		t.services[s] = &service{Service: s, balancer: k.Balancer, authority: authority(s)}
+		fresh = append(fresh, s)
 	}
 	for name := range r.balancers {
 		if !seen[name] {
 			delete(r.balancers, name)
 		}
 	}
-	if old := r.current.Load(); old != nil {
+	if old != nil {
 		for addr, id := range old.meshed {
 			if now, ok := t.meshed[addr]; !ok || now != id {
 				changed = append(changed, addr)
@@ -108,7 +134,18 @@ func (r *routes) update(snap *discovery.Snapshot) (changed, reidentified []netip
 		}
 	}
 	r.current.Store(t)
-	return changed, reidentified
+	if old != nil {
+		close(old.replaced)
+	}
+	return changed, reidentified, fresh
+}
+
+// authority is a service's label in metrics: its first authority, else its name.
+func authority(s *discovery.Service) string {
+	if len(s.Authorities) > 0 {
+		return s.Authorities[0]
+	}
+	return s.Name
 }
 
 func (r *routes) lookup(dst netip.AddrPort) *service { return r.current.Load().lookup(dst) }
@@ -123,10 +160,14 @@ func (r *routes) identity(addr netip.AddrPort) (spiffeid.ID, bool) {
 	return id, ok
 }
 
-// endpointsDoc is /debug/endpoints: every service with its endpoints and their load.
+// endpointsDoc is /debug/endpoints: every resolved service with its endpoints and their load
+// (with ?all, the unresolved ones too, marked so).
 type endpointsDoc struct {
 	Revision string       `json:"revision"`
 	Services []serviceDoc `json:"services"`
+	// Unresolved counts the services of the table whose endpoints the proxy does not follow
+	// (it has not used them, or not recently).
+	Unresolved int `json:"unresolved,omitempty"`
 }
 
 type serviceDoc struct {
@@ -135,6 +176,8 @@ type serviceDoc struct {
 	Protocol  string        `json:"protocol"`
 	Balancer  string        `json:"balancer"`
 	Endpoints []endpointDoc `json:"endpoints"`
+	// Unresolved: the endpoints are not known (shown with ?all only).
+	Unresolved bool `json:"unresolved,omitempty"`
 }
 
 type endpointDoc struct {
@@ -147,7 +190,7 @@ type endpointDoc struct {
 	Sampled  bool    `json:"sampled,omitempty"`
 }
 
-func (r *routes) doc() endpointsDoc {
+func (r *routes) doc(all bool) endpointsDoc {
 	t := r.current.Load()
 	doc := endpointsDoc{Services: []serviceDoc{}}
 	if t == nil || t.snap == nil {
@@ -155,13 +198,23 @@ func (r *routes) doc() endpointsDoc {
 	}
 	doc.Revision = t.snap.Revision()
 	for _, s := range t.snap.Services() {
-		sd := serviceDoc{Name: s.Name, Protocol: s.Protocol.String(), Balancer: s.Balancer.String(), Endpoints: []endpointDoc{}}
+		if s.Unresolved {
+			doc.Unresolved++
+			if !all {
+				continue
+			}
+		}
+		sd := serviceDoc{Name: s.Name, Protocol: s.Protocol.String(), Balancer: s.Balancer.String(), Endpoints: []endpointDoc{}, Unresolved: s.Unresolved}
 		for _, a := range s.Addresses {
 			sd.Addresses = append(sd.Addresses, a.String())
 		}
 		sd.Addresses = append(sd.Addresses, s.Authorities...)
 		stats := map[netip.AddrPort]balance.EndpointStats{}
-		if st, ok := t.services[s].balancer.(interface {
+		var b balance.Balancer
+		if svc := t.services[s]; svc != nil {
+			b = svc.balancer
+		}
+		if st, ok := b.(interface {
 			Stats() []balance.EndpointStats
 		}); ok {
 			for _, e := range st.Stats() {

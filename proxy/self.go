@@ -36,7 +36,8 @@ type listenerDoc struct {
 type discoveryDoc struct {
 	Source   string     `json:"source"` // e.g. controller:198.18.0.1:7086; "none"
 	Revision string     `json:"revision,omitempty"`
-	Services int        `json:"services"`
+	Services int        `json:"services"`          // in the table
+	Resolved int        `json:"resolved"`          // of them, those whose endpoints the proxy follows
 	Updated  *time.Time `json:"updated,omitempty"` // when the snapshot in force was installed
 	// Connected is set for a source that streams (the controller): whether the stream is up.
 	// While it is down the proxy routes by the last snapshot it got.
@@ -62,6 +63,11 @@ func (p *Proxy) proxyDoc() proxyDoc {
 	if t := p.routes.current.Load(); t != nil && t.snap != nil {
 		d.Discovery.Revision = t.snap.Revision()
 		d.Discovery.Services = len(t.snap.Services())
+		for _, svc := range t.snap.Services() {
+			if !svc.Unresolved {
+				d.Discovery.Resolved++
+			}
+		}
 	}
 	if u := p.updated.Load(); u != nil {
 		t := u.UTC()

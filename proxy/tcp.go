@@ -102,6 +102,10 @@ func (p *Proxy) relayTCP(ctx context.Context, direction string, svc *service, ds
 	}
 	var pick *balance.Pick
 	if svc != nil {
+		if svc.balancer == nil {
+			p.log.Warn("no endpoint for connection: the service's endpoints are not known", "service", svc.Name, "dst", dst)
+			return
+		}
 		pk, err := svc.balancer.Pick()
 		if err != nil {
 			p.log.Warn("no endpoint for connection", "service", svc.Name, "dst", dst, "err", err)

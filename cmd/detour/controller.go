@@ -40,11 +40,12 @@ func newControllerCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "controller",
 		Short: "Run the controller: discovery and workload certificates for the proxies, over gRPC with TLS",
-		Long: `controller serves Discovery.Watch (the services of --source) and Identity.Certify (workload
-certificates from the CA in --ca-dir, for proxies that prove their identity with a token from
---tokens) on one gRPC port. The port serves TLS with a certificate the controller issues itself for
+		Long: `controller serves Discovery.Stream (the services of --source: every proxy learns the table of
+service addresses, and the endpoints of the services it uses, as deltas) and Identity.Certify
+(workload certificates from the CA in --ca-dir, for proxies that prove their identity with a token
+from --tokens) on one gRPC port. The port serves TLS with a certificate the controller issues itself for
 spiffe://<trust-domain>/ns/detour/sa/controller; proxies verify it against the CA's ca.crt.
-Watch serves only callers that prove an identity: a workload certificate of the CA on the TLS
+Stream serves only callers that prove an identity: a workload certificate of the CA on the TLS
 connection, or a token from --tokens as gRPC metadata "authorization: Bearer <token>" (what
 detour proxy sends from its --identity-token file).
 Make the CA first with "detour controller ca init"; a new issuer made later with "detour controller ca
@@ -141,7 +142,7 @@ func runController(ctx context.Context, f controllerFlags) error {
 	})
 	g.Go(func() error {
 		<-gctx.Done()
-		// disc.Run has returned or is returning, which ends the watches; unary calls finish.
+		// disc.Run has returned or is returning, which ends the streams; unary calls finish.
 		stopped := make(chan struct{})
 		go func() { srv.GracefulStop(); close(stopped) }()
 		select {

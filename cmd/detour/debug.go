@@ -107,17 +107,20 @@ ended.`,
 		})
 	conns.Flags().BoolVar(&closed, "closed", false, "also list the last connections that ended")
 
+	var all bool
 	endpoints := pod("endpoints POD [SERVICE]", "Show the balancer's view: each service's endpoints, in-flight requests, EWMA latency, weight, zone, identity",
 		`endpoints shows what the pod's proxy routes by: each service (or only SERVICE, a name or address),
 its endpoints with their in-flight requests, peak-EWMA latency estimate (p2c-ewma), weight, zone and
-identity, and any further state the proxy reports about them.`,
+identity, and any further state the proxy reports about them. A proxy on the controller follows the
+endpoints of the services its pod uses; --all lists the rest of its table too.`,
 		func(c *cobra.Command, e commands.Env, args []string) error {
 			svc := ""
 			if len(args) > 1 {
 				svc = args[1]
 			}
-			return commands.Endpoints(c.Context(), e, args[0], svc)
+			return commands.Endpoints(c.Context(), e, args[0], svc, all)
 		})
+	endpoints.Flags().BoolVar(&all, "all", false, "also list the services whose endpoints the proxy does not follow")
 
 	var to commands.TapOptions
 	tap := pod("tap POD", "Stream the requests the pod's proxy serves: time, direction, method or gRPC method, status, latency, endpoint, TLS peer",

@@ -28,6 +28,7 @@ type proxyFlags struct {
 	discovery                string
 	opaquePorts              string
 	detectTimeout, drain     time.Duration
+	resolveTimeout           time.Duration
 	cores                    int
 	logLevel, output         string
 
@@ -61,6 +62,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.StringVar(&f.opaquePorts, "opaque-ports", portList(proxy.DefaultOpaquePorts), "ports relayed as TCP without protocol detection (server-speaks-first protocols)")
 	fl.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "longest wait for a client's first bytes before relaying as TCP")
 	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "how long the outbound side keeps serving after SIGTERM")
+	fl.DurationVar(&f.resolveTimeout, "resolve-timeout", 2*time.Second, "with --discovery controller:, longest wait of the first connection to a service for its endpoints; past it the service's requests fail (503, gRPC UNAVAILABLE) until they arrive")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.IntVar(&f.cores, "cores", 1, "CPUs the proxy runs Go code on at once; 0: Go's default (every CPU the process may use, or $GOMAXPROCS). Without --cores or DETOUR_CORES, a GOMAXPROCS environment variable wins over the default of 1")
@@ -108,12 +110,12 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 			ports = append(ports, uint16(p))
 		}
 	}
-	if f.detectTimeout <= 0 || f.drain < 0 {
-		return fmt.Errorf("--detect-timeout must be positive and --drain-timeout not negative")
+	if f.detectTimeout <= 0 || f.drain < 0 || f.resolveTimeout <= 0 {
+		return fmt.Errorf("--detect-timeout and --resolve-timeout must be positive and --drain-timeout not negative")
 	}
 	cfg := proxy.Config{
 		OutboundPort: f.outbound, InboundPort: f.inbound, AdminPort: f.admin,
-		OpaquePorts: ports, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, Logger: log,
+		OpaquePorts: ports, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, ResolveTimeout: f.resolveTimeout, Logger: log,
 		Pod: proxy.PodInfo{Name: f.podName, Namespace: f.podNamespace}, DiscoveryName: f.discovery,
 	}
 	if cfg.Policy, err = mtls.ParsePolicy(f.policy, f.portPolicy, f.allow); err != nil {

@@ -8,14 +8,15 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
-	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -85,7 +86,7 @@ func newServer(t *testing.T, src discovery.Source, authority *ca.CA, log *slog.L
 	return NewServer(Config{Source: src, Auth: cidentity.NewAuthenticator(authority, tokens), Logger: log})
 }
 
-// serveTLS runs srv's Watch on a loopback TLS port with a controller certificate from authority
+// serveTLS runs srv's Stream on a loopback TLS port with a controller certificate from authority
 // and returns its address.
 func serveTLS(t *testing.T, srv *Server, authority *ca.CA) string {
 	t.Helper()
@@ -157,80 +158,172 @@ func runServer(t *testing.T, srv *Server) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-func TestWatchDeliversTheFileAndItsChanges(t *testing.T) {
+// fileSource is a discovery file that the test rewrites, followed by the file source.
+func fileSource(t *testing.T, content string) (*discovery.File, func(string)) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "discovery.yaml")
-	writeAtomically(t, path, fileWithVIP("198.19.0.10:80"))
-	file, err := discovery.NewFile(path, discovery.FileOptions{Interval: 10 * time.Millisecond, Logger: quiet()})
+	writeAtomically(t, path, content)
+	file, err := discovery.NewFile(path, discovery.FileOptions{Interval: 5 * time.Millisecond, Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return file, func(content string) { t.Helper(); writeAtomically(t, path, content) }
+}
+
+// twoServices is stockdata.stocks with the endpoints given and other.ns with one.
+func twoServices(stockdata ...string) string {
+	var b strings.Builder
+	b.WriteString("services:\n  - name: stockdata.stocks\n    addresses: [\"198.19.0.10:80\", \"stockdata.stocks:80\"]\n    endpoints:\n")
+	for _, e := range stockdata {
+		fmt.Fprintf(&b, "      - address: %s\n        identity: spiffe://cluster.local/ns/stocks/sa/stockdata\n", e)
+	}
+	b.WriteString("  - name: other.ns\n    addresses: [\"198.19.9.9:80\"]\n    endpoints:\n      - address: 198.18.9.9:80\n")
+	return b.String()
+}
+
+// open opens a stream as stockweb, sends first and returns the stream with its first response.
+func open(t *testing.T, client discoverypb.DiscoveryClient, first *discoverypb.DiscoveryRequest) (discoverypb.Discovery_StreamClient, *discoverypb.DiscoveryResponse) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	stream, err := client.Stream(withToken(ctx, stockwebToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(first); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream, resp
+}
+
+func recv(t *testing.T, stream discoverypb.Discovery_StreamClient) *discoverypb.DiscoveryResponse {
+	t.Helper()
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every response is answered, as a proxy does.
+	if err := stream.Send(&discoverypb.DiscoveryRequest{ResponseNonce: resp.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func epAddrs(m *discoverypb.Endpoints) []string {
+	var out []string
+	for _, e := range m.Endpoints {
+		out = append(out, e.Address)
+	}
+	return out
+}
+
+func TestStreamSendsTheTableThenTheEndpointsOfSubscriptionsOnly(t *testing.T) {
+	file, rewrite := fileSource(t, twoServices("198.18.0.11:8080"))
 	authority := newCA(t)
 	srv := newServer(t, file, authority, quiet())
 	runServer(t, srv)
 	client := dial(t, serveTLS(t, srv, authority), authority, nil)
 
-	tests := []struct {
-		name    string
-		targets []string
-		want    []string // service names in the first snapshot
-	}{
-		{"no targets watch every service", nil, []string{"stockdata.stocks", "other.ns"}},
-		{"a VIP target selects its service", []string{"198.19.0.10:80"}, []string{"stockdata.stocks"}},
-		{"an authority target matches case-insensitively", []string{"StockData.Stocks:80"}, []string{"stockdata.stocks"}},
-		{"an unknown target selects nothing", []string{"198.19.1.1:80"}, nil},
+	stream, first := open(t, client, &discoverypb.DiscoveryRequest{Identity: stockweb.String()})
+	tbl := first.GetTable()
+	if tbl == nil || tbl.BaseVersion != "" || len(tbl.Services) != 2 || tbl.TrustDomain != "cluster.local" || len(first.Endpoints) != 0 {
+		t.Fatalf("first response %v, want the complete table of 2 services and no endpoints", first)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			t.Cleanup(cancel)
-			stream, err := client.Watch(withToken(ctx, stockwebToken), &discoverypb.WatchRequest{Identity: stockweb.String(), Targets: tt.targets})
-			if err != nil {
-				t.Fatal(err)
-			}
-			pb, err := stream.Recv()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var names []string
-			for _, s := range pb.Services {
-				names = append(names, s.Name)
-			}
-			if len(names) != len(tt.want) || (len(names) > 0 && names[0] != tt.want[0]) {
-				t.Errorf("services %v, want %v", names, tt.want)
-			}
-			if pb.Revision != file.Snapshot().Revision() || pb.TrustDomain != "cluster.local" {
-				t.Errorf("revision %q trust domain %q, want the file's %q", pb.Revision, pb.TrustDomain, file.Snapshot().Revision())
-			}
-		})
+	if s := tbl.Services[0]; s.Name != "stockdata.stocks" || !slices.Equal(s.Addresses, []string{"198.19.0.10:80"}) || !slices.Equal(s.Authorities, []string{"stockdata.stocks:80"}) {
+		t.Errorf("entry %v", s)
+	}
+	if err := stream.Send(&discoverypb.DiscoveryRequest{ResponseNonce: first.Nonce,
+		Subscribe: []*discoverypb.Subscription{{Service: "stockdata.stocks"}}}); err != nil {
+		t.Fatal(err)
+	}
+	sub := recv(t, stream)
+	if sub.Table != nil || len(sub.Endpoints) != 1 || sub.Endpoints[0].BaseVersion != "" ||
+		!slices.Equal(epAddrs(sub.Endpoints[0]), []string{"198.18.0.11:8080"}) {
+		t.Fatalf("after subscribing: %v, want stockdata's complete set", sub)
+	}
+	v1 := sub.Endpoints[0].Version
+
+	// A change of a service the proxy does not follow sends it nothing; the next change of one
+	// it follows is the next message, a delta of one endpoint.
+	rewrite(strings.Replace(twoServices("198.18.0.11:8080"), "198.18.9.9:80", "198.18.9.8:80", 1))
+	rewrite(strings.Replace(twoServices("198.18.0.11:8080", "198.18.0.12:8080"), "198.18.9.9:80", "198.18.9.8:80", 1))
+	d := recv(t, stream)
+	if d.Table != nil || len(d.Endpoints) != 1 {
+		t.Fatalf("after the changes: %v, want one endpoint delta", d)
+	}
+	e := d.Endpoints[0]
+	if e.Service != "stockdata.stocks" || e.BaseVersion != v1 || !slices.Equal(epAddrs(e), []string{"198.18.0.12:8080"}) || len(e.Removed) != 0 {
+		t.Errorf("delta %v, want 198.18.0.12:8080 added to %s", e, v1)
+	}
+	if got := e.Endpoints[0].Identity; got != "spiffe://cluster.local/ns/stocks/sa/stockdata" {
+		t.Errorf("identity %q", got)
 	}
 
-	t.Run("a change to the file reaches a watcher", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		t.Cleanup(cancel)
-		stream, err := client.Watch(withToken(ctx, stockwebToken), &discoverypb.WatchRequest{})
-		if err != nil {
-			t.Fatal(err)
+	// Unsubscribed, the proxy hears of the service no more, but the table still reaches it.
+	if err := stream.Send(&discoverypb.DiscoveryRequest{Unsubscribe: []string{"stockdata.stocks"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(subscribers(srv, "stockdata.stocks")) == 0 })
+	rewrite(strings.Replace(twoServices("198.18.0.12:8080"), "198.19.9.9:80", "198.19.9.7:80", 1))
+	tc := recv(t, stream)
+	if tc.Table == nil || tc.Table.BaseVersion != tbl.Version || len(tc.Table.Services) != 1 || tc.Table.Services[0].Name != "other.ns" || len(tc.Endpoints) != 0 {
+		t.Errorf("after a change of other.ns's VIP and stockdata's endpoints: %v, want only other.ns's new entry", tc)
+	}
+}
+
+func subscribers(srv *Server, name string) []*stream {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	var out []*stream
+	for c := range srv.subscribers[name] {
+		out = append(out, c)
+	}
+	return out
+}
+
+// waitFor waits for cond; the limit only bounds a failing test.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
 		}
-		first, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
+	}
+}
+
+func TestAChangeGoesOnlyToTheStreamsSubscribedToIt(t *testing.T) {
+	src := chanSource{ch: make(chan *discovery.Snapshot)}
+	authority := newCA(t)
+	srv := newServer(t, src, authority, quiet())
+	runServer(t, srv)
+	client := dial(t, serveTLS(t, srv, authority), authority, nil)
+	src.ch <- snapshotOf(t, twoServices("198.18.0.11:8080"))
+
+	follows := map[string]discoverypb.Discovery_StreamClient{}
+	for _, name := range []string{"stockdata.stocks", "other.ns"} {
+		stream, first := open(t, client, &discoverypb.DiscoveryRequest{Subscribe: []*discoverypb.Subscription{{Service: name}}})
+		if len(first.Endpoints) != 1 || first.Endpoints[0].Service != name {
+			t.Fatalf("first response of a stream subscribing to %s: %v", name, first)
 		}
-		writeAtomically(t, path, fileWithVIP("198.19.0.20:80"))
-		next, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if next.Revision == first.Revision || next.Services[0].Addresses[0] != "198.19.0.20:80" {
-			t.Errorf("after the change: revision %q (was %q), addresses %v", next.Revision, first.Revision, next.Services[0].Addresses)
-		}
-		snap, err := discovery.FromProto(next)
-		if err != nil {
-			t.Fatalf("the proxy refuses what the controller sent: %v", err)
-		}
-		if _, ok := snap.Lookup(netip.MustParseAddrPort("198.19.0.20:80")); !ok {
-			t.Errorf("the new VIP does not resolve")
-		}
-	})
+		follows[name] = stream
+	}
+	msgs, bytes := srv.Sent()
+	src.ch <- snapshotOf(t, twoServices("198.18.0.11:8080", "198.18.0.12:8080"))
+	d := recv(t, follows["stockdata.stocks"])
+	if len(d.Endpoints) != 1 || d.Endpoints[0].Service != "stockdata.stocks" {
+		t.Fatalf("the subscriber got %v", d)
+	}
+	m2, b2 := srv.Sent()
+	if m2-msgs != 1 {
+		t.Errorf("%d responses were sent for a change of one service with one subscriber", m2-msgs)
+	}
+	if b2-bytes > 200 {
+		t.Errorf("%d bytes were sent for one added endpoint", b2-bytes)
+	}
 }
 
 // chanSource is a discovery.Source the test feeds by hand.
@@ -256,19 +349,34 @@ func (s chanSource) Watch(ctx context.Context) <-chan *discovery.Snapshot {
 	return out
 }
 
-// slowStream is a Watch stream whose Send blocks until the test lets it through, like a proxy
-// on a congested link.
-type slowStream struct {
-	grpc.ServerStream
-	ctx     context.Context
-	release chan struct{}
-	sent    chan *discoverypb.Snapshot
+func snapshotOf(t *testing.T, yaml string) *discovery.Snapshot {
+	t.Helper()
+	s, err := discovery.Parse("test", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
-func (s *slowStream) Context() context.Context { return s.ctx }
+// fakeStream is a Stream's server side driven by the test: Send blocks until the test lets it
+// through, like a proxy on a congested link, and requests come from a channel.
+type fakeStream struct {
+	grpc.ServerStream
+	ctx      context.Context
+	requests chan *discoverypb.DiscoveryRequest
+	release  chan struct{}
+	sent     chan *discoverypb.DiscoveryResponse
+}
 
-func (s *slowStream) Send(pb *discoverypb.Snapshot) error {
-	s.sent <- pb
+func newFakeStream(ctx context.Context) *fakeStream {
+	return &fakeStream{ctx: ctx, requests: make(chan *discoverypb.DiscoveryRequest, 10),
+		release: make(chan struct{}), sent: make(chan *discoverypb.DiscoveryResponse, 10)}
+}
+
+func (s *fakeStream) Context() context.Context { return s.ctx }
+
+func (s *fakeStream) Send(resp *discoverypb.DiscoveryResponse) error {
+	s.sent <- resp
 	select {
 	case <-s.release:
 		return nil
@@ -277,89 +385,272 @@ func (s *slowStream) Send(pb *discoverypb.Snapshot) error {
 	}
 }
 
+func (s *fakeStream) Recv() (*discoverypb.DiscoveryRequest, error) {
+	select {
+	case r := <-s.requests:
+		return r, nil
+	case <-s.ctx.Done():
+		return nil, s.ctx.Err()
+	}
+}
+
+// next is the next response the server sends, which it then finishes sending.
+func (s *fakeStream) next(t *testing.T) *discoverypb.DiscoveryResponse {
+	t.Helper()
+	select {
+	case r := <-s.sent:
+		s.release <- struct{}{}
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("no response")
+	}
+	return nil
+}
+
 // authenticated is the context of a call that sent token, as the server sees it.
 func authenticated(token string) context.Context {
 	return metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+token))
 }
 
-func snapshotWithVIP(t *testing.T, vip string) *discovery.Snapshot {
-	t.Helper()
-	s, err := discovery.Parse("test", []byte(fileWithVIP(vip)))
-	if err != nil {
-		t.Fatal(err)
+// publisher feeds a chanSource and waits until the server has taken each snapshot.
+func publisher(t *testing.T, src chanSource, srv *Server) func(yaml string) *state {
+	return func(yaml string) *state {
+		t.Helper()
+		snap := snapshotOf(t, yaml)
+		src.ch <- snap
+		var st *state
+		waitFor(t, func() bool {
+			srv.mu.Lock()
+			defer srv.mu.Unlock()
+			st = srv.cur
+			return st != nil && st.services["stockdata.stocks"].svc == snap.Services()[0]
+		})
+		return st
 	}
-	return s
 }
 
-func TestASlowWatcherGetsTheNewestSnapshotNotABacklog(t *testing.T) {
+func TestASlowStreamGetsTheNewestStateNotABacklog(t *testing.T) {
 	src := chanSource{ch: make(chan *discovery.Snapshot)}
 	srv := newServer(t, src, newCA(t), quiet())
 	runServer(t, srv)
-	publish := func(vip string) {
-		t.Helper()
-		src.ch <- snapshotWithVIP(t, vip)
-		// Run converts it before taking the next one; wait until it is current.
-		for {
-			cur, changed := srv.Current()
-			if cur != nil && cur.Services[0].Addresses[0] == vip {
-				return
-			}
-			select {
-			case <-changed:
-			case <-time.After(10 * time.Second):
-				t.Fatalf("snapshot %s never became current", vip)
-			}
-		}
-	}
-	publish("198.19.0.1:80")
+	publish := publisher(t, src, srv)
+	publish(twoServices("198.18.0.1:80"))
 
 	ctx, cancel := context.WithCancel(authenticated(stockwebToken))
-	stream := &slowStream{ctx: ctx, release: make(chan struct{}), sent: make(chan *discoverypb.Snapshot, 10)}
+	stream := newFakeStream(ctx)
+	stream.requests <- &discoverypb.DiscoveryRequest{Subscribe: []*discoverypb.Subscription{{Service: "stockdata.stocks"}}}
 	done := make(chan error, 1)
-	go func() { done <- srv.Watch(&discoverypb.WatchRequest{}, stream) }()
+	go func() { done <- srv.Stream(stream) }()
 	t.Cleanup(func() { cancel(); <-done })
 
 	first := <-stream.sent // Send is now blocked on it
-	if got := first.Services[0].Addresses[0]; got != "198.19.0.1:80" {
-		t.Fatalf("first snapshot has %s", got)
+	if len(first.Endpoints) != 1 || !slices.Equal(epAddrs(first.Endpoints[0]), []string{"198.18.0.1:80"}) {
+		t.Fatalf("first response %v", first)
 	}
-	for _, vip := range []string{"198.19.0.2:80", "198.19.0.3:80", "198.19.0.4:80"} {
-		publish(vip)
+	var last *state
+	for _, e := range []string{"198.18.0.2:80", "198.18.0.3:80", "198.18.0.4:80"} {
+		last = publish(twoServices(e))
 	}
 	stream.release <- struct{}{}
-	second := <-stream.sent
-	if got := second.Services[0].Addresses[0]; got != "198.19.0.4:80" {
-		t.Errorf("after falling behind the watcher got %s, want the newest, 198.19.0.4:80", got)
+	second := stream.next(t)
+	want := last.services["stockdata.stocks"].eps.version
+	if len(second.Endpoints) != 1 || second.Endpoints[0].Version != want || second.Endpoints[0].BaseVersion != "" ||
+		!slices.Equal(epAddrs(second.Endpoints[0]), []string{"198.18.0.4:80"}) {
+		t.Errorf("after falling behind the stream got %v, want the newest set (%s) complete", second, want)
 	}
 	select {
 	case extra := <-stream.sent:
-		t.Errorf("an old snapshot followed: %s", extra.Services[0].Addresses[0])
+		t.Errorf("an old state followed: %v", extra)
 	default:
 	}
 }
 
-func TestWatchEndsWhenTheServerStops(t *testing.T) {
+func TestAStreamResumesWithoutAResend(t *testing.T) {
+	src := chanSource{ch: make(chan *discovery.Snapshot)}
+	srv := newServer(t, src, newCA(t), quiet())
+	runServer(t, srv)
+	st := publisher(t, src, srv)(twoServices("198.18.0.1:80", "198.18.0.2:80"))
+	have := st.services["stockdata.stocks"].eps
+
+	for _, tt := range []struct {
+		name      string
+		table     string
+		version   string
+		wantTable bool
+		wantEps   string // "" none, "delta", "complete"
+	}{
+		{"a proxy holding the current versions gets an empty first response", st.table, have.version, false, ""},
+		{"a proxy with an old endpoint version gets the set", st.table, "0123456789abcdef", false, "complete"},
+		{"a proxy with an unknown table version gets the table", "0123456789abcdef", have.version, true, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(authenticated(stockwebToken))
+			stream := newFakeStream(ctx)
+			stream.requests <- &discoverypb.DiscoveryRequest{TableVersion: tt.table,
+				Subscribe: []*discoverypb.Subscription{{Service: "stockdata.stocks", Version: tt.version}}}
+			done := make(chan error, 1)
+			go func() { done <- srv.Stream(stream) }()
+			defer func() { cancel(); <-done }()
+			first := stream.next(t)
+			if (first.Table != nil) != tt.wantTable {
+				t.Errorf("table %v, want one: %v", first.Table, tt.wantTable)
+			}
+			switch tt.wantEps {
+			case "":
+				if len(first.Endpoints) != 0 {
+					t.Errorf("endpoints %v, want none", first.Endpoints)
+				}
+			case "complete":
+				if len(first.Endpoints) != 1 || first.Endpoints[0].BaseVersion != "" || len(first.Endpoints[0].Endpoints) != 2 {
+					t.Errorf("endpoints %v, want the complete set", first.Endpoints)
+				}
+			}
+		})
+	}
+}
+
+func TestARefusedVersionIsNotSentAgain(t *testing.T) {
+	src := chanSource{ch: make(chan *discovery.Snapshot)}
+	srv := newServer(t, src, newCA(t), quiet())
+	runServer(t, srv)
+	publish := publisher(t, src, srv)
+	publish(twoServices("198.18.0.1:80"))
+
+	ctx, cancel := context.WithCancel(authenticated(stockwebToken))
+	stream := newFakeStream(ctx)
+	stream.requests <- &discoverypb.DiscoveryRequest{Subscribe: []*discoverypb.Subscription{{Service: "stockdata.stocks"}}}
+	done := make(chan error, 1)
+	go func() { done <- srv.Stream(stream) }()
+	t.Cleanup(func() { cancel(); <-done })
+	first := stream.next(t)
+	held := first.Endpoints[0].Version
+
+	v2 := publish(twoServices("198.18.0.1:80", "198.18.0.2:80"))
+	refused := stream.next(t)
+	if refused.Endpoints[0].BaseVersion != held {
+		t.Fatalf("want a delta from %s, got %v", held, refused)
+	}
+	// The proxy refuses it and says it still holds the first version.
+	stream.requests <- &discoverypb.DiscoveryRequest{ResponseNonce: refused.Nonce, ErrorDetail: "endpoints[0]: bad",
+		TableVersion: v2.table, Subscribe: []*discoverypb.Subscription{{Service: "stockdata.stocks", Version: held}}}
+	waitFor(t, func() bool {
+		for _, c := range subscribers(srv, "stockdata.stocks") {
+			c.mu.Lock()
+			sub := c.subs["stockdata.stocks"]
+			ok := sub.version == held && sub.refused == v2.services["stockdata.stocks"].eps.version
+			c.mu.Unlock()
+			if ok {
+				return true
+			}
+		}
+		return false
+	})
+	// The next response is the third version, complete (the proxy's version is not its delta's
+	// base), not the refused one again.
+	v3 := publish(twoServices("198.18.0.3:80"))
+	third := stream.next(t)
+	if e := third.Endpoints[0]; e.Version != v3.services["stockdata.stocks"].eps.version || e.BaseVersion != "" {
+		t.Errorf("after the refusal: %v, want the third version complete", third)
+	}
+}
+
+func TestASubscriptionToAnUnknownServiceIsAnswered(t *testing.T) {
+	src := chanSource{ch: make(chan *discovery.Snapshot)}
+	srv := newServer(t, src, newCA(t), quiet())
+	runServer(t, srv)
+	publish := publisher(t, src, srv)
+	publish(twoServices("198.18.0.1:80"))
+	ctx, cancel := context.WithCancel(authenticated(stockwebToken))
+	stream := newFakeStream(ctx)
+	stream.requests <- &discoverypb.DiscoveryRequest{Subscribe: []*discoverypb.Subscription{{Service: "nope.ns"}}}
+	done := make(chan error, 1)
+	go func() { done <- srv.Stream(stream) }()
+	t.Cleanup(func() { cancel(); <-done })
+	first := stream.next(t)
+	if len(first.Endpoints) != 1 || !first.Endpoints[0].Unknown || first.Endpoints[0].Service != "nope.ns" {
+		t.Fatalf("want nope.ns unknown, got %v", first)
+	}
+	// It appears: the subscriber gets its set.
+	publish(twoServices("198.18.0.1:80") + "  - name: nope.ns\n    addresses: [\"198.19.8.8:80\"]\n    endpoints:\n      - address: 198.18.8.8:80\n")
+	got := stream.next(t)
+	if got.Table == nil || len(got.Endpoints) != 1 || got.Endpoints[0].Unknown || len(got.Endpoints[0].Endpoints) != 1 {
+		t.Errorf("after nope.ns appeared: %v", got)
+	}
+}
+
+func TestStreamRefusesABadRequest(t *testing.T) {
+	src := chanSource{ch: make(chan *discovery.Snapshot)}
+	srv := newServer(t, src, newCA(t), quiet())
+	runServer(t, srv)
+	for _, req := range []*discoverypb.DiscoveryRequest{
+		{Subscribe: []*discoverypb.Subscription{{Service: "Not A Name"}}},
+		{Unsubscribe: []string{""}},
+	} {
+		stream := newFakeStream(authenticated(stockwebToken))
+		stream.requests <- req
+		if err := srv.Stream(stream); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%v: %v, want InvalidArgument", req, err)
+		}
+	}
+}
+
+func TestStreamEndsWhenTheServerStops(t *testing.T) {
 	src := chanSource{ch: make(chan *discovery.Snapshot)}
 	srv := newServer(t, src, newCA(t), quiet())
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	go func() { srv.Run(ctx); close(ran) }()
 	t.Cleanup(func() { cancel(); <-ran })
-	stream := &slowStream{ctx: authenticated(stockwebToken), release: make(chan struct{}), sent: make(chan *discoverypb.Snapshot, 1)}
+	stream := newFakeStream(authenticated(stockwebToken))
+	stream.requests <- &discoverypb.DiscoveryRequest{}
 	done := make(chan error, 1)
-	go func() { done <- srv.Watch(&discoverypb.WatchRequest{}, stream) }()
+	go func() { done <- srv.Stream(stream) }()
 	cancel()
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Errorf("Watch ended with %v, want nil so the proxy reconnects", err)
+			t.Errorf("Stream ended with %v, want nil so the proxy reconnects", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Watch outlived the server; GracefulStop would hang")
+		t.Fatal("Stream outlived the server; GracefulStop would hang")
 	}
 }
 
-func TestWatchServesOnlyAuthenticatedCallers(t *testing.T) {
+func TestStreamKeepsThePerAddressThrottle(t *testing.T) {
+	authority := newCA(t)
+	tokens, err := cidentity.ParseTokens([]byte(stockwebToken+" "+stockweb.String()+"\n"), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, _ := fileSource(t, twoServices("198.18.0.1:80"))
+	srv := NewServer(Config{Source: file, Auth: cidentity.NewAuthenticator(authority, cidentity.NewThrottle(tokens, 3, time.Hour, quiet())), Logger: quiet()})
+	runServer(t, srv)
+	client := dial(t, serveTLS(t, srv, authority), authority, nil)
+	try := func(token string) codes.Code {
+		ctx, cancel := context.WithTimeout(withToken(context.Background(), token), 10*time.Second)
+		defer cancel()
+		stream, err := client.Stream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream.Send(&discoverypb.DiscoveryRequest{})
+		_, err = stream.Recv()
+		return status.Code(err)
+	}
+	if got := try(stockwebToken); got != codes.OK {
+		t.Fatalf("a good token: %v", got)
+	}
+	for range 3 {
+		if got := try("0123456789abcdef0123456789abcdef"); got != codes.Unauthenticated {
+			t.Fatalf("a bad token: %v", got)
+		}
+	}
+	if got := try(stockwebToken); got != codes.ResourceExhausted {
+		t.Fatalf("a good token after three failures from the address: %v, want ResourceExhausted", got)
+	}
+}
+
+func TestStreamServesOnlyAuthenticatedCallers(t *testing.T) {
 	caDir := filepath.Join(t.TempDir(), "ca")
 	authority, err := ca.Init(caDir, td)
 	if err != nil {
@@ -385,7 +676,7 @@ func TestWatchServesOnlyAuthenticatedCallers(t *testing.T) {
 		cert     *tls.Certificate
 		token    string // sent as "authorization: Bearer <token>" unless empty
 		header   string // a raw authorization value, instead of token
-		identity string // WatchRequest.Identity
+		identity string // DiscoveryRequest.Identity
 		wantCode codes.Code
 		wantMsg  string
 	}{
@@ -447,22 +738,25 @@ func TestWatchServesOnlyAuthenticatedCallers(t *testing.T) {
 				ctx = withToken(ctx, tt.token)
 			}
 			refusalsBefore := len(logs.Lines("level=WARN"))
-			stream, err := client.Watch(ctx, &discoverypb.WatchRequest{Identity: tt.identity})
+			stream, err := client.Stream(ctx)
 			if err != nil {
+				t.Fatal(err)
+			}
+			if err := stream.Send(&discoverypb.DiscoveryRequest{Identity: tt.identity}); err != nil && err != io.EOF {
 				t.Fatal(err)
 			}
 			pb, err := stream.Recv()
 			st := status.Convert(err)
 			if st.Code() != tt.wantCode || !strings.Contains(st.Message(), tt.wantMsg) {
-				t.Fatalf("Watch: %s %q, want %s containing %q", st.Code(), st.Message(), tt.wantCode, tt.wantMsg)
+				t.Fatalf("Stream: %s %q, want %s containing %q", st.Code(), st.Message(), tt.wantCode, tt.wantMsg)
 			}
 			refusals := logs.Lines("level=WARN")[refusalsBefore:]
 			if tt.wantCode == codes.OK {
-				if len(pb.GetServices()) != 2 {
-					t.Errorf("an accepted watch got %d services, want the file's 2", len(pb.GetServices()))
+				if len(pb.GetTable().GetServices()) != 2 {
+					t.Errorf("an accepted stream got %d services, want the file's 2", len(pb.GetTable().GetServices()))
 				}
 				if len(refusals) != 0 {
-					t.Errorf("an accepted watch logged a refusal: %v", refusals)
+					t.Errorf("an accepted stream logged a refusal: %v", refusals)
 				}
 				return
 			}

@@ -332,7 +332,7 @@ type observer struct {
 // connection it never saw is looked for this long.
 const landedWithin = 2 * time.Second
 
-func (o observer) Landed(client netip.AddrPort) (verify.Landing, bool, error) {
+func (o observer) Landed(client netip.AddrPort, since time.Time) (verify.Landing, bool, error) {
 	deadline := time.Now().Add(landedWithin)
 	want := client.String()
 	for {
@@ -340,15 +340,20 @@ func (o observer) Landed(client netip.AddrPort) (verify.Landing, bool, error) {
 		if err != nil {
 			return verify.Landing{}, false, err
 		}
-		for _, cn := range conns {
-			if cn.Client != want {
-				continue
+		// The newest connection from that address accepted since the dial: the client port may
+		// have served an earlier probe that the proxy remembers.
+		var hit *proxyapi.Conn
+		for i, cn := range conns {
+			if cn.Client == want && !cn.Since.Before(since) && (hit == nil || cn.ID > hit.ID) {
+				hit = &conns[i]
 			}
-			orig, err := netip.ParseAddrPort(cn.Dst)
+		}
+		if hit != nil {
+			orig, err := netip.ParseAddrPort(hit.Dst)
 			if err != nil {
-				return verify.Landing{}, false, fmt.Errorf("the proxy recorded original destination %q: %w", cn.Dst, err)
+				return verify.Landing{}, false, fmt.Errorf("the proxy recorded original destination %q: %w", hit.Dst, err)
 			}
-			return verify.Landing{Listener: cn.Direction, Orig: orig}, true, nil
+			return verify.Landing{Listener: hit.Direction, Orig: orig}, true, nil
 		}
 		if time.Now().After(deadline) {
 			return verify.Landing{}, false, nil
@@ -532,7 +537,7 @@ func (c *checker) inProxyRoot(path string) string {
 
 func (c *checker) discovery(controller string) {
 	if !c.hasDoc {
-		eps, err := c.api.Endpoints(context.Background())
+		eps, err := c.api.Endpoints(context.Background(), false)
 		if err != nil {
 			c.add("discovery", Failed, err.Error(), "")
 			return
@@ -542,6 +547,9 @@ func (c *checker) discovery(controller string) {
 	}
 	d := c.proxy.Discovery
 	loaded := fmt.Sprintf("revision %q, %s", d.Revision, plural(d.Services, "service"))
+	if d.Resolved < d.Services {
+		loaded += fmt.Sprintf(" (%d in use, their endpoints followed)", d.Resolved)
+	}
 	if d.Updated != nil {
 		loaded += fmt.Sprintf(", installed %s ago", c.now.Sub(*d.Updated).Round(time.Second))
 	}

@@ -67,8 +67,9 @@ func Conns(ctx context.Context, e Env, arg string, closed bool) error {
 	return nil
 }
 
-// Endpoints shows the balancer's view of the pod's services (or of service alone).
-func Endpoints(ctx context.Context, e Env, arg, service string) error {
+// Endpoints shows the balancer's view of the pod's services (or of service alone): those whose
+// endpoints the proxy follows, or with all every service of its table.
+func Endpoints(ctx context.Context, e Env, arg, service string, all bool) error {
 	t, err := e.target(arg)
 	if err != nil {
 		return err
@@ -78,22 +79,22 @@ func Endpoints(ctx context.Context, e Env, arg, service string) error {
 	if err != nil {
 		return err
 	}
-	doc, err := api.Endpoints(ctx)
+	doc, err := api.Endpoints(ctx, all || service != "")
 	if err != nil {
 		return err
 	}
 	if service != "" {
+		var names []string
+		for _, s := range doc.Services {
+			names = append(names, s.Name)
+		}
 		doc.Services = slices.DeleteFunc(doc.Services, func(s proxyapi.Service) bool {
 			return s.Name != service && !slices.Contains(s.Addresses, service)
 		})
 		if len(doc.Services) == 0 {
-			all, _ := api.Endpoints(ctx)
-			var names []string
-			for _, s := range all.Services {
-				names = append(names, s.Name)
-			}
 			return fmt.Errorf("%s: its proxy knows no service %q (it knows %s)", t.Label(), service, orDash(strings.Join(names, ", ")))
 		}
+		doc.Unresolved = 0
 	}
 	if e.JSON {
 		return e.writeJSON(struct {
@@ -106,8 +107,15 @@ func Endpoints(ctx context.Context, e Env, arg, service string) error {
 		n = "1 service"
 	}
 	fmt.Fprintf(e.Out, "%s\ndiscovery revision %q, %s\n", t.Label(), doc.Revision, n)
+	if doc.Unresolved > 0 {
+		fmt.Fprintf(e.Out, "and %d services of the table whose endpoints the proxy does not follow (unused): --all lists them\n", doc.Unresolved)
+	}
 	for _, s := range doc.Services {
 		fmt.Fprintf(e.Out, "\n%s  (%s; %s, %s)\n", s.Name, strings.Join(s.Addresses, ", "), s.Protocol, s.Balancer)
+		if s.Unresolved {
+			fmt.Fprintln(e.Out, "  endpoints not followed: this pod has not used the service lately")
+			continue
+		}
 		if len(s.Endpoints) == 0 {
 			fmt.Fprintln(e.Out, "  no endpoints")
 			continue

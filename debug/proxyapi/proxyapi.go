@@ -131,6 +131,7 @@ type Proxy struct {
 		Source    string     `json:"source"`
 		Revision  string     `json:"revision"`
 		Services  int        `json:"services"`
+		Resolved  int        `json:"resolved"`
 		Updated   *time.Time `json:"updated"`
 		Connected *bool      `json:"connected"`
 		Error     string     `json:"error"`
@@ -204,6 +205,9 @@ func (c *Client) Connections(ctx context.Context, closed bool) ([]Conn, error) {
 type Endpoints struct {
 	Revision string    `json:"revision"`
 	Services []Service `json:"services"`
+	// Unresolved counts the services of the table whose endpoints the proxy does not follow
+	// (not used, or not lately); ?all lists them too.
+	Unresolved int `json:"unresolved,omitempty"`
 }
 
 // Service is one service of /debug/endpoints.
@@ -213,6 +217,8 @@ type Service struct {
 	Protocol  string     `json:"protocol"`
 	Balancer  string     `json:"balancer"`
 	Endpoints []Endpoint `json:"endpoints"`
+	// Unresolved: the proxy does not follow this service's endpoints (listed with all only).
+	Unresolved bool `json:"unresolved,omitempty"`
 }
 
 // Endpoint is one endpoint of a Service. Other holds the fields this client does not know (a
@@ -267,10 +273,15 @@ func (e Endpoint) MarshalJSON() ([]byte, error) {
 	return json.Marshal(all)
 }
 
-// Endpoints reads /debug/endpoints.
-func (c *Client) Endpoints(ctx context.Context) (Endpoints, error) {
+// Endpoints reads /debug/endpoints; with all, the services whose endpoints the proxy does not
+// follow too.
+func (c *Client) Endpoints(ctx context.Context, all bool) (Endpoints, error) {
+	path := "/debug/endpoints"
+	if all {
+		path += "?all"
+	}
 	var doc Endpoints
-	_, err := c.get(ctx, "/debug/endpoints", &doc)
+	_, err := c.get(ctx, path, &doc)
 	return doc, err
 }
 

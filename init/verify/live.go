@@ -20,9 +20,10 @@ type Landing struct {
 
 // Observer finds connections in a running proxy's records (its admin port's
 // /debug/connections). Landed waits, boundedly, for the connection whose client address is
-// client; found is false if the proxy never saw it.
+// client and that the proxy accepted at or after since (a client port is reused, and the
+// proxy remembers connections that ended); found is false if the proxy never saw it.
 type Observer interface {
-	Landed(client netip.AddrPort) (l Landing, found bool, err error)
+	Landed(client netip.AddrPort, since time.Time) (l Landing, found bool, err error)
 }
 
 // ProveLive proves the rules of c in the calling thread's network namespace against the
@@ -120,6 +121,7 @@ func proveLiveFamily(c plan.Config, f plan.Family, o Observer, ports []uint16) [
 // landed. direct, if not nil, receives the connections arriving at dst itself: one from this
 // connection means it was not redirected.
 func proveLanding(network string, dst netip.AddrPort, o Observer, want, who string, first []byte, direct <-chan *net.TCPConn) (string, string) {
+	start := time.Now()
 	conn, err := dial(network, dst, -1)
 	if err != nil {
 		return Failed, fmt.Sprintf("connecting to %s as %s: %v%s", dst, who, err, dialHint(err))
@@ -134,7 +136,7 @@ func proveLanding(network string, dst netip.AddrPort, o Observer, want, who stri
 		return Failed, err.Error()
 	}
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
-	l, found, err := o.Landed(local)
+	l, found, err := o.Landed(local, start)
 	switch {
 	case err != nil:
 		return Failed, fmt.Sprintf("asking the proxy about the connection %s -> %s: %v", local, dst, err)

@@ -57,6 +57,7 @@ type fakeController struct {
 	t     *testing.T
 	ca    *ca.CA
 	srv   discoverypb.DiscoveryServer
+	dest  *destination.Server // the real service, when it is one
 	addr  string
 	token string // path of a file holding stockweb's bootstrap token
 
@@ -147,7 +148,14 @@ func fileController(t *testing.T, content string) (*fakeController, string) {
 	done := make(chan struct{})
 	go func() { srv.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return newFakeController(t, authority, srv), path
+	k := newFakeController(t, authority, srv)
+	k.dest = srv
+	return k, path
+}
+
+func (k *fakeController) sentBytes() uint64 {
+	_, b := k.dest.Sent()
+	return b
 }
 
 func startSource(t *testing.T, opts resolve.ControllerOptions) *resolve.Controller {
@@ -162,52 +170,126 @@ func startSource(t *testing.T, opts resolve.ControllerOptions) *resolve.Controll
 	return src
 }
 
-// next receives from a Watch channel until a snapshot has vip; the limit bounds a failing test.
-func next(t *testing.T, ch <-chan *discovery.Snapshot, vip string) *discovery.Snapshot {
+// until receives from a Watch channel until a snapshot satisfies ok; the limit bounds a failing
+// test.
+func until(t *testing.T, ch <-chan *discovery.Snapshot, what string, ok func(*discovery.Snapshot) bool) *discovery.Snapshot {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for {
 		select {
-		case s, ok := <-ch:
-			if !ok {
+		case s, open := <-ch:
+			if !open {
 				t.Fatal("watch channel closed")
 			}
-			if _, found := s.Lookup(netip.MustParseAddrPort(vip)); found {
+			if ok(s) {
 				return s
 			}
 		case <-deadline:
-			t.Fatalf("no snapshot with %s", vip)
+			t.Fatalf("no snapshot %s", what)
 		}
 	}
 }
 
-func TestControllerSourceFollowsTheControllersFile(t *testing.T) {
-	k, path := fileController(t, serviceFile("198.19.0.1:80"))
+// endpointsOf returns the addresses of the named service's endpoints, or "unresolved".
+func endpointsOf(s *discovery.Snapshot, name string) string {
+	svc, ok := s.Service(name)
+	if !ok {
+		return "absent"
+	}
+	if svc.Unresolved {
+		return "unresolved"
+	}
+	var out []string
+	for _, e := range svc.Endpoints {
+		out = append(out, e.Addr.String())
+	}
+	return strings.Join(out, ",")
+}
+
+func withEndpoints(vip string, eps ...string) string {
+	var b strings.Builder
+	b.WriteString(serviceFile(vip) + "    endpoints:\n")
+	for _, e := range eps {
+		b.WriteString("      - address: " + e + "\n")
+	}
+	b.WriteString("  - name: other.ns\n    addresses: [\"198.19.9.9:80\"]\n    endpoints:\n      - address: 198.18.9.9:80\n")
+	return b.String()
+}
+
+func TestControllerSourceResolvesAServiceOnFirstUseOnly(t *testing.T) {
+	k, path := fileController(t, withEndpoints("198.19.0.1:80", "198.18.0.1:8080"))
 	src := startSource(t, k.options())
-	if _, ok := src.Snapshot().Lookup(netip.MustParseAddrPort("198.19.0.1:80")); !ok {
-		t.Fatalf("the first snapshot is not the file's")
+	first := src.Snapshot()
+	if got := endpointsOf(first, "stockdata.stocks"); got != "unresolved" {
+		t.Fatalf("before any use stockdata.stocks is %s, want unresolved", got)
+	}
+	if _, ok := first.Lookup(netip.MustParseAddrPort("198.19.9.9:80")); !ok {
+		t.Fatalf("the table lacks other.ns")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ch := src.Watch(ctx)
-	next(t, ch, "198.19.0.1:80")
-	replaceFile(t, path, serviceFile("198.19.0.2:80"))
-	next(t, ch, "198.19.0.2:80")
+	release := src.Use("stockdata.stocks")
+	defer release()
+	s := until(t, ch, "with stockdata resolved", func(s *discovery.Snapshot) bool { return endpointsOf(s, "stockdata.stocks") != "unresolved" })
+	if got := endpointsOf(s, "stockdata.stocks"); got != "198.18.0.1:8080" {
+		t.Errorf("stockdata.stocks resolved to %s", got)
+	}
+	if got := endpointsOf(s, "other.ns"); got != "unresolved" {
+		t.Errorf("other.ns, never used, is %s", got)
+	}
+
+	// An added endpoint reaches the proxy; the entry (and so the index) is unchanged.
+	replaceFile(t, path, withEndpoints("198.19.0.1:80", "198.18.0.1:8080", "198.18.0.2:8080"))
+	s2 := until(t, ch, "with two endpoints", func(s *discovery.Snapshot) bool {
+		return endpointsOf(s, "stockdata.stocks") == "198.18.0.1:8080,198.18.0.2:8080"
+	})
+	if o1, _ := s.Service("other.ns"); o1 != func() *discovery.Service { o, _ := s2.Service("other.ns"); return o }() {
+		t.Errorf("an endpoint change of stockdata made a new other.ns")
+	}
 }
 
-func TestControllerSourceKeepsTheLastGoodSnapshotWhileTheControllerIsAway(t *testing.T) {
-	k, path := fileController(t, serviceFile("198.19.0.1:80"))
+func TestControllerSourceUnsubscribesAfterTheGracePeriod(t *testing.T) {
+	k, _ := fileController(t, withEndpoints("198.19.0.1:80", "198.18.0.1:8080"))
+	opts := k.options()
+	opts.IdleGrace = 50 * time.Millisecond
+	src := startSource(t, opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch := src.Watch(ctx)
+	r1, r2 := src.Use("stockdata.stocks"), src.Use("stockdata.stocks")
+	until(t, ch, "resolved", func(s *discovery.Snapshot) bool { return endpointsOf(s, "stockdata.stocks") != "unresolved" })
+	r1()
+	r1() // a second release of the same use counts once
+	// Still in use by r2: whatever time passes, it stays.
+	time.Sleep(200 * time.Millisecond)
+	if got := src.Subscriptions(); len(got) != 1 {
+		t.Fatalf("subscriptions %v while a use is held", got)
+	}
+	r2()
+	until(t, ch, "unresolved again", func(s *discovery.Snapshot) bool { return endpointsOf(s, "stockdata.stocks") == "unresolved" })
+	if got := src.Subscriptions(); len(got) != 0 {
+		t.Errorf("subscriptions %v after the grace period", got)
+	}
+	// Used again, it is resolved again.
+	defer src.Use("stockdata.stocks")()
+	until(t, ch, "resolved again", func(s *discovery.Snapshot) bool { return endpointsOf(s, "stockdata.stocks") == "198.18.0.1:8080" })
+}
+
+func TestControllerSourceKeepsTheLastGoodStateWhileTheControllerIsAway(t *testing.T) {
+	k, path := fileController(t, withEndpoints("198.19.0.1:80", "198.18.0.1:8080"))
 	src := startSource(t, k.options())
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ch := src.Watch(ctx)
-	before := next(t, ch, "198.19.0.1:80")
+	defer src.Use("stockdata.stocks")()
+	before := until(t, ch, "resolved", func(s *discovery.Snapshot) bool { return endpointsOf(s, "stockdata.stocks") == "198.18.0.1:8080" })
 
 	k.stop()
 	// The file changes while no proxy can hear about it.
-	replaceFile(t, path, serviceFile("198.19.0.2:80"))
+	replaceFile(t, path, withEndpoints("198.19.0.2:80", "198.18.0.1:8080", "198.18.0.3:8080"))
 	// Give the source time to notice the loss and retry a few times (not an assertion on time:
-	// whatever happens in this window, the snapshot must not change).
+	// whatever happens in this window, the state must not change).
 	time.Sleep(300 * time.Millisecond)
 	if src.Snapshot() != before {
 		t.Fatalf("the snapshot changed while the controller was away")
@@ -215,19 +297,44 @@ func TestControllerSourceKeepsTheLastGoodSnapshotWhileTheControllerIsAway(t *tes
 	if src.Err() == nil {
 		t.Errorf("Err() is nil while the controller is away")
 	}
-	select {
-	case s := <-ch:
-		t.Fatalf("a snapshot was delivered while the controller was away: %s", s.Revision())
-	default:
-	}
 
 	k.start()
-	after := next(t, ch, "198.19.0.2:80")
+	after := until(t, ch, "with the new VIP and endpoint", func(s *discovery.Snapshot) bool {
+		_, moved := s.Lookup(netip.MustParseAddrPort("198.19.0.2:80"))
+		return moved && endpointsOf(s, "stockdata.stocks") == "198.18.0.1:8080,198.18.0.3:8080"
+	})
 	if after.Revision() == before.Revision() {
-		t.Errorf("revision did not change")
+		t.Errorf("table version did not change")
 	}
 	if err := src.Err(); err != nil {
 		t.Errorf("Err() = %v after the controller came back", err)
+	}
+}
+
+func TestControllerSourceResumesWithoutAResend(t *testing.T) {
+	k, _ := fileController(t, withEndpoints("198.19.0.1:80", "198.18.0.1:8080"))
+	src := startSource(t, k.options())
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch := src.Watch(ctx)
+	defer src.Use("stockdata.stocks")()
+	before := until(t, ch, "resolved", func(s *discovery.Snapshot) bool { return endpointsOf(s, "stockdata.stocks") == "198.18.0.1:8080" })
+	sentBefore := k.sentBytes()
+	k.stop()
+	for src.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	k.start()
+	for deadline := time.Now().Add(20 * time.Second); src.Err() != nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the source did not reconnect")
+		}
+	}
+	if src.Snapshot() != before {
+		t.Errorf("a reconnection to the same content replaced the snapshot")
+	}
+	if sent := k.sentBytes() - sentBefore; sent > 16 {
+		t.Errorf("the controller sent %d bytes to a proxy resuming with current versions, want an empty answer", sent)
 	}
 }
 
@@ -249,7 +356,7 @@ func TestStartControllerFailsClearlyWhenNoControllerAnswers(t *testing.T) {
 	if err == nil {
 		t.Fatal("started without a controller")
 	}
-	for _, want := range []string{"no discovery snapshot from the controller at " + addr + " within 300ms", "connection refused", "check that the controller runs"} {
+	for _, want := range []string{"no discovery from the controller at " + addr + " within 300ms", "connection refused", "check that the controller runs"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
@@ -271,15 +378,41 @@ func TestStartControllerRefusesAnImpostor(t *testing.T) {
 	}
 }
 
-// scripted is a Discovery server that sends the snapshots it is given, in order, then waits.
+// scripted is a Discovery server that sends the responses it is given, in order, and records
+// what the proxy sends.
 type scripted struct {
 	discoverypb.UnimplementedDiscoveryServer
-	snaps []*discoverypb.Snapshot
+	resps    []*discoverypb.DiscoveryResponse
+	requests chan *discoverypb.DiscoveryRequest
+	// holdUntilSubscribed is the index of the first response sent only once the proxy has
+	// subscribed to something.
+	holdUntilSubscribed int
 }
 
-func (s *scripted) Watch(_ *discoverypb.WatchRequest, stream discoverypb.Discovery_WatchServer) error {
-	for _, pb := range s.snaps {
-		if err := stream.Send(pb); err != nil {
+func (s *scripted) Stream(stream discoverypb.Discovery_StreamServer) error {
+	subscribed := make(chan struct{})
+	var once sync.Once
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			if len(req.Subscribe) > 0 {
+				once.Do(func() { close(subscribed) })
+			}
+			s.requests <- req
+		}
+	}()
+	for i, r := range s.resps {
+		if i == s.holdUntilSubscribed && i > 0 {
+			select {
+			case <-subscribed:
+			case <-stream.Context().Done():
+				return nil
+			}
+		}
+		if err := stream.Send(r); err != nil {
 			return err
 		}
 	}
@@ -287,39 +420,89 @@ func (s *scripted) Watch(_ *discoverypb.WatchRequest, stream discoverypb.Discove
 	return nil
 }
 
-func TestControllerSourceIgnoresAnInvalidSnapshot(t *testing.T) {
-	svc := func(vip string) *discoverypb.Snapshot {
-		return &discoverypb.Snapshot{Revision: vip, TrustDomain: "cluster.local",
-			Services: []*discoverypb.Service{{Name: "a.b", Addresses: []string{vip}}}}
-	}
-	k := newFakeController(t, newAuthority(t), &scripted{snaps: []*discoverypb.Snapshot{
-		svc("198.19.0.1:80"), svc("198.19.0.2:0"), svc("198.19.0.3:80"),
-	}})
+func table(version, base, vip string) *discoverypb.ServiceTable {
+	return &discoverypb.ServiceTable{Version: version, BaseVersion: base, TrustDomain: "cluster.local",
+		Services: []*discoverypb.Service{{Name: "a.b", Addresses: []string{vip}}}}
+}
+
+func TestControllerSourceRefusesInvalidMessagesAndKeepsTheLastGoodState(t *testing.T) {
+	ep := func(addr, id string) *discoverypb.Endpoint { return &discoverypb.Endpoint{Address: addr, Identity: id} }
+	srv := &scripted{requests: make(chan *discoverypb.DiscoveryRequest, 100), holdUntilSubscribed: 3, resps: []*discoverypb.DiscoveryResponse{
+		{Nonce: "1", Table: table("t1", "", "198.19.0.1:80")},
+		{Nonce: "2", Table: table("t2", "t1", "198.19.0.2:0")},  // port 0: refused
+		{Nonce: "3", Table: table("t3", "t2", "198.19.0.3:80")}, // base t2 was refused: refused
+		{Nonce: "4", Endpoints: []*discoverypb.Endpoints{{Service: "a.b", Version: "e1",
+			Endpoints: []*discoverypb.Endpoint{ep("198.18.0.1:80", "")}}}},
+		{Nonce: "5", Endpoints: []*discoverypb.Endpoints{{Service: "a.b", Version: "e2", BaseVersion: "e1",
+			Endpoints: []*discoverypb.Endpoint{ep("198.18.0.2:80", "spiffe://evil.example/ns/a/sa/b")}}}}, // foreign identity
+		{Nonce: "6", Endpoints: []*discoverypb.Endpoints{{Service: "a.b", Version: "e3", BaseVersion: "e1",
+			Endpoints: []*discoverypb.Endpoint{ep("198.18.0.3:80", "")}, Removed: []string{"198.18.0.1:80"}}}},
+		{Nonce: "7", Table: table("t4", "", "198.19.0.4:80")},
+	}}
+	k := newFakeController(t, newAuthority(t), srv)
 	src := startSource(t, k.options())
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ch := src.Watch(ctx)
-	// The port-0 snapshot is refused, the next good one is taken.
-	got := next(t, ch, "198.19.0.3:80")
-	if got.Revision() != "198.19.0.3:80" {
-		t.Errorf("revision %q", got.Revision())
+	defer src.Use("a.b")()
+	got := until(t, ch, "with the last table and a.b's endpoints", func(s *discovery.Snapshot) bool {
+		_, last := s.Lookup(netip.MustParseAddrPort("198.19.0.4:80"))
+		return last && endpointsOf(s, "a.b") == "198.18.0.3:80"
+	})
+	if got.Revision() != "t4" {
+		t.Errorf("table version %q, want t4", got.Revision())
+	}
+
+	// The proxy answered: NACKs for 2, 3 and 5 saying what it kept, and an ACK of the last
+	// (ACKs coalesce: one acknowledges every response before it).
+	nacks := map[string]*discoverypb.DiscoveryRequest{}
+	acked := map[string]bool{}
+	for deadline := time.After(20 * time.Second); len(nacks) < 3 || !acked["7"]; {
+		select {
+		case r := <-srv.requests:
+			switch {
+			case r.ErrorDetail != "":
+				nacks[r.ResponseNonce] = r
+			case r.ResponseNonce != "":
+				acked[r.ResponseNonce] = true
+			}
+		case <-deadline:
+			t.Fatalf("answers so far: nacks %v, acks %v", nacks, acked)
+		}
+	}
+	for nonce, want := range map[string]string{"2": "table.services[0].addresses[0]", "3": "not the version held", "5": "not \"cluster.local\""} {
+		r := nacks[nonce]
+		if r == nil || !strings.Contains(r.ErrorDetail, want) {
+			t.Errorf("NACK of %s: %v, want one saying %q", nonce, r, want)
+		}
+	}
+	if r := nacks["2"]; r != nil && r.TableVersion != "t1" {
+		t.Errorf("the NACK of a table says the proxy holds %q, want t1", r.TableVersion)
+	}
+	if r := nacks["5"]; r != nil && (len(r.Subscribe) != 1 || r.Subscribe[0].Version != "e1") {
+		t.Errorf("the NACK of endpoints restates %v, want a.b at e1", r.Subscribe)
+	}
+	for nonce := range acked {
+		if nacks[nonce] != nil {
+			t.Errorf("response %s was both acknowledged and refused", nonce)
+		}
 	}
 }
 
-// recorder is a Discovery server that records the authorization metadata of every Watch, then
-// sends one snapshot and waits.
+// recorder is a Discovery server that records the authorization metadata of every Stream,
+// then sends a table and waits.
 type recorder struct {
 	discoverypb.UnimplementedDiscoveryServer
 	mu   sync.Mutex
 	seen []string
 }
 
-func (r *recorder) Watch(_ *discoverypb.WatchRequest, stream discoverypb.Discovery_WatchServer) error {
+func (r *recorder) Stream(stream discoverypb.Discovery_StreamServer) error {
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	r.mu.Lock()
 	r.seen = append(r.seen, strings.Join(md.Get("authorization"), ","))
 	r.mu.Unlock()
-	if err := stream.Send(&discoverypb.Snapshot{Revision: "1", TrustDomain: "cluster.local"}); err != nil {
+	if err := stream.Send(&discoverypb.DiscoveryResponse{Nonce: "1", Table: table("1", "", "198.19.0.1:80")}); err != nil {
 		return err
 	}
 	<-stream.Context().Done()
