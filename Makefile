@@ -11,7 +11,7 @@ TESTDEPS := $(DEPS) chromium=chromium
 PKGS    := ./...
 TESTLOG := bin/integration.log
 
-.PHONY: build deps test demo bench lint clean generate
+.PHONY: build deps test demo bench lint clean generate k8s
 
 # detour, and the StockKube example's stockdata and stockweb beside it (the demo runs them).
 # Static (no cgo): nothing needs libc, an init container or sidecar image needs no libc either,
@@ -26,9 +26,14 @@ build:
 deps:
 	@scripts/deps.sh $(DEPS)
 
+# The pinned Kubernetes components of the test cluster (internal/kubecluster), built once into
+# a cache outside the repository: about 14 minutes cold, nothing to do warm.
+k8s:
+	@scripts/k8s-build.sh >/dev/null
+
 # Unit tests and fuzz seed corpora everywhere, then the integration suite on real namespaces.
 # DETOUR_REQUIRE_ROOT=1 turns a would-be skip of a root test into a failure.
-test: build
+test: build k8s
 	@scripts/deps.sh $(TESTDEPS)
 	DETOUR_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 10m $$($(GO) list $(PKGS) | grep -v /integration)
 	@mkdir -p bin
