@@ -16,8 +16,11 @@ mkdir -p "$CACHE/cni" "$OUT"
 # vfs: no overlay mounts to leave behind; storage in the cache, so warm builds reuse layers.
 # chroot isolation with the host's network: buildah's default would create a CNI bridge and
 # firewall rules in the root network namespace for each RUN.
+# (Its network configuration directory is moved into the cache too, or it makes /etc/cni.)
+printf '[network]\nnetwork_config_dir = "%s"\n' "$CACHE/cni" >"$CACHE/containers.conf"
+export CONTAINERS_CONF=$CACHE/containers.conf
 BA=(buildah --storage-driver vfs --root "$CACHE/storage" --runroot "$CACHE/run")
-BUD=(bud --isolation chroot --network host --cni-config-dir "$CACHE/cni" --pull=never --layers -q)
+BUD=(bud --isolation chroot --network host --pull=never --layers -q)
 log() { printf 'image: %s\n' "$*" >&2; }
 
 if ! "${BA[@]}" inspect --type image "$BASE" >/dev/null 2>&1; then
