@@ -73,6 +73,9 @@ type Options struct {
 	// Images are image archives (docker-archive or OCI) imported into the node's containerd
 	// before the kubelet starts; they must include the sandbox image SandboxImage.
 	Images []string
+	// DNS runs CoreDNS (DNSImage, among Images) as the node cluster's DNS at DNSServiceIP,
+	// and Start waits for it: pods then resolve Services by name.
+	DNS bool
 }
 
 // Timings are how long the phases of Start took.
@@ -84,6 +87,8 @@ type Timings struct {
 	ServiceAccount time.Duration
 	// NodeReady is from Start until the node is Ready (node clusters only).
 	NodeReady time.Duration
+	// DNSReady is from Start until CoreDNS is Ready (Options.DNS only).
+	DNSReady time.Duration
 	// Images is how long importing Options.Images took.
 	Images time.Duration
 	// Total is the whole of Start.
@@ -238,7 +243,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	if opts.Node {
-		if err := c.startNodeComponents(ctx, opts.Images); err != nil {
+		if err := c.startNodeComponents(ctx, opts.Images, opts.DNS); err != nil {
 			return nil, err
 		}
 	}
@@ -257,6 +262,19 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 		c.Timings.NodeReady = time.Since(begin)
+		if opts.DNS {
+			cs, err := c.Client()
+			if err != nil {
+				return nil, err
+			}
+			if err := deployDNS(ctx, cs); err != nil {
+				return nil, err
+			}
+			if err := c.waitDNSReady(ctx, cs); err != nil {
+				return nil, err
+			}
+			c.Timings.DNSReady = time.Since(begin)
+		}
 	}
 	c.Timings.Total = time.Since(begin)
 	c.log.Info("cluster ready", "after", c.Timings.Total, "kubeconfig", c.Kubeconfig)
@@ -585,16 +603,35 @@ func (c *Cluster) LogTails(n int) string {
 func (c *Cluster) Stop() error {
 	c.stopOnce.Do(func() {
 		var errs []error
+		// Clients through the relay (watches) would hold the API server's graceful
+		// shutdown open.
+		if c.relay != nil {
+			c.relay.close()
+		}
 		for i := len(c.procs) - 1; i >= 0; i-- {
 			p := c.procs[i]
 			id := procID{pid: p.cmd.Process.Pid}
 			id.start, _ = startTime(id.pid)
-			if err := terminate(id, 10*time.Second, p.exited); err != nil {
+			t0 := time.Now()
+			// The API server drains its watches for up to a minute on SIGTERM: nothing of a
+			// throw-away cluster is worth that wait.
+			grace := 10 * time.Second
+			if p.name == "kube-apiserver" {
+				grace = time.Second
+			}
+			if err := terminate(id, grace, p.exited); err != nil {
 				errs = append(errs, fmt.Errorf("stopping %s: %w", p.name, err))
 			}
-		}
-		if c.relay != nil {
-			c.relay.close()
+			c.log.Debug("stopped", "component", p.name, "after", time.Since(t0))
+			if p.name == "kubelet" {
+				// With the kubelet gone nothing restarts the containers: end them now, so
+				// that their API watches (CoreDNS's) do not hold the API server's shutdown.
+				if cgs, err := cgroupMounts(); err == nil {
+					if err := killCgroupProcs(cgroupTree(cgs, c.Name)); err != nil {
+						errs = append(errs, err)
+					}
+				}
+			}
 		}
 		if err := teardown(c.Dir); err != nil {
 			errs = append(errs, err)

@@ -195,7 +195,7 @@ fi
 exec %s "$@"
 `
 
-func (c *Cluster) writeNodeConfig() (containerdCfg, kubeletCfg, proxyCfg string, err error) {
+func (c *Cluster) writeNodeConfig(dns bool) (containerdCfg, kubeletCfg, proxyCfg string, err error) {
 	runc, err := exec.LookPath("runc")
 	if err != nil {
 		return "", "", "", fmt.Errorf("runc not found (Debian: apt-get install runc): %w", err)
@@ -288,10 +288,15 @@ disabled_plugins = [
 		return "", "", "", err
 	}
 
-	// Pods get no resolver of the host's: the node has no DNS server (see the README).
+	// Pods get no resolver of the host's (nothing leaves the node): the cluster DNS, if
+	// any, for ClusterFirst pods, and nothing at all otherwise.
 	resolv := filepath.Join(c.Dir, "resolv.conf")
-	if err := os.WriteFile(resolv, []byte("# no DNS in Detour's test cluster\n"), 0o644); err != nil {
+	if err := os.WriteFile(resolv, []byte("# the node has no DNS of its own\n"), 0o644); err != nil {
 		return "", "", "", err
+	}
+	clusterDNS := "[]"
+	if dns {
+		clusterDNS = "[" + DNSServiceIP + "]"
 	}
 	serving, err := c.ca.issue("system:node:"+NodeName, []string{"system:nodes"}, []string{NodeIP, NodeName})
 	if err != nil {
@@ -328,6 +333,7 @@ failSwapOn: false
 podLogsDir: %[8]s
 resolvConf: %[9]s
 clusterDomain: cluster.local
+clusterDNS: %[11]s
 volumePluginDir: %[10]s
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
@@ -340,7 +346,7 @@ evictionHard:
 rotateCertificates: false
 serverTLSBootstrap: false
 `, cgroupName(c.Name), c.containerdSock(), NodeIP, kubeletPort, kcert, kkey, c.CAFile,
-		filepath.Join(c.Dir, "pod-logs"), resolv, filepath.Join(c.Dir, "kubelet", "volume-plugins"))
+		filepath.Join(c.Dir, "pod-logs"), resolv, filepath.Join(c.Dir, "kubelet", "volume-plugins"), clusterDNS)
 	if err := os.WriteFile(kubeletCfg, []byte(yaml), 0o644); err != nil {
 		return "", "", "", err
 	}
@@ -386,8 +392,8 @@ func cniBinDir() (string, error) {
 
 // startNodeComponents starts kube-scheduler and containerd, imports the images, then starts
 // the kubelet and kube-proxy, all in the node namespace.
-func (c *Cluster) startNodeComponents(ctx context.Context, images []string) error {
-	containerdCfg, kubeletCfg, proxyCfg, err := c.writeNodeConfig()
+func (c *Cluster) startNodeComponents(ctx context.Context, images []string, dns bool) error {
+	containerdCfg, kubeletCfg, proxyCfg, err := c.writeNodeConfig(dns)
 	if err != nil {
 		return fmt.Errorf("configuring the node: %w", err)
 	}

@@ -27,12 +27,12 @@ import (
 
 // TestNode starts the one-node cluster, runs a pod with an init container and a native
 // sidecar (an init container with restartPolicy Always) until it is Ready, reaches it
-// through its Service's ClusterIP from another pod, and checks that Stop leaves nothing:
+// through its Service's name (the cluster DNS) and ClusterIP from another pod, and checks that Stop leaves nothing:
 // no process, mount, cgroup, network namespace, or Kubernetes or CNI chain in the root
 // namespace.
 func TestNode(t *testing.T) {
 	c := kubetest.StartNode(t, kubecluster.Options{})
-	t.Logf("node Ready %s after start (images imported in %s)", c.Timings.NodeReady, c.Timings.Images)
+	t.Logf("node Ready %s after start (images imported in %s), DNS Ready %s", c.Timings.NodeReady, c.Timings.Images, c.Timings.DNSReady)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cs, err := c.Client()
@@ -88,7 +88,8 @@ func TestNode(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "web"},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{
 			Name: "web", Image: "detour.local/stockweb:dev", Args: []string{"--listen", ":8000", "--calls", "10"},
-			Env:            []corev1.EnvVar{{Name: "STOCKDATA_ADDR", Value: "$(QUOTES_SERVICE_HOST):$(QUOTES_SERVICE_PORT_GRPC)"}},
+			// By name, through the cluster DNS.
+			Env:            []corev1.EnvVar{{Name: "STOCKDATA_ADDR", Value: "quotes:80"}},
 			ReadinessProbe: tcpProbe(8000),
 		}}},
 	}, metav1.CreateOptions{})
@@ -97,7 +98,7 @@ func TestNode(t *testing.T) {
 	}
 	web = waitPodReady(ctx, t, cs, "default", web.Name)
 	// kube-proxy programs the Service a moment after it exists: load until the calls pass.
-	counts := waitFor(ctx, t, "StockWeb's calls through the ClusterIP", func() (map[string]int, bool) {
+	counts := waitFor(ctx, t, "StockWeb's calls to quotes:80", func() (map[string]int, bool) {
 		q, err := pageLoad(ctx, c.NodeNS, web.Status.PodIP)
 		return q.Counts, err == nil && q.Errors == 0
 	})

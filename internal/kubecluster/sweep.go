@@ -61,15 +61,16 @@ func Sweep(root string) ([]string, error) {
 // (after a crash).
 func teardown(dir string) error {
 	var errs []error
-	// Components first, in the reverse order of their start (the PID files' order does not
-	// matter for correctness, only for quieter logs).
+	// Components first. Whatever is left of a cluster here (its owner crashed, or Stop
+	// could not end it) gets no graceful shutdown worth waiting for: half a second, then
+	// SIGKILL.
 	pids, _ := filepath.Glob(filepath.Join(dir, "pids", "*"))
 	for i := len(pids) - 1; i >= 0; i-- {
 		id, err := readProcID(pids[i])
 		if err != nil || !id.alive() || !hasMarker(id.pid, dir) {
 			continue
 		}
-		if err := terminate(id, 5*time.Second, nil); err != nil {
+		if err := terminate(id, 500*time.Millisecond, nil); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -112,46 +113,9 @@ func teardownNode(dir string) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	var tree []string // every cgroup of the cluster, parents before children
-	for _, m := range cgroups {
-		root := filepath.Join(m, cgroupName(name))
-		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				tree = append(tree, p)
-			}
-			return nil
-		})
-	}
-	if len(tree) > 0 {
-		procsIn := func() []int {
-			seen := map[int]bool{}
-			var pids []int
-			for _, cg := range tree {
-				for _, f := range []string{"cgroup.procs", "tasks"} {
-					b, err := os.ReadFile(filepath.Join(cg, f))
-					if err != nil {
-						continue
-					}
-					for _, l := range strings.Fields(string(b)) {
-						if pid, err := strconv.Atoi(l); err == nil && !seen[pid] && pid != os.Getpid() {
-							seen[pid] = true
-							pids = append(pids, pid)
-						}
-					}
-				}
-			}
-			return pids
-		}
-		ok := waitUntil(10*time.Second, func() bool {
-			pids := procsIn()
-			for _, pid := range pids {
-				unix.Kill(pid, unix.SIGKILL)
-			}
-			return len(pids) == 0
-		})
-		if !ok {
-			errs = append(errs, fmt.Errorf("processes %v still in the cluster's cgroups", procsIn()))
-		}
+	tree := cgroupTree(cgroups, name)
+	if err := killCgroupProcs(tree); err != nil {
+		errs = append(errs, err)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "netns")); err == nil {
 		ns := strings.TrimSpace(string(b))
@@ -251,6 +215,57 @@ func otherKubelets(dir string) bool {
 		}
 	}
 	return false
+}
+
+// cgroupTree lists every cgroup of the cluster in the hierarchies mounted at mounts,
+// parents before children.
+func cgroupTree(mounts []string, cluster string) []string {
+	var tree []string
+	for _, m := range mounts {
+		root := filepath.Join(m, cgroupName(cluster))
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				tree = append(tree, p)
+			}
+			return nil
+		})
+	}
+	return tree
+}
+
+// killCgroupProcs SIGKILLs every process in the cgroups (the cluster's containers) until
+// they are empty, boundedly.
+func killCgroupProcs(tree []string) error {
+	procsIn := func() []int {
+		seen := map[int]bool{}
+		var pids []int
+		for _, cg := range tree {
+			for _, f := range []string{"cgroup.procs", "tasks"} {
+				b, err := os.ReadFile(filepath.Join(cg, f))
+				if err != nil {
+					continue
+				}
+				for _, l := range strings.Fields(string(b)) {
+					if pid, err := strconv.Atoi(l); err == nil && !seen[pid] && pid != os.Getpid() {
+						seen[pid] = true
+						pids = append(pids, pid)
+					}
+				}
+			}
+		}
+		return pids
+	}
+	ok := waitUntil(10*time.Second, func() bool {
+		pids := procsIn()
+		for _, pid := range pids {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		return len(pids) == 0
+	})
+	if !ok {
+		return fmt.Errorf("processes %v still in the cluster's cgroups", procsIn())
+	}
+	return nil
 }
 
 // mount is one line of /proc/self/mountinfo.

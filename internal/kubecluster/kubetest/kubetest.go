@@ -62,13 +62,13 @@ func Start(t testing.TB, opts kubecluster.Options) *kubecluster.Cluster {
 	return c
 }
 
-// StartNode starts a one-node cluster (kubecluster.Options.Node) for t, with the images of
-// `make image` (bin/images/*.tar of this repository) unless opts.Images names others. It
-// needs root: the test fails, or is skipped outside CI, without it.
+// StartNode starts a one-node cluster (kubecluster.Options.Node) with its DNS for t, with
+// the images of `make image` (bin/images/*.tar of this repository) unless opts.Images names
+// others. It needs root: the test fails, or is skipped outside CI, without it.
 func StartNode(t testing.TB, opts kubecluster.Options) *kubecluster.Cluster {
 	t.Helper()
 	nstest.RequireRoot(t)
-	opts.Node = true
+	opts.Node, opts.DNS = true, true
 	if len(opts.Images) == 0 {
 		imgs, err := kubecluster.RepoImages()
 		if err != nil {

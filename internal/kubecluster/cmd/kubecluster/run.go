@@ -58,8 +58,12 @@ func run(args []string) error {
 func up(root, name string, node bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	opts := kubecluster.Options{Root: root, Name: name, Logger: log, Node: node}
+	level := slog.LevelInfo
+	if os.Getenv("KUBECLUSTER_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts := kubecluster.Options{Root: root, Name: name, Logger: log, Node: node, DNS: node}
 	if node {
 		imgs, err := kubecluster.RepoImages()
 		if err != nil {
@@ -85,7 +89,7 @@ func usageText(c *kubecluster.Cluster) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "cluster %s ready in %s", c.Name, c.Timings.Total.Round(time.Millisecond))
 	if c.NodeNS != nil {
-		fmt.Fprintf(&b, " (node %s Ready; its network namespace: %s)", kubecluster.NodeName, c.NodeNS.Name)
+		fmt.Fprintf(&b, " (node %s Ready, DNS at %s; its network namespace: %s)", kubecluster.NodeName, kubecluster.DNSServiceIP, c.NodeNS.Name)
 	}
 	fmt.Fprintf(&b, "\n  export KUBECONFIG=%s\n  export PATH=%s:$PATH   # kubectl %s\n", c.Kubeconfig, c.BinDir, kubecluster.Version)
 	if c.NodeNS != nil {
