@@ -48,6 +48,9 @@ const (
 // pods in one /24 of 198.18.0.0/16.
 const (
 	ServiceCIDR = "198.19.0.0/16"
+	// ServiceCIDR6 holds the IPv6 ClusterIPs of dual-stack Services (ipFamilyPolicy
+	// PreferDualStack or RequireDualStack); IPv4 is the primary family.
+	ServiceCIDR6 = "fd00:de70:f::/112"
 	// APIServiceIP is the ClusterIP of the "kubernetes" Service, the first of ServiceCIDR.
 	APIServiceIP = "198.19.0.1"
 )
@@ -434,7 +437,7 @@ func (c *Cluster) startAPIServer() (*proc, error) {
 		// cluster advertises that address too, which nothing in the root namespace dials.
 		"--advertise-address=" + NodeIP,
 		"--kubelet-preferred-address-types=InternalIP",
-		"--service-cluster-ip-range=" + ServiceCIDR,
+		"--service-cluster-ip-range=" + ServiceCIDR + "," + ServiceCIDR6,
 		"--cert-dir=" + c.pki(""),
 		"--tls-cert-file=" + c.pki("apiserver.crt"),
 		"--tls-private-key-file=" + c.pki("apiserver.key"),

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -27,6 +28,9 @@ const (
 	NodeName   = "detour-node"
 	NodeIP     = "198.18.1.1"
 	PodCIDR    = "198.18.1.0/24"
+	// The node is dual-stack: pods also get an address in PodCIDR6, the node NodeIP6.
+	NodeIP6  = "fd00:de70:1::1"
+	PodCIDR6 = "fd00:de70:1::/64"
 	BridgeName = "cni0"
 	// SandboxImage is the pause image containerd pins as every pod's sandbox; a node
 	// cluster's Options.Images must provide it (make image builds bin/images/pause.tar).
@@ -69,6 +73,10 @@ func (c *Cluster) makeNode() error {
 		for _, kv := range []string{
 			"net/ipv4/ip_forward=1",
 			"net/ipv6/conf/all/forwarding=1",
+			// The node's own IPv6 address usable at once (no duplicate address detection:
+			// the bridge is the node's alone).
+			"net/ipv6/conf/all/accept_dad=0",
+			"net/ipv6/conf/default/accept_dad=0",
 			// kube-proxy's service rules must see traffic bridged between pods (a pod
 			// calling a Service whose endpoint is on the same bridge).
 			"net/bridge/bridge-nf-call-iptables=1",
@@ -95,17 +103,30 @@ func (c *Cluster) makeNode() error {
 		if err := netlink.AddrAdd(br, addr); err != nil {
 			return fmt.Errorf("addressing %s: %w", BridgeName, err)
 		}
+		addr6, err := netlink.ParseAddr(NodeIP6 + "/64")
+		if err != nil {
+			return err
+		}
+		addr6.Flags = unix.IFA_F_NODAD
+		if err := netlink.AddrAdd(br, addr6); err != nil {
+			return fmt.Errorf("addressing %s: %w", BridgeName, err)
+		}
 		if err := netlink.LinkSetUp(br); err != nil {
 			return err
 		}
 		// The node has no default route (nothing leaves it), so a connection from the node
 		// itself to a ClusterIP needs a route to exist before kube-proxy's OUTPUT rules
 		// rewrite it; pods route through the node and need none.
-		_, svc, err := net.ParseCIDR(ServiceCIDR)
-		if err != nil {
-			return err
+		for _, r := range [][2]string{{ServiceCIDR, NodeIP}, {ServiceCIDR6, NodeIP6}} {
+			_, svc, err := net.ParseCIDR(r[0])
+			if err != nil {
+				return err
+			}
+			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: br.Attrs().Index, Dst: svc, Src: net.ParseIP(r[1]), Scope: netlink.SCOPE_LINK}); err != nil {
+				return fmt.Errorf("routing %s to %s: %w", r[0], BridgeName, err)
+			}
 		}
-		return netlink.RouteAdd(&netlink.Route{LinkIndex: br.Attrs().Index, Dst: svc, Src: net.ParseIP(NodeIP), Scope: netlink.SCOPE_LINK})
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("setting up the node namespace: %w", err)
@@ -277,13 +298,13 @@ disabled_plugins = [
     "hairpinMode": true,
     "ipam": {
       "type": "host-local",
-      "ranges": [[{"subnet": %q, "gateway": %q}]],
-      "routes": [{"dst": "0.0.0.0/0"}],
+      "ranges": [[{"subnet": %q, "gateway": %q}], [{"subnet": %q, "gateway": %q}]],
+      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
       "dataDir": %q
     }
   }]
 }
-`, "detour-"+c.Name, BridgeName, PodCIDR, NodeIP, filepath.Join(c.Dir, "cni", "ipam"))
+`, "detour-"+c.Name, BridgeName, PodCIDR, NodeIP, PodCIDR6, NodeIP6, filepath.Join(c.Dir, "cni", "ipam"))
 	if err := os.WriteFile(filepath.Join(c.Dir, "cni", "net.d", "10-detour.conflist"), []byte(conflist), 0o644); err != nil {
 		return "", "", "", err
 	}
@@ -298,7 +319,7 @@ disabled_plugins = [
 	if dns {
 		clusterDNS = "[" + DNSServiceIP + "]"
 	}
-	serving, err := c.ca.issue("system:node:"+NodeName, []string{"system:nodes"}, []string{NodeIP, NodeName})
+	serving, err := c.ca.issue("system:node:"+NodeName, []string{"system:nodes"}, []string{NodeIP, NodeIP6, NodeName})
 	if err != nil {
 		return "", "", "", err
 	}
@@ -362,14 +383,14 @@ hostnameOverride: %[3]s
 bindAddress: %[4]s
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
-nodePortAddresses: [%[4]s/32]
+nodePortAddresses: [%[4]s/32, %[5]s/128]
 # Leave the (host-wide) conntrack settings alone.
 conntrack:
   maxPerCore: 0
   min: 0
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
-`, c.pki("kube-proxy.kubeconfig"), PodCIDR, NodeName, NodeIP)
+`, c.pki("kube-proxy.kubeconfig"), PodCIDR+","+PodCIDR6, NodeName, NodeIP, NodeIP6)
 	if err := os.WriteFile(proxyCfg, []byte(pyaml), 0o644); err != nil {
 		return "", "", "", err
 	}
@@ -433,7 +454,7 @@ func (c *Cluster) startNodeComponents(ctx context.Context, images []string, dns 
 		"--root-dir=" + filepath.Join(c.Dir, "kubelet"),
 		"--cert-dir=" + c.pki("kubelet-certs"),
 		"--hostname-override=" + NodeName,
-		"--node-ip=" + NodeIP,
+		"--node-ip=" + NodeIP + "," + NodeIP6,
 		"--v=1",
 	}, c.starter); err != nil {
 		return err

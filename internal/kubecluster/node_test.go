@@ -27,7 +27,8 @@ import (
 
 // TestNode starts the one-node cluster, runs a pod with an init container and a native
 // sidecar (an init container with restartPolicy Always) until it is Ready, reaches it
-// through its Service's name (the cluster DNS) and ClusterIP from another pod, and checks that Stop leaves nothing:
+// through its dual-stack Service from other pods, by name (the cluster DNS) and by IPv6
+// ClusterIP, and checks that Stop leaves nothing:
 // no process, mount, cgroup, network namespace, or Kubernetes or CNI chain in the root
 // namespace.
 func TestNode(t *testing.T) {
@@ -78,32 +79,48 @@ func TestNode(t *testing.T) {
 		t.Errorf("the init container's log (through the API server and the kubelet) = %q, %v; want detour's dry-run rules", logs, err)
 	}
 
-	if _, err := cs.CoreV1().Services("default").Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "quotes"},
-		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "grpc", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	if len(pod.Status.PodIPs) != 2 || !strings.HasPrefix(pod.Status.PodIPs[1].IP, "fd00:de70:1::") {
+		t.Errorf("pod IPs %v, want one IPv4 and one in fd00:de70:1::/64", pod.Status.PodIPs)
 	}
-	web, err := cs.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{
-			Name: "web", Image: "detour.local/stockweb:dev", Args: []string{"--listen", ":8000", "--calls", "10"},
-			// By name, through the cluster DNS.
-			Env:            []corev1.EnvVar{{Name: "STOCKDATA_ADDR", Value: "quotes:80"}},
-			ReadinessProbe: tcpProbe(8000),
-		}}},
+	dual := corev1.IPFamilyPolicyRequireDualStack
+	svc, err := cs.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "quotes"},
+		Spec: corev1.ServiceSpec{Selector: labels, IPFamilyPolicy: &dual,
+			Ports: []corev1.ServicePort{{Name: "grpc", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	web = waitPodReady(ctx, t, cs, "default", web.Name)
-	// kube-proxy programs the Service a moment after it exists: load until the calls pass.
-	counts := waitFor(ctx, t, "StockWeb's calls to quotes:80", func() (map[string]int, bool) {
-		q, err := pageLoad(ctx, c.NodeNS, web.Status.PodIP)
-		return q.Counts, err == nil && q.Errors == 0
-	})
-	if counts["quotes"] != 10 {
-		t.Errorf("calls through the ClusterIP answered by %v, want all 10 by the quotes pod", counts)
+	if len(svc.Spec.ClusterIPs) != 2 {
+		t.Fatalf("dual-stack Service got ClusterIPs %v", svc.Spec.ClusterIPs)
+	}
+	// One client by the Service's name (the cluster DNS gives its IPv4 address), one by its
+	// IPv6 ClusterIP.
+	for _, w := range []struct{ name, addr string }{
+		{"web", "quotes:80"},
+		{"web6", net.JoinHostPort(svc.Spec.ClusterIPs[1], "80")},
+	} {
+		web, err := cs.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: w.name},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{
+				Name: "web", Image: "detour.local/stockweb:dev", Args: []string{"--listen", ":8000", "--calls", "10"},
+				Env:            []corev1.EnvVar{{Name: "STOCKDATA_ADDR", Value: w.addr}},
+				ReadinessProbe: tcpProbe(8000),
+			}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		web = waitPodReady(ctx, t, cs, "default", web.Name)
+		// kube-proxy programs the Service a moment after it exists: load until the calls
+		// pass.
+		counts := waitFor(ctx, t, "StockWeb's calls to "+w.addr, func() (map[string]int, bool) {
+			q, err := pageLoad(ctx, c.NodeNS, web.Status.PodIP)
+			return q.Counts, err == nil && q.Errors == 0
+		})
+		if counts["quotes"] != 10 {
+			t.Errorf("calls to %s answered by %v, want all 10 by the quotes pod", w.addr, counts)
+		}
 	}
 
 	if err := c.Stop(); err != nil {
