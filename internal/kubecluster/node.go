@@ -25,12 +25,12 @@ import (
 // whose address NodeIP is the node's own: the kubelet and the API server listen there, and
 // the "kubernetes" Service's endpoint is there.
 const (
-	NodeName   = "detour-node"
-	NodeIP     = "198.18.1.1"
-	PodCIDR    = "198.18.1.0/24"
+	NodeName = "detour-node"
+	NodeIP   = "198.18.1.1"
+	PodCIDR  = "198.18.1.0/24"
 	// The node is dual-stack: pods also get an address in PodCIDR6, the node NodeIP6.
-	NodeIP6  = "fd00:de70:1::1"
-	PodCIDR6 = "fd00:de70:1::/64"
+	NodeIP6    = "fd00:de70:1::1"
+	PodCIDR6   = "fd00:de70:1::/64"
 	BridgeName = "cni0"
 	// SandboxImage is the pause image containerd pins as every pod's sandbox; a node
 	// cluster's Options.Images must provide it (make image builds bin/images/pause.tar).
