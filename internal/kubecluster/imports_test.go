@@ -2,8 +2,6 @@ package kubecluster_test
 
 import (
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -12,7 +10,11 @@ import (
 // size, so neither this package nor client-go and the Kubernetes API types may enter the
 // import graph of cmd/detour.
 func TestSidecarHasNoClientGo(t *testing.T) {
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	// `go test` puts the go command that runs it first in PATH.
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
 	out, err := exec.Command(goBin, "list", "-deps", "-f", "{{.ImportPath}}", "github.com/detourmesh/detour/cmd/detour").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, out)
