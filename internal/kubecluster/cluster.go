@@ -163,8 +163,10 @@ func BinDir() (string, error) {
 
 // Start starts etcd, kube-apiserver and kube-controller-manager and returns once the API
 // server is ready and the "default" ServiceAccount exists (pods created before it are
-// refused). On failure it removes everything it started and returns the error with the
-// failing component's log tail. The caller must call Stop.
+// refused); with opts.Node, also the node, returning once it is Ready (and, with opts.DNS,
+// CoreDNS too). It never waits longer than opts.Timeout. On failure it removes everything it
+// started and returns the error with the failing component's log tail. The caller must call
+// Stop.
 func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	begin := time.Now()
 	if opts.Root == "" {
