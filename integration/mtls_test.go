@@ -67,7 +67,7 @@ func newMeshCA(t testing.TB, topo *netns.Topology, ttl time.Duration) *meshCA {
 	os.Chmod(dir, 0o755)
 	m.dir = dir
 	ca := filepath.Join(dir, "ca")
-	if out, err := exec.Command(detourBin, "controller", "ca", "init", "--dir", ca, "--trust-domain", "cluster.local").CombinedOutput(); err != nil {
+	if out, err := exec.Command(controllerBin, "ca", "init", "--dir", ca, "--trust-domain", "cluster.local").CombinedOutput(); err != nil {
 		t.Fatalf("ca init: %v\n%s", err, out)
 	}
 	// The trust anchor is public; the proxies read a copy.
@@ -114,7 +114,7 @@ func (m *meshCA) start(t testing.TB, yaml string) {
 		t.Fatal(err)
 	}
 	m.ctrlLog = &syncbuf.Buffer{}
-	m.ctrl = exec.Command(detourBin, "controller", "--source", "file:"+m.disc, "--listen", ":7086",
+	m.ctrl = exec.Command(controllerBin, "--source", "file:"+m.disc, "--listen", ":7086",
 		"--ca-dir", filepath.Join(m.dir, "ca"), "--tokens", tokens, "--cert-ttl", m.ttl.String())
 	m.ctrl.Stdout, m.ctrl.Stderr = m.ctrlLog, m.ctrlLog
 	if err := m.pod.NS.Start(m.ctrl); err != nil {
@@ -386,6 +386,7 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 			SHA256 string `json:"sha256"`
 		} `json:"issuer"`
 	}
+	// Through `detour controller`, which runs detour-controller beside it with the same arguments.
 	out := mustDetour(t, ca.pod.NS, "controller", "ca", "rotate-issuer", "--dir", filepath.Join(ca.dir, "ca"), "-o", "json")
 	if err := json.Unmarshal([]byte(out), &report); err != nil || report.Issuer.SHA256 == "" || report.Issuer.SHA256 == oldIssuer {
 		t.Fatalf("rotate-issuer printed %s (err %v); the old issuer was %s", out, err, oldIssuer)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/init/plan"
+	"github.com/detourmesh/detour/internal/cmdline"
 	"github.com/detourmesh/detour/proxy"
 	"github.com/detourmesh/detour/proxy/identity"
 	"github.com/detourmesh/detour/proxy/mtls"
@@ -46,7 +47,7 @@ sends GOAWAY, the outbound side keeps serving until --drain-timeout, then the pr
 Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/etc/detour/discovery.yaml.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd); err != nil {
+			if err := cmdline.BindEnv(cmd); err != nil {
 				return err
 			}
 			return runProxy(cmd, f)
@@ -91,7 +92,7 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		// to 10 % lower than with two, within that machine's noise.
 		runtime.GOMAXPROCS(f.cores)
 	}
-	log, err := serviceLogger(f.output, f.logLevel)
+	log, err := cmdline.ServiceLogger(f.output, f.logLevel)
 	if err != nil {
 		return err
 	}
