@@ -171,6 +171,16 @@ func Injected(obj []byte) (bool, error) {
 	return p.injected(), nil
 }
 
+// Skip says why the pod (or template) JSON gets no proxy whatever it asks for, "" if none: it
+// already has one, or it runs in the node's network namespace.
+func Skip(obj []byte) (string, error) {
+	var p pod
+	if err := json.Unmarshal(obj, &p); err != nil {
+		return "", fmt.Errorf("decoding the pod: %w", err)
+	}
+	return p.skip(), nil
+}
+
 // Patch returns the operations that add Detour to obj, the JSON of a Pod or of a workload's pod
 // template (both have metadata and spec; paths are relative to it). It returns no operations and
 // a reason when obj needs none: it already has the proxy, or it runs in the node's network
@@ -186,11 +196,8 @@ func Patch(obj []byte, cfg Config) ([]Op, string, error) {
 	if err := json.Unmarshal(obj, &p); err != nil {
 		return nil, "", fmt.Errorf("decoding the pod: %w", err)
 	}
-	if p.injected() {
-		return nil, "already has " + ProxyContainer, nil
-	}
-	if p.Spec.HostNetwork {
-		return nil, "hostNetwork: the pod shares the node's network namespace, where detour init would redirect the node's traffic", nil
+	if skip := p.skip(); skip != "" {
+		return nil, skip, nil
 	}
 	ann := p.Metadata.Annotations
 	sidecar := cfg.Sidecar
@@ -410,23 +417,6 @@ func probePaths(p *pod) string {
 	return strings.Join(out, " ")
 }
 
-// ParseProbePaths parses --probe-paths ("PORT/PATH PORT/PATH ..."), as probePaths writes it.
-func ParseProbePaths(s string) (map[uint16][]string, error) {
-	out := map[uint16][]string{}
-	for _, f := range strings.Fields(s) {
-		i := strings.IndexByte(f, '/')
-		if i <= 0 {
-			return nil, fmt.Errorf("probe path %q: want PORT/PATH, e.g. 8080/healthz", f)
-		}
-		port, err := strconv.ParseUint(f[:i], 10, 16)
-		if err != nil || port == 0 {
-			return nil, fmt.Errorf("probe path %q: port %q is not 1-65535", f, f[:i])
-		}
-		out[uint16(port)] = append(out[uint16(port)], f[i:])
-	}
-	return out, nil
-}
-
 // pod is the part of a Pod (or pod template) the injector reads.
 type pod struct {
 	Metadata struct {
@@ -438,6 +428,16 @@ type pod struct {
 		Containers     []podContainer  `json:"containers"`
 		Volumes        json.RawMessage `json:"volumes"`
 	} `json:"spec"`
+}
+
+func (p *pod) skip() string {
+	if p.injected() {
+		return "already has " + ProxyContainer
+	}
+	if p.Spec.HostNetwork {
+		return "hostNetwork: the pod shares the node's network namespace, where detour init would redirect the node's traffic"
+	}
+	return ""
 }
 
 func (p *pod) injected() bool {

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/detourmesh/detour/proxy/mtls"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -137,21 +139,9 @@ func TestPatchProbePaths(t *testing.T) {
 		if got := probePaths(&p); got != want {
 			t.Errorf("%s: probe paths %q, want %q", file, got, want)
 		}
-		if got, err := ParseProbePaths(want); err != nil || len(got) != min(len(want), 1) {
-			t.Errorf("%s: ParseProbePaths(%q) = %v, %v", file, want, got, err)
+		if got, err := mtls.ParseProbePaths(want); err != nil || len(got) != min(len(want), 1) {
+			t.Errorf("%s: mtls.ParseProbePaths(%q) = %v, %v", file, want, got, err)
 		}
-	}
-}
-
-func TestParseProbePathsRefusesBadInput(t *testing.T) {
-	for _, s := range []string{"healthz", "/healthz", "0/healthz", "70000/x", "x/y"} {
-		if _, err := ParseProbePaths(s); err == nil {
-			t.Errorf("ParseProbePaths(%q) accepted it", s)
-		}
-	}
-	got, err := ParseProbePaths(" 8080/a  8080/b 9090/grpc.health.v1.Health/Check ")
-	if err != nil || len(got[8080]) != 2 || got[9090][0] != GRPCHealthPath {
-		t.Errorf("ParseProbePaths: %v %v", got, err)
 	}
 }
 
