@@ -24,6 +24,7 @@ import (
 	"github.com/detourmesh/detour/controller/ca"
 	"github.com/detourmesh/detour/controller/destination"
 	"github.com/detourmesh/detour/controller/identity"
+	"github.com/detourmesh/detour/controller/kube"
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/internal/cmdline"
 	"github.com/detourmesh/detour/spiffe"
@@ -31,6 +32,7 @@ import (
 
 type controllerFlags struct {
 	source, listen, caDir, tokens string
+	kubeconfig, clusterDomain     string
 	certTTL                       time.Duration
 	proofLimit                    int
 	output, logLevel              string
@@ -62,7 +64,9 @@ rotate-issuer" is picked up from --ca-dir without a restart. The token file has 
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.source, "source", "", "where services come from: file:PATH (a discovery file, followed as it changes)")
+	fl.StringVar(&f.source, "source", "", "where services come from: file:PATH (a discovery file, followed as it changes) or kubernetes (Services, EndpointSlices and Pods of the cluster)")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "with --source kubernetes: a kubeconfig file; empty: the in-cluster configuration (the pod's ServiceAccount), or $KUBECONFIG")
+	fl.StringVar(&f.clusterDomain, "cluster-domain", "cluster.local", "with --source kubernetes: the cluster's DNS domain, for the services' names")
 	fl.StringVar(&f.listen, "listen", ":7086", "gRPC address for discovery and identity")
 	fl.StringVar(&f.caDir, "ca-dir", "", "directory of the CA made by \"detour-controller ca init\"")
 	fl.StringVar(&f.tokens, "tokens", "", "bootstrap token file: one \"TOKEN SPIFFE-ID\" per line")
@@ -98,6 +102,7 @@ func runController(ctx context.Context, f controllerFlags) error {
 		return fmt.Errorf("--tokens: %w", err)
 	}
 	var src discovery.Source
+	var runSource func(context.Context) error
 	switch kind, arg, _ := strings.Cut(f.source, ":"); {
 	case kind == "file" && arg != "":
 		file, err := discovery.NewFile(arg, discovery.FileOptions{Logger: log})
@@ -105,8 +110,18 @@ func runController(ctx context.Context, f controllerFlags) error {
 			return fmt.Errorf("--source: %w", err)
 		}
 		src = file
+	case f.source == "kubernetes":
+		client, err := kubeClient(f.kubeconfig)
+		if err != nil {
+			return err
+		}
+		ks, err := kube.New(client, kube.Options{TrustDomain: discovery.TrustDomain(td.Name()), ClusterDomain: f.clusterDomain, Logger: log})
+		if err != nil {
+			return err
+		}
+		src, runSource = ks, ks.Run
 	default:
-		return fmt.Errorf("--source %q: want file:PATH", f.source)
+		return fmt.Errorf("--source %q: want file:PATH or kubernetes", f.source)
 	}
 	tlsConfig, err := authority.ServerTLS(spiffe.ControllerID(td), f.certTTL)
 	if err != nil {
@@ -134,6 +149,9 @@ func runController(ctx context.Context, f controllerFlags) error {
 	}))
 
 	g, gctx := errgroup.WithContext(ctx)
+	if runSource != nil {
+		g.Go(func() error { return runSource(gctx) })
+	}
 	g.Go(func() error { return disc.Run(gctx) })
 	g.Go(func() error { authority.FollowIssuer(gctx, f.caDir, 2*time.Second, log); return nil })
 	g.Go(func() error {
