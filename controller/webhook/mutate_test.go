@@ -123,8 +123,10 @@ func TestMutateLeavesOthersAlone(t *testing.T) {
 func TestHandler(t *testing.T) {
 	ready := false
 	h := &Handler{Config: testConfig, Ready: func() bool { return ready },
-		Namespace: func(string) (map[string]string, error) { return map[string]string{inject.AnnotationInject: inject.Enabled}, nil },
-		Logger:    testLogger(t)}
+		Namespace: func(string) (map[string]string, error) {
+			return map[string]string{inject.AnnotationInject: inject.Enabled}, nil
+		},
+		Logger: testLogger(t)}
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	raw, _ := os.ReadFile("../../inject/testdata/pods/job.json")
