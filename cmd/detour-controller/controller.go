@@ -24,7 +24,6 @@ import (
 	"github.com/detourmesh/detour/controller/ca"
 	"github.com/detourmesh/detour/controller/destination"
 	"github.com/detourmesh/detour/controller/identity"
-	"github.com/detourmesh/detour/controller/kube"
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/internal/cmdline"
 	"github.com/detourmesh/detour/spiffe"
@@ -36,6 +35,7 @@ type controllerFlags struct {
 	certTTL                       time.Duration
 	proofLimit                    int
 	output, logLevel              string
+	kube                          kubeFlags
 }
 
 func newControllerCommand() *cobra.Command {
@@ -54,6 +54,12 @@ connection, or a token from --tokens as gRPC metadata "authorization: Bearer <to
 detour proxy sends from its --identity-token file).
 Make the CA first with "detour-controller ca init"; a new issuer made later with "detour-controller ca
 rotate-issuer" is picked up from --ca-dir without a restart. The token file has one "TOKEN SPIFFE-ID" per line.
+
+With --source kubernetes the services come from the cluster's Services, EndpointSlices and Pods,
+proxies prove their identity with a projected ServiceAccount token (audience identity.detour.io)
+that the API server reviews (bootstrap tokens from --tokens are still accepted when given), and
+the injection webhook serves on --webhook-listen, keeping the MutatingWebhookConfiguration
+detour-injector's CA bundle and namespace selectors current.
 -o selects the log format. Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_CA_DIR.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -74,7 +80,8 @@ rotate-issuer" is picked up from --ca-dir without a restart. The token file has 
 	fl.IntVar(&f.proofLimit, "failed-proof-limit", 10, "failed proofs of identity (no, bad or malformed credentials) one address may make in a minute before it is refused until the minute ends; pods behind one address (source NAT, host network) share the count")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	cmd.AddCommand(newControllerCACommand())
+	f.kube.register(fl)
+	cmd.AddCommand(newControllerCACommand(), newCheckCommand())
 	return cmd
 }
 
@@ -83,8 +90,9 @@ func runController(ctx context.Context, f controllerFlags) error {
 	if err != nil {
 		return err
 	}
-	if f.caDir == "" || f.tokens == "" {
-		return errors.New("--ca-dir and --tokens are required (make a CA with: detour-controller ca init --dir DIR)")
+	onKube := f.source == "kubernetes"
+	if f.caDir == "" || (f.tokens == "" && !onKube) {
+		return errors.New("--ca-dir and --tokens are required (make a CA with: detour-controller ca init --dir DIR); with --source kubernetes --tokens is optional")
 	}
 	if f.proofLimit < 1 {
 		return fmt.Errorf("--failed-proof-limit %d: want at least 1", f.proofLimit)
@@ -97,10 +105,16 @@ func runController(ctx context.Context, f controllerFlags) error {
 		return fmt.Errorf("--ca-dir: %w (make one with: detour-controller ca init --dir %s)", err, f.caDir)
 	}
 	td := authority.TrustDomain()
-	tokens, err := identity.LoadTokens(f.tokens, td)
-	if err != nil {
-		return fmt.Errorf("--tokens: %w", err)
+	var verifiers identity.Chain
+	nTokens := 0
+	if f.tokens != "" {
+		tokens, err := identity.LoadTokens(f.tokens, td)
+		if err != nil {
+			return fmt.Errorf("--tokens: %w", err)
+		}
+		verifiers, nTokens = append(verifiers, tokens), tokens.Len()
 	}
+	var kc *kubeController
 	var src discovery.Source
 	var runSource func(context.Context) error
 	switch kind, arg, _ := strings.Cut(f.source, ":"); {
@@ -110,16 +124,12 @@ func runController(ctx context.Context, f controllerFlags) error {
 			return fmt.Errorf("--source: %w", err)
 		}
 		src = file
-	case f.source == "kubernetes":
-		client, err := kubeClient(f.kubeconfig)
-		if err != nil {
+	case onKube:
+		if kc, err = newKubeController(ctx, f, authority, log); err != nil {
 			return err
 		}
-		ks, err := kube.New(client, kube.Options{TrustDomain: discovery.TrustDomain(td.Name()), ClusterDomain: f.clusterDomain, Logger: log})
-		if err != nil {
-			return err
-		}
-		src, runSource = ks, ks.Run
+		src, runSource = kc.source, kc.run
+		verifiers = append(verifiers, kc.reviewer)
 	default:
 		return fmt.Errorf("--source %q: want file:PATH or kubernetes", f.source)
 	}
@@ -139,7 +149,11 @@ func runController(ctx context.Context, f controllerFlags) error {
 	)
 	// One throttle for both services: an address that keeps failing to prove an identity is
 	// refused for a while, whichever service it calls.
-	verifier := identity.NewThrottle(tokens, f.proofLimit, time.Minute, log)
+	var one identity.Verifier = verifiers
+	if len(verifiers) == 1 {
+		one = verifiers[0]
+	}
+	verifier := identity.NewThrottle(one, f.proofLimit, time.Minute, log)
 	disc := destination.NewServer(destination.Config{
 		Source: src, Auth: identity.NewAuthenticator(authority, verifier), Logger: log,
 	})
@@ -173,7 +187,7 @@ func runController(ctx context.Context, f controllerFlags) error {
 		return nil
 	})
 	log.Info("controller serving", "listen", lis.Addr().String(), "trust_domain", td.Name(),
-		"trust_anchor_sha256", spiffe.Fingerprint(authority.TrustAnchor().Raw), "tokens", tokens.Len(),
+		"trust_anchor_sha256", spiffe.Fingerprint(authority.TrustAnchor().Raw), "tokens", nTokens, "source", f.source,
 		"cert_ttl", f.certTTL.String())
 	return g.Wait()
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -121,8 +122,8 @@ func TestMutateLeavesOthersAlone(t *testing.T) {
 
 // TestHandler: the HTTP server round-trips an AdmissionReview and refuses what is not one.
 func TestHandler(t *testing.T) {
-	ready := false
-	h := &Handler{Config: testConfig, Ready: func() bool { return ready },
+	var ready atomic.Bool
+	h := &Handler{Config: testConfig, Ready: ready.Load,
 		Namespace: func(string) (map[string]string, error) {
 			return map[string]string{inject.AnnotationInject: inject.Enabled}, nil
 		},
@@ -153,7 +154,7 @@ func TestHandler(t *testing.T) {
 	if r, _ := http.Get(srv.URL + "/ready"); r.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("/ready before ready: %s", r.Status)
 	}
-	ready = true
+	ready.Store(true)
 	if r, _ := http.Get(srv.URL + "/ready"); r.StatusCode != http.StatusOK {
 		t.Errorf("/ready: %s", r.Status)
 	}
