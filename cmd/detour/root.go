@@ -11,6 +11,6 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInitCommand(), newProxyCommand(), newDemoCommand(), newControllerCommand(), newWaitReadyCommand(), newInjectCommand(), newUninjectCommand())
+	root.AddCommand(newInitCommand(), newProxyCommand(), newDemoCommand(), newControllerCommand(), newWaitReadyCommand(), newInjectCommand(), newUninjectCommand(), newInstallCommand())
 	return root
 }
