@@ -11,7 +11,7 @@ TESTDEPS := $(DEPS) chromium=chromium
 PKGS    := ./...
 TESTLOG := bin/integration.log
 
-.PHONY: build deps test demo bench lint clean generate
+.PHONY: build deps test demo bench lint clean generate k8s image
 
 # detour (the sidecar's binary: init, proxy, inject, install, demo), detour-controller (the
 # controller, which links client-go and so is kept out of the sidecar's binary), and the StockKube
@@ -23,14 +23,27 @@ TESTLOG := bin/integration.log
 # fault), so its RSS follows the binary's size: 2 MiB less.
 GOBUILD := CGO_ENABLED=0 $(GO) build -tags grpcnotrace
 build:
-	$(GOBUILD) -o bin/ ./cmd/detour ./cmd/detour-controller ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb
+	$(GOBUILD) -o bin/ ./cmd/detour ./cmd/detour-controller ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb ./internal/kubecluster/pause
+
+# Detour's image (Dockerfile), the StockKube images and the test cluster's pause image, built
+# with buildah on a Debian base made by debootstrap, as archives in bin/images/ (no daemon, no
+# registry).
+IMAGEDEPS := buildah=buildah debootstrap=debootstrap
+image: build
+	@scripts/deps.sh $(IMAGEDEPS)
+	@scripts/image.sh
 
 deps:
 	@scripts/deps.sh $(DEPS)
 
+# The pinned Kubernetes components of the test cluster (internal/kubecluster), built once into
+# a cache outside the repository: about 14 minutes cold, nothing to do warm.
+k8s:
+	@scripts/k8s-build.sh >/dev/null
+
 # Unit tests and fuzz seed corpora everywhere, then the integration suite on real namespaces.
 # DETOUR_REQUIRE_ROOT=1 turns a would-be skip of a root test into a failure.
-test: build
+test: build k8s image
 	@scripts/deps.sh $(TESTDEPS)
 	DETOUR_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 10m $$($(GO) list $(PKGS) | grep -v /integration)
 	@mkdir -p bin

@@ -36,15 +36,30 @@ scratch() {
 	printf 'package build\n' >"$dir/build.go"
 }
 
-if missing "${K8S_CMDS[@]}"; then
+# The version the binaries report (kubectl version, the Node's kubeletVersion, /version):
+# stamped as Kubernetes' own build does, since clients choose features by it.
+v=${K8S_VERSION#v}
+K8S_LDFLAGS="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=${v%%.*} -X $pkg.gitMinor=$(echo "$v" | cut -d. -f2)"
+	K8S_LDFLAGS+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+# Binaries built with another recipe are rebuilt (with a warm Go cache, only linked again),
+# each replaced by a rename so that a cluster running the old one keeps running.
+stamp="$K8S_VERSION $K8S_LDFLAGS"
+rebuild=
+[ "$(cat "$BIN/.k8s-recipe" 2>/dev/null)" != "$stamp" ] && rebuild=1
+
+if [ -n "$rebuild" ] || missing "${K8S_CMDS[@]}"; then
 	log "building Kubernetes $K8S_VERSION (${K8S_CMDS[*]}); cold, this takes about 14 minutes"
 	scratch "$CACHE/src/kubernetes" "k8s.io/kubernetes@$K8S_VERSION" "$STAGING_VERSION"
 	for c in "${K8S_CMDS[@]}"; do
-		[ -x "$BIN/$c" ] && continue
+		[ -z "$rebuild" ] && [ -x "$BIN/$c" ] && continue
 		log "  $c"
-		(cd "$CACHE/src/kubernetes" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c")
+		(cd "$CACHE/src/kubernetes" && CGO_ENABLED=0 go build -trimpath -ldflags "$K8S_LDFLAGS" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c")
 		mv "$BIN/$c.tmp" "$BIN/$c"
 	done
+	echo "$stamp" >"$BIN/.k8s-recipe"
 fi
 
 if missing etcd; then
