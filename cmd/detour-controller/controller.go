@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/klog/v2"
 
 	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/api/identitypb"
@@ -90,6 +91,8 @@ func runController(ctx context.Context, f controllerFlags) error {
 	if err != nil {
 		return err
 	}
+	// client-go logs through klog: into the controller's log, in its format.
+	klog.SetSlogLogger(log.With("component", "client-go"))
 	onKube := f.source == "kubernetes"
 	if f.caDir == "" || (f.tokens == "" && !onKube) {
 		return errors.New("--ca-dir and --tokens are required (make a CA with: detour-controller ca init --dir DIR); with --source kubernetes --tokens is optional")

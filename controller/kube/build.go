@@ -50,7 +50,8 @@ type Problem struct {
 }
 
 // Build turns the objects into the discovery model: one discovery.Service per TCP port of a
-// ClusterIP Service (named "<name>.<namespace>:<port>"), selected by every cluster IP of the
+// ClusterIP Service (named "<name>.<namespace>", or "<port>.<name>.<namespace>" for each port of
+// a Service with several: the model's names are DNS names), selected by every cluster IP of the
 // Service (IPv4 and IPv6) at that port and by its DNS names as authorities; headless Services
 // become one discovery.Service per endpoint (so a client that picked a pod by DNS still gets
 // mutual TLS to that pod); ExternalName Services are refused (the proxy relays connections to
@@ -86,18 +87,25 @@ func Build(in Input) ([]*discovery.Service, []Problem) {
 			}
 		}
 		svcSlices := in.SlicesOf(svc.Namespace, svc.Name)
+		var tcp []corev1.ServicePort
 		for _, port := range svc.Spec.Ports {
-			if port.Protocol != "" && port.Protocol != corev1.ProtocolTCP {
-				continue // the mesh carries TCP
+			if port.Protocol == "" || port.Protocol == corev1.ProtocolTCP {
+				tcp = append(tcp, port) // the mesh carries TCP
+			}
+		}
+		for _, port := range tcp {
+			prefix := ""
+			if len(tcp) > 1 {
+				prefix = strconv.Itoa(int(port.Port)) + "."
 			}
 			proto := cfg.protocol(port)
 			eps := endpoints(in, svc, port, svcSlices)
 			if headless {
-				out = append(out, headlessServices(in, svc, port, proto, cfg.balancer, eps)...)
+				out = append(out, headlessServices(in, svc, port, prefix, proto, cfg.balancer, eps)...)
 				continue
 			}
 			ds := &discovery.Service{
-				Name:     fmt.Sprintf("%s.%s:%d", svc.Name, svc.Namespace, port.Port),
+				Name:     prefix + svc.Name + "." + svc.Namespace,
 				Protocol: proto, Balancer: cfg.balancer, Endpoints: make([]discovery.Endpoint, len(eps)),
 			}
 			for i, e := range eps {
@@ -137,7 +145,7 @@ func authorities(nameNS, clusterDomain string, port int32) []string {
 // headlessServices gives each endpoint of a headless Service a discovery.Service of its own,
 // selected by the endpoint's address at the target port and by its DNS name, with that one
 // endpoint: the client chose the pod, the mesh adds identity and TLS, not balancing.
-func headlessServices(in Input, svc *corev1.Service, port corev1.ServicePort, proto discovery.Protocol, bal discovery.Balancer, eps []endpoint) []*discovery.Service {
+func headlessServices(in Input, svc *corev1.Service, port corev1.ServicePort, prefix string, proto discovery.Protocol, bal discovery.Balancer, eps []endpoint) []*discovery.Service {
 	var out []*discovery.Service
 	for _, ep := range eps {
 		host := strings.NewReplacer(".", "-", ":", "-").Replace(ep.Addr.Addr().String())
@@ -145,7 +153,7 @@ func headlessServices(in Input, svc *corev1.Service, port corev1.ServicePort, pr
 			host = ep.hostname
 		}
 		ds := &discovery.Service{
-			Name:      fmt.Sprintf("%s.%s.%s:%d", host, svc.Name, svc.Namespace, port.Port),
+			Name:      prefix + host + "." + svc.Name + "." + svc.Namespace,
 			Addresses: []netip.AddrPort{ep.Addr},
 			Protocol:  proto, Balancer: bal,
 			Endpoints: []discovery.Endpoint{ep.Endpoint},

@@ -146,23 +146,23 @@ func TestBuildStockData(t *testing.T) {
 		t.Errorf("problems: %v", problems)
 	}
 	m := byName(t, got)
-	if len(got) != 2 || m["stockdata.stocks:80"] == nil || m["stockdata.stocks:9090"] == nil {
-		t.Fatalf("services %v, want stockdata.stocks:80 and :9090 (UDP left out)", m)
+	if len(got) != 2 || m["80.stockdata.stocks"] == nil || m["9090.stockdata.stocks"] == nil {
+		t.Fatalf("services %v, want 80.stockdata.stocks and 9090.stockdata.stocks (UDP left out)", m)
 	}
-	grpc := m["stockdata.stocks:80"]
+	grpc := m["80.stockdata.stocks"]
 	if want := []netip.AddrPort{netip.MustParseAddrPort("198.19.0.10:80"), netip.MustParseAddrPort("[fd00:de71::10]:80")}; len(grpc.Addresses) != 2 || grpc.Addresses[0] != want[0] || grpc.Addresses[1] != want[1] {
 		t.Errorf("addresses %v, want %v", grpc.Addresses, want)
 	}
 	if strings.Join(grpc.Authorities, " ") != "stockdata.stocks:80 stockdata.stocks.svc:80 stockdata.stocks.svc.cluster.local:80" {
 		t.Errorf("authorities %v", grpc.Authorities)
 	}
-	if grpc.Protocol != discovery.ProtocolHTTP2 || m["stockdata.stocks:9090"].Protocol != discovery.ProtocolAuto {
-		t.Errorf("protocols %v %v, want http2 (appProtocol kubernetes.io/h2c) and auto", grpc.Protocol, m["stockdata.stocks:9090"].Protocol)
+	if grpc.Protocol != discovery.ProtocolHTTP2 || m["9090.stockdata.stocks"].Protocol != discovery.ProtocolAuto {
+		t.Errorf("protocols %v %v, want http2 (appProtocol kubernetes.io/h2c) and auto", grpc.Protocol, m["9090.stockdata.stocks"].Protocol)
 	}
 	if got := addrs(grpc.Endpoints); got != "198.18.0.11:8080 198.18.0.12:8080" {
 		t.Errorf("endpoints %s, want the two ready pods once each, IPv4 (primary family), at the target port", got)
 	}
-	if got := addrs(m["stockdata.stocks:9090"].Endpoints); got != "198.18.0.11:9100 198.18.0.12:9100" {
+	if got := addrs(m["9090.stockdata.stocks"].Endpoints); got != "198.18.0.11:9100 198.18.0.12:9100" {
 		t.Errorf("metrics endpoints %s", got)
 	}
 	if grpc.Endpoints[0].Identity != "spiffe://cluster.local/ns/stocks/sa/stockdata" || grpc.Endpoints[1].Identity != "" {
@@ -182,12 +182,12 @@ func TestBuildTerminating(t *testing.T) {
 		ep("198.18.0.13", "stockdata-c", true, true, true),
 	}
 	got, _ := Build(f.input())
-	if a := addrs(byName(t, got)["stockdata.stocks:80"].Endpoints); a != "198.18.0.11:8080 198.18.0.13:8080" {
+	if a := addrs(byName(t, got)["80.stockdata.stocks"].Endpoints); a != "198.18.0.11:8080 198.18.0.13:8080" {
 		t.Errorf("with nothing ready: %s, want the serving terminating endpoints", a)
 	}
 	f.slices[0].Endpoints = append(f.slices[0].Endpoints, ep("198.18.0.14", "", true, true, false))
 	got, _ = Build(f.input())
-	if a := addrs(byName(t, got)["stockdata.stocks:80"].Endpoints); a != "198.18.0.14:8080" {
+	if a := addrs(byName(t, got)["80.stockdata.stocks"].Endpoints); a != "198.18.0.14:8080" {
 		t.Errorf("with one ready: %s, want only it", a)
 	}
 }
@@ -197,7 +197,7 @@ func TestBuildIPv6Primary(t *testing.T) {
 	f := stockFixture()
 	f.svcs[0].Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
 	got, _ := Build(f.input())
-	if a := addrs(byName(t, got)["stockdata.stocks:80"].Endpoints); a != "[fd00:de70::11]:8080 [fd00:de70::12]:8080" {
+	if a := addrs(byName(t, got)["80.stockdata.stocks"].Endpoints); a != "[fd00:de70::11]:8080 [fd00:de70::12]:8080" {
 		t.Errorf("endpoints %s, want the IPv6 addresses", a)
 	}
 }
@@ -209,17 +209,17 @@ func TestBuildAnnotations(t *testing.T) {
 	f.svcs[0].Annotations = map[string]string{AnnotationProtocol: "http1", AnnotationOpaquePorts: "9000-9099", AnnotationBalancer: "round-robin"}
 	got, problems := Build(f.input())
 	m := byName(t, got)
-	if m["stockdata.stocks:80"].Protocol != discovery.ProtocolHTTP1 || m["stockdata.stocks:9090"].Protocol != discovery.ProtocolOpaque {
-		t.Errorf("protocols %v %v, want http1 and opaque", m["stockdata.stocks:80"].Protocol, m["stockdata.stocks:9090"].Protocol)
+	if m["80.stockdata.stocks"].Protocol != discovery.ProtocolHTTP1 || m["9090.stockdata.stocks"].Protocol != discovery.ProtocolOpaque {
+		t.Errorf("protocols %v %v, want http1 and opaque", m["80.stockdata.stocks"].Protocol, m["9090.stockdata.stocks"].Protocol)
 	}
-	if m["stockdata.stocks:80"].Balancer != discovery.BalancerRoundRobin || len(problems) != 0 {
-		t.Errorf("balancer %v, problems %v", m["stockdata.stocks:80"].Balancer, problems)
+	if m["80.stockdata.stocks"].Balancer != discovery.BalancerRoundRobin || len(problems) != 0 {
+		t.Errorf("balancer %v, problems %v", m["80.stockdata.stocks"].Balancer, problems)
 	}
 	f.svcs[0].Annotations = map[string]string{AnnotationProtocol: "quic", AnnotationBalancer: "random", AnnotationOpaquePorts: "x"}
 	got, problems = Build(f.input())
 	m = byName(t, got)
-	if len(problems) != 3 || m["stockdata.stocks:80"].Protocol != discovery.ProtocolHTTP2 || m["stockdata.stocks:80"].Balancer != discovery.BalancerP2CEWMA {
-		t.Errorf("bad annotations: problems %v, protocol %v, balancer %v", problems, m["stockdata.stocks:80"].Protocol, m["stockdata.stocks:80"].Balancer)
+	if len(problems) != 3 || m["80.stockdata.stocks"].Protocol != discovery.ProtocolHTTP2 || m["80.stockdata.stocks"].Balancer != discovery.BalancerP2CEWMA {
+		t.Errorf("bad annotations: problems %v, protocol %v, balancer %v", problems, m["80.stockdata.stocks"].Protocol, m["80.stockdata.stocks"].Balancer)
 	}
 }
 
@@ -252,18 +252,18 @@ func TestBuildHeadlessAndExternalName(t *testing.T) {
 	}
 	got, problems := Build(f.input())
 	m := byName(t, got)
-	if len(got) != 2 || m["db-0.db.data:5432"] == nil || m["198-18-0-22.db.data:5432"] == nil {
+	if len(got) != 2 || m["db-0.db.data"] == nil || m["198-18-0-22.db.data"] == nil {
 		t.Fatalf("headless services: %v", m)
 	}
-	d0 := m["db-0.db.data:5432"]
+	d0 := m["db-0.db.data"]
 	if d0.Addresses[0] != netip.MustParseAddrPort("198.18.0.21:5432") || len(d0.Endpoints) != 1 || d0.Endpoints[0].Identity != "spiffe://cluster.local/ns/data/sa/db" {
 		t.Errorf("db-0: %+v", d0)
 	}
 	if d0.Authorities[0] != "db-0.db.data:5432" {
 		t.Errorf("db-0 authorities %v", d0.Authorities)
 	}
-	if m["198-18-0-22.db.data:5432"].Endpoints[0].Identity != "spiffe://cluster.local/ns/data/sa/default" {
-		t.Errorf("a pod without a ServiceAccount name runs as default: %+v", m["198-18-0-22.db.data:5432"].Endpoints[0])
+	if m["198-18-0-22.db.data"].Endpoints[0].Identity != "spiffe://cluster.local/ns/data/sa/default" {
+		t.Errorf("a pod without a ServiceAccount name runs as default: %+v", m["198-18-0-22.db.data"].Endpoints[0])
 	}
 	if len(problems) != 1 || problems[0].Service != "data/partner" || !strings.Contains(problems[0].Msg, "ExternalName") {
 		t.Errorf("problems %v, want the ExternalName refusal", problems)

@@ -131,6 +131,8 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("kubernetes source: the informers' caches did not sync")
 	}
+	s.opts.Logger.Info("kubernetes source synced", "services", len(s.services.GetStore().ListKeys()),
+		"endpointslices", len(s.slices.GetStore().ListKeys()), "pods", len(s.pods.GetStore().ListKeys()))
 	s.rebuild()
 	for {
 		select {
@@ -225,6 +227,7 @@ func (s *Source) rebuild() {
 	s.prev = next
 	s.revision++
 	s.current = discovery.NewSnapshot(s.opts.TrustDomain, fmt.Sprintf("kubernetes-%d", s.revision), built)
+	s.opts.Logger.Debug("discovery snapshot", "revision", s.current.Revision(), "services", len(built))
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
