@@ -228,7 +228,7 @@ func walkObject(obj *yaml.Node, n int, o Options, changes *[]Change, depth int) 
 	kind := scalar(get(obj, "kind"))
 	if items := get(obj, "items"); items != nil && items.Kind == yaml.SequenceNode && strings.HasSuffix(kind, "List") {
 		if depth >= maxDepth {
-			return false, errors.New("Lists nested too deep")
+			return false, errors.New("lists nested too deep")
 		}
 		any := false
 		for _, it := range items.Content {

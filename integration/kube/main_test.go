@@ -6,11 +6,9 @@
 package kube
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -242,14 +240,4 @@ func eventually(t *testing.T, bound time.Duration, cond func() string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// lines is a reader's lines, for logs.
-func lines(r io.Reader) []string {
-	var out []string
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		out = append(out, sc.Text())
-	}
-	return out
 }
