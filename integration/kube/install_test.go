@@ -172,6 +172,7 @@ func TestInstallCheckInject(t *testing.T) {
 			return ""
 		})
 		out, _ := check()
+		t.Logf("detour check:\n%s", out)
 		for _, name := range []string{"kubernetes-api", "trust-anchor", "issuer", "webhook-registered", "webhook-ca-bundle", "controller-ready", "injection"} {
 			if !regexpLine(out, name, "ok") {
 				t.Errorf("detour check has no ok line for %s:\n%s", name, out)
@@ -323,6 +324,7 @@ func TestInstallCheckInject(t *testing.T) {
 		if err == nil {
 			t.Fatalf("detour check passed with a wrong caBundle:\n%s", out)
 		}
+		t.Logf("detour check with a wrong caBundle and no controller:\n%s", out)
 		if !regexpLine(out, "webhook-ca-bundle", "failed") || !strings.Contains(out, "hint: the API server will refuse the controller's certificate") {
 			t.Errorf("detour check does not say what is wrong:\n%s", out)
 		}
