@@ -70,6 +70,26 @@ func craftedToken(t *testing.T, ns, sa string, exp time.Time) string {
 	return signing + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
 
+// certifyAt asks the controller at addr for a certificate for id, proving it with token.
+func certifyAt(t *testing.T, addr string, authority *ca.CA, id, token string) (*x509.Certificate, error) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(
+		spiffe.ClientTLS(spiffe.Pool([]*x509.Certificate{authority.TrustAnchor()}), spiffe.ControllerID(authority.TrustDomain()), time.Now))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := identitypb.NewIdentityClient(conn).Certify(ctx, &identitypb.CertifyRequest{Identity: id, Csr: csr, Token: token})
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(resp.GetCertificate())
+}
+
 // TestTokenReview: the controller's Kubernetes verifier, against the real API server, proves
 // exactly the ServiceAccount of a token for identity.detour.io and refuses an expired token, a
 // token for another audience and a token for the API server; through detour-controller's
@@ -111,24 +131,7 @@ func TestTokenReview(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(
-		spiffe.ClientTLS(spiffe.Pool([]*x509.Certificate{authority.TrustAnchor()}), spiffe.ControllerID(td), time.Now))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ic := identitypb.NewIdentityClient(conn)
-	certify := func(id, token string) (*x509.Certificate, error) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		resp, err := ic.Certify(cctx, &identitypb.CertifyRequest{Identity: id, Csr: csr, Token: token})
-		if err != nil {
-			return nil, err
-		}
-		return x509.ParseCertificate(resp.GetCertificate())
-	}
+	certify := func(id, token string) (*x509.Certificate, error) { return certifyAt(t, c.addr, authority, id, token) }
 	cert, err := certify(stockID, good)
 	if err != nil || len(cert.URIs) != 1 || cert.URIs[0].String() != stockID {
 		t.Fatalf("Certify with the ServiceAccount's token: %v, %v", cert, err)

@@ -154,9 +154,11 @@ func TestInstallCheckInject(t *testing.T) {
 		kubectlErr([]byte(manifests), "delete", "--ignore-not-found", "--wait=false", "-f", "-")
 	})
 
+	// The controller runs as its ServiceAccount, with the RBAC deploy/ gives it and nothing more.
+	asController := serviceAccountKubeconfig(t, "detour", "detour-controller")
 	port := freePort(t)
 	url := fmt.Sprintf("https://127.0.0.1:%d%s", port, webhook.InjectPath)
-	hook := []string{"--webhook-listen", fmt.Sprintf("127.0.0.1:%d", port), "--webhook-url", url, "--webhook-ips", "127.0.0.1"}
+	hook := []string{"--kubeconfig", asController, "--webhook-listen", fmt.Sprintf("127.0.0.1:%d", port), "--webhook-url", url, "--webhook-ips", "127.0.0.1"}
 	ctrl := startController(t, caDir, hook...)
 	ctrl.waitLog(t, "webhook configuration updated")
 
@@ -184,6 +186,14 @@ func TestInstallCheckInject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Run("the controller's RBAC lets it review a proxy's token", func(t *testing.T) {
+		ns := namespace(t, "rbac", nil)
+		serviceAccount(t, ns, "app")
+		id := "spiffe://cluster.local/ns/rbac/sa/app"
+		if cert, err := certifyAt(t, ctrl.addr, authority, id, serviceToken(t, ns, "app", inject.TokenAudience)); err != nil || cert.URIs[0].String() != id {
+			t.Fatalf("Certify through a controller running as its ServiceAccount: %v, %v", cert, err)
+		}
+	})
 	anchorPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: authority.TrustAnchor().Raw}))
 	injected, report, err := detour(nil, "inject", "../../deploy/examples/stockkube/")
 	if err != nil {
@@ -338,6 +348,25 @@ func TestInstallCheckInject(t *testing.T) {
 			return ""
 		})
 	})
+}
+
+// serviceAccountKubeconfig writes a kubeconfig that authenticates as ServiceAccount ns/sa with
+// a token from the TokenRequest API, as the controller's pod would.
+func serviceAccountKubeconfig(t *testing.T, ns, sa string) string {
+	t.Helper()
+	tok := serviceToken(t, ns, sa, "https://kubernetes.default.svc.cluster.local")
+	path := filepath.Join(t.TempDir(), sa+".kubeconfig")
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: %q, certificate-authority: %q}}]
+users: [{name: %s, user: {token: %q}}]
+contexts: [{name: test, context: {cluster: test, user: %s}}]
+current-context: test
+`, cluster.Server, cluster.CAFile, sa, tok, sa)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // regexpLine reports whether out has a line starting with name whose second column is result.

@@ -156,6 +156,7 @@ func startController(t *testing.T, caDir string, extra ...string) *controller {
 	t.Helper()
 	c := &controller{log: &syncbuf.Buffer{}, addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), done: make(chan struct{})}
 	args := append([]string{"--source", "kubernetes", "--kubeconfig", cluster.Kubeconfig, "--ca-dir", caDir, "--listen", c.addr}, extra...)
+	// A later --kubeconfig in extra wins (pflag keeps the last).
 	c.cmd = exec.Command(controllerBin, args...)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	if err := c.cmd.Start(); err != nil {
