@@ -278,6 +278,16 @@ func TestInstallCheckInject(t *testing.T) {
 		}
 	})
 
+	t.Run("the API server accepts what inject --manual writes", func(t *testing.T) {
+		manual, report, err := detour(nil, "inject", "--manual", "--trust-anchor", filepath.Join(caDir, "ca.crt"), "../../deploy/examples/stockkube/")
+		if err != nil {
+			t.Fatalf("detour inject --manual: %v\n%s", err, report)
+		}
+		out := kubectl(t, []byte(manual), "apply", "--dry-run=server", "-f", "-")
+		if n := strings.Count(out, "deployment.apps/"); n != 2 || !strings.Contains(out, "configured (server dry run)") {
+			t.Fatalf("server dry run of the manually injected Deployments:\n%s", out)
+		}
+	})
 	plain := namespace(t, "plain", nil)
 	t.Run("an unannotated pod is untouched", func(t *testing.T) {
 		p, err := client.CoreV1().Pods(plain).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "plain"},
