@@ -119,7 +119,18 @@ func Build(in Input) ([]*discovery.Service, []Problem) {
 		}
 	}
 	slices.SortFunc(out, func(a, b *discovery.Service) int { return strings.Compare(a.Name, b.Name) })
-	return out, problems
+	// Names are unique in the model (a proxy refuses a snapshot that repeats one): should two
+	// objects ever map to one name (a headless pod whose hostname is a port number), keep the
+	// first and say so, rather than have every proxy refuse the whole snapshot.
+	uniq := out[:0]
+	for i, svc := range out {
+		if i > 0 && svc.Name == out[i-1].Name {
+			problems = append(problems, Problem{svc.Name, "two Services map to this name in the mesh; one is left out"})
+			continue
+		}
+		uniq = append(uniq, svc)
+	}
+	return uniq, problems
 }
 
 func clusterIPs(svc *corev1.Service) []string {

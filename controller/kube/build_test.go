@@ -145,6 +145,7 @@ func TestBuildStockData(t *testing.T) {
 	if len(problems) != 0 {
 		t.Errorf("problems: %v", problems)
 	}
+	mustWire(t, got)
 	m := byName(t, got)
 	if len(got) != 2 || m["80.stockdata.stocks"] == nil || m["9090.stockdata.stocks"] == nil {
 		t.Fatalf("services %v, want 80.stockdata.stocks and 9090.stockdata.stocks (UDP left out)", m)
@@ -251,6 +252,7 @@ func TestBuildHeadlessAndExternalName(t *testing.T) {
 		pods:   []*corev1.Pod{pod("data", "db-0", "db", "198.18.0.21", true), pod("data", "db-1", "", "198.18.0.22", true)},
 	}
 	got, problems := Build(f.input())
+	mustWire(t, got)
 	m := byName(t, got)
 	if len(got) != 2 || m["db-0.db.data"] == nil || m["198-18-0-22.db.data"] == nil {
 		t.Fatalf("headless services: %v", m)
@@ -267,5 +269,30 @@ func TestBuildHeadlessAndExternalName(t *testing.T) {
 	}
 	if len(problems) != 1 || problems[0].Service != "data/partner" || !strings.Contains(problems[0].Msg, "ExternalName") {
 		t.Errorf("problems %v, want the ExternalName refusal", problems)
+	}
+}
+
+// TestBuildKeepsNamesUnique: pods of a headless Service that share a hostname (a Deployment
+// setting spec.hostname) would give two services one name, which a proxy refuses for the whole
+// snapshot: the first is kept and the problem said.
+func TestBuildKeepsNamesUnique(t *testing.T) {
+	web := service("web", "web", []string{"None"}, corev1.ServicePort{Name: "http", Port: 80})
+	a, b := ep("198.18.0.31", "web-a", true, true, false), ep("198.18.0.32", "web-b", true, true, false)
+	a.Hostname, b.Hostname = ptr("web"), ptr("web")
+	f := &fixture{svcs: []*corev1.Service{web},
+		slices: []*discoveryv1.EndpointSlice{slice("web", "web", "web-x", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, a, b)}}
+	got, problems := Build(f.input())
+	if len(got) != 1 || got[0].Name != "web.web.web" || len(problems) != 1 {
+		t.Fatalf("services %v, problems %v", byName(t, got), problems)
+	}
+	mustWire(t, got)
+}
+
+// mustWire checks that a proxy accepts the services from the controller's wire format, which
+// validates them as strictly as the discovery file.
+func mustWire(t *testing.T, svcs []*discovery.Service) {
+	t.Helper()
+	if _, err := discovery.FromProto(discovery.ToProto(discovery.NewSnapshot("cluster.local", "t", svcs))); err != nil {
+		t.Fatalf("a proxy would refuse this snapshot: %v", err)
 	}
 }
