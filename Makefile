@@ -7,11 +7,13 @@ DEPS    := iptables=iptables iptables-legacy=iptables ip=iproute2 curl=curl h2lo
 # The benchmark's references, the same two hops in the same run: HAProxy (a C HTTP/2 proxy) and
 # socat (a byte relay: the least a userspace hop costs).
 BENCHDEPS := $(DEPS) haproxy=haproxy socat=socat
-TESTDEPS := $(DEPS) chromium=chromium
+# The test cluster's node: runc, and Debian's CNI plugins (a path: they are not commands).
+CLUSTERDEPS := runc=runc /usr/lib/cni/bridge=containernetworking-plugins
+TESTDEPS := $(DEPS) chromium=chromium $(CLUSTERDEPS)
 PKGS    := ./...
 TESTLOG := bin/integration.log
 
-.PHONY: build deps test demo bench lint clean generate k8s image
+.PHONY: build deps test demo bench lint clean generate k8s image cluster cluster-down
 
 # detour (the sidecar's binary: init, proxy, inject, install, demo), detour-controller (the
 # controller, which links client-go and so is kept out of the sidecar's binary), and the StockKube
@@ -40,6 +42,17 @@ deps:
 # a cache outside the repository: about 14 minutes cold, nothing to do warm.
 k8s:
 	@scripts/k8s-build.sh >/dev/null
+
+# A one-node Kubernetes cluster on this machine (internal/kubecluster), left running in the
+# background; it prints how to use it. `make cluster-down` removes it, also after a crash.
+cluster: build k8s image
+	@scripts/deps.sh $(CLUSTERDEPS)
+	@$(GO) build -o bin/kubecluster ./internal/kubecluster/cmd/kubecluster
+	@bin/kubecluster up --node --detach
+
+cluster-down:
+	@$(GO) build -o bin/kubecluster ./internal/kubecluster/cmd/kubecluster
+	@bin/kubecluster down
 
 # Unit tests and fuzz seed corpora everywhere, then the integration suite on real namespaces.
 # DETOUR_REQUIRE_ROOT=1 turns a would-be skip of a root test into a failure.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds Detour's image from the top-level Dockerfile, the StockKube images and the test
-# cluster's pause image, without a Docker daemon or a registry: buildah builds the same
+# cluster's pause and CoreDNS images, without a Docker daemon or a registry: buildah builds the same
 # Dockerfiles a Docker user builds, on a Debian base made here with debootstrap (minbase) and
 # stored under the name the Dockerfile's FROM uses, and writes each image as a docker-archive
 # under bin/images/ that `ctr -n k8s.io images import` (and `docker load`) accepts.
@@ -16,8 +16,11 @@ mkdir -p "$CACHE/cni" "$OUT"
 # vfs: no overlay mounts to leave behind; storage in the cache, so warm builds reuse layers.
 # chroot isolation with the host's network: buildah's default would create a CNI bridge and
 # firewall rules in the root network namespace for each RUN.
+# (Its network configuration directory is moved into the cache too, or it makes /etc/cni.)
+printf '[network]\nnetwork_config_dir = "%s"\n' "$CACHE/cni" >"$CACHE/containers.conf"
+export CONTAINERS_CONF=$CACHE/containers.conf
 BA=(buildah --storage-driver vfs --root "$CACHE/storage" --runroot "$CACHE/run")
-BUD=(bud --isolation chroot --network host --cni-config-dir "$CACHE/cni" --pull=never --layers -q)
+BUD=(bud --isolation chroot --network host --pull=never --layers -q)
 log() { printf 'image: %s\n' "$*" >&2; }
 
 if ! "${BA[@]}" inspect --type image "$BASE" >/dev/null 2>&1; then
@@ -48,12 +51,22 @@ build() {
 	"${BA[@]}" push -q "$ref" "docker-archive:$OUT/$name.tar:$ref"
 	printf '%s\t%s\t%s\n' "$ref" "$OUT/$name.tar" "$(du -h "$OUT/$name.tar" | cut -f1)"
 }
-targets=${*:-detour stockdata stockweb pause}
+targets=${*:-detour stockdata stockweb pause coredns}
+K8S_BIN=${DETOUR_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/detour/k8s-v1.37.2}/bin
 for t in $targets; do
 	case $t in
 	detour) build detour Dockerfile ;;
 	stockdata | stockweb) build "$t" "examples/stockkube/$t.Dockerfile" ;;
 	pause) TAG=3.10 build pause internal/kubecluster/pause/Dockerfile ;;
+	coredns)
+		# The test cluster's DNS, from the binary scripts/k8s-build.sh (make k8s) builds.
+		if [ ! -x "$K8S_BIN/coredns" ]; then
+			log "no $K8S_BIN/coredns yet (make k8s builds it): skipping the coredns image"
+			continue
+		fi
+		cp "$K8S_BIN/coredns" bin/coredns
+		TAG=$(cat "$K8S_BIN/.coredns-version") build coredns internal/kubecluster/coredns.Dockerfile
+		;;
 	*) echo "image: unknown image $t" >&2; exit 2 ;;
 	esac
 done

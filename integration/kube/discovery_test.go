@@ -68,7 +68,10 @@ func markPodsReady(t *testing.T, ns string, ips *[]string) {
 		if len(*ips) == 0 {
 			t.Fatal("out of pod addresses")
 		}
-		if _, err := kubetest.MarkReady(ctx, client, p, (*ips)[0]); err != nil {
+		// Dual-stack, as a pod of a dual-stack cluster: 198.18.5.N and fd00:de70:5::N.
+		v4 := (*ips)[0]
+		v6 := "fd00:de70:5::" + v4[strings.LastIndexByte(v4, '.')+1:]
+		if _, err := kubetest.MarkReady(ctx, client, p, v4, v6); err != nil {
 			t.Fatal(err)
 		}
 		*ips = (*ips)[1:]
@@ -133,7 +136,8 @@ func endpointsOf(snap *discovery.Snapshot, name string) (*discovery.Service, []s
 // TestDiscoveryFromTheAPI: Services and EndpointSlices created through the API become the
 // discovery model, in the controller's source and at a proxy watching the controller binary;
 // scaling the Deployment from 2 to 3 reaches the watcher; a terminating pod leaves the ready
-// set; a change elsewhere keeps the unchanged service's pointer.
+// set; a change elsewhere keeps the unchanged service's pointer. The Service is dual-stack: both
+// cluster IPs select it, and each dual-stack pod is one endpoint, in the primary family.
 func TestDiscoveryFromTheAPI(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -142,13 +146,17 @@ func TestDiscoveryFromTheAPI(t *testing.T) {
 	serviceAccount(t, ns, "stockweb")
 	svc, err := client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "stockdata", Annotations: map[string]string{kube.AnnotationBalancer: "round-robin"}},
-		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "stockdata"}, Ports: []corev1.ServicePort{{
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "stockdata"}, IPFamilyPolicy: ptr(corev1.IPFamilyPolicyRequireDualStack), Ports: []corev1.ServicePort{{
 			Name: "grpc", Port: 80, TargetPort: intstr.FromString("grpc"), AppProtocol: ptr("kubernetes.io/h2c")}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	vip := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80)
+	if len(svc.Spec.ClusterIPs) != 2 {
+		t.Fatalf("a dual-stack Service got cluster IPs %v", svc.Spec.ClusterIPs)
+	}
+	vip6 := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIPs[1]), 80)
 	if _, err := client.AppsV1().Deployments(ns).Create(ctx, stockDeployment(ns, 2), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -185,6 +193,9 @@ func TestDiscoveryFromTheAPI(t *testing.T) {
 	s, _ := endpointsOf(snap, name)
 	if got, ok := snap.Lookup(vip); !ok || got != s || s.Protocol != discovery.ProtocolHTTP2 || s.Balancer != discovery.BalancerRoundRobin {
 		t.Fatalf("the service at its cluster IP %s: %+v", vip, s)
+	}
+	if got, ok := snap.Lookup(vip6); !ok || got != s {
+		t.Fatalf("the service at its IPv6 cluster IP %s: %+v", vip6, got)
 	}
 	if got, ok := snap.LookupAuthority("stockdata.disc.svc.cluster.local"); !ok || got != s {
 		t.Errorf("the service's DNS name does not select it: %v", got)

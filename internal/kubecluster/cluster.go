@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/detourmesh/detour/netns"
 )
 
 // Version is the Kubernetes release the harness runs, the one scripts/k8s-build.sh builds.
@@ -46,6 +48,9 @@ const (
 // pods in one /24 of 198.18.0.0/16.
 const (
 	ServiceCIDR = "198.19.0.0/16"
+	// ServiceCIDR6 holds the IPv6 ClusterIPs of dual-stack Services (ipFamilyPolicy
+	// PreferDualStack or RequireDualStack); IPv4 is the primary family.
+	ServiceCIDR6 = "fd00:de70:f::/112"
 	// APIServiceIP is the ClusterIP of the "kubernetes" Service, the first of ServiceCIDR.
 	APIServiceIP = "198.19.0.1"
 )
@@ -64,6 +69,16 @@ type Options struct {
 	Timeout time.Duration
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
+	// Node adds a one-node cluster: containerd, kube-scheduler, the kubelet, kube-proxy and
+	// CNI, with the node's networking (and then the control plane too) in a network
+	// namespace of its own. It needs root. See node.go.
+	Node bool
+	// Images are image archives (docker-archive or OCI) imported into the node's containerd
+	// before the kubelet starts; they must include the sandbox image SandboxImage.
+	Images []string
+	// DNS runs CoreDNS (DNSImage, among Images) as the node cluster's DNS at DNSServiceIP,
+	// and Start waits for it: pods then resolve Services by name.
+	DNS bool
 }
 
 // Timings are how long the phases of Start took.
@@ -73,6 +88,12 @@ type Timings struct {
 	// ServiceAccount is from Start until the "default" ServiceAccount exists (the
 	// controller-manager works).
 	ServiceAccount time.Duration
+	// NodeReady is from Start until the node is Ready (node clusters only).
+	NodeReady time.Duration
+	// DNSReady is from Start until CoreDNS is Ready (Options.DNS only).
+	DNSReady time.Duration
+	// Images is how long importing Options.Images took.
+	Images time.Duration
 	// Total is the whole of Start.
 	Total time.Duration
 }
@@ -83,10 +104,15 @@ type Cluster struct {
 	Name, Dir string
 	// Kubeconfig is the path of a kubeconfig for cluster-admin (system:masters).
 	Kubeconfig string
-	// Server is the API server's URL, https://127.77.X.Y:6443.
+	// Server is the API server's URL, https://127.77.X.Y:6443, on the root namespace's
+	// loopback (in a node cluster, a relay into the node's namespace).
 	Server string
-	// Addr is the cluster's loopback address, which every component listens on.
+	// Addr is the cluster's loopback address in the root namespace: every component of an
+	// API-only cluster listens on it; a node cluster's relay to its API server does.
 	Addr netip.Addr
+	// NodeNS is the node's network namespace (node clusters only): the control plane, the
+	// kubelet, containerd, kube-proxy, the CNI bridge and the pods' veths live there.
+	NodeNS *netns.NS
 	// BinDir holds the binaries the cluster runs (kubectl among them).
 	BinDir string
 	// CAFile is the cluster CA certificate (PEM), which signed the API server's certificate.
@@ -98,6 +124,13 @@ type Cluster struct {
 	ca      *authority
 	procs   []*proc
 	restCfg *rest.Config
+
+	// Where the control plane listens inside its namespace, and the API server's URL as
+	// the components (and pods) reach it.
+	local, apiBind netip.Addr
+	inner          string
+	starter        func(*exec.Cmd) error
+	relay          *relay
 
 	stopOnce sync.Once
 	stopErr  error
@@ -130,8 +163,10 @@ func BinDir() (string, error) {
 
 // Start starts etcd, kube-apiserver and kube-controller-manager and returns once the API
 // server is ready and the "default" ServiceAccount exists (pods created before it are
-// refused). On failure it removes everything it started and returns the error with the
-// failing component's log tail. The caller must call Stop.
+// refused); with opts.Node, also the node, returning once it is Ready (and, with opts.DNS,
+// CoreDNS too). It never waits longer than opts.Timeout. On failure it removes everything it
+// started and returns the error with the failing component's log tail. The caller must call
+// Stop.
 func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	begin := time.Now()
 	if opts.Root == "" {
@@ -154,6 +189,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 
+	if !validName(opts.Name) {
+		return nil, fmt.Errorf("starting cluster: name %q: use 1 to 40 of a-z, 0-9 and -", opts.Name)
+	}
 	if err := os.MkdirAll(opts.Root, 0o755); err != nil {
 		return nil, fmt.Errorf("starting cluster %s: %w", opts.Name, err)
 	}
@@ -185,11 +223,17 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	c.Server = "https://" + net.JoinHostPort(c.Addr.String(), strconv.Itoa(APIServerPort))
+	c.local, c.apiBind, c.inner = c.Addr, c.Addr, c.Server
+	if opts.Node {
+		if err := c.makeNode(); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.writePKI(); err != nil {
 		return nil, fmt.Errorf("starting cluster %s: %w", c.Name, err)
 	}
 
-	c.log.Info("starting etcd, kube-apiserver and kube-controller-manager", "addr", c.Addr)
+	c.log.Info("starting etcd, kube-apiserver and kube-controller-manager", "addr", c.Addr, "node", opts.Node)
 	if _, err := c.startEtcd(); err != nil {
 		return nil, err
 	}
@@ -199,9 +243,14 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	// The controller-manager waits for the API server itself; starting it now overlaps
 	// their start-up.
-	cm, err := c.startControllerManager()
+	cm, err := c.startControllerManager(opts.Node)
 	if err != nil {
 		return nil, err
+	}
+	if opts.Node {
+		if err := c.startNodeComponents(ctx, opts.Images, opts.DNS); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.waitReady(ctx, api); err != nil {
 		return nil, err
@@ -213,9 +262,42 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	c.Timings.ServiceAccount = time.Since(begin)
+	if opts.Node {
+		if err := c.waitNodeReady(ctx); err != nil {
+			return nil, err
+		}
+		c.Timings.NodeReady = time.Since(begin)
+		if opts.DNS {
+			cs, err := c.Client()
+			if err != nil {
+				return nil, err
+			}
+			if err := deployDNS(ctx, cs); err != nil {
+				return nil, err
+			}
+			if err := c.waitDNSReady(ctx, cs); err != nil {
+				return nil, err
+			}
+			c.Timings.DNSReady = time.Since(begin)
+		}
+	}
 	c.Timings.Total = time.Since(begin)
 	c.log.Info("cluster ready", "after", c.Timings.Total, "kubeconfig", c.Kubeconfig)
 	return c, nil
+}
+
+// validName keeps names usable in paths, cgroup and namespace names, and free of '.', which
+// ends the node namespace's name (so that no cluster's names are a prefix of another's).
+func validName(name string) bool {
+	if len(name) == 0 || len(name) > 40 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // pickAddr chooses an address in 127.77.0.0/16 on which every fixed port is free.
@@ -257,7 +339,7 @@ func (c *Cluster) writePKI() error {
 		return err
 	}
 	serving, err := ca.issue("kube-apiserver", nil, []string{
-		c.Addr.String(), APIServiceIP, "localhost", "127.0.0.1",
+		c.Addr.String(), c.apiBind.String(), APIServiceIP, "localhost", "127.0.0.1",
 		"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
 	})
 	if err != nil {
@@ -278,10 +360,24 @@ func (c *Cluster) writePKI() error {
 		return err
 	}
 	c.Kubeconfig = filepath.Join(c.Dir, "kubeconfig")
-	if err := c.writeKubeconfig(c.Kubeconfig, "admin", []string{"system:masters"}); err != nil {
+	if err := c.writeKubeconfig(c.Kubeconfig, c.Server, "admin", []string{"system:masters"}); err != nil {
 		return err
 	}
-	return c.writeKubeconfig(c.pki("controller-manager.kubeconfig"), "system:kube-controller-manager", nil)
+	for _, k := range []struct{ file, user string }{
+		{"controller-manager", "system:kube-controller-manager"},
+		{"scheduler", "system:kube-scheduler"},
+		{"kube-proxy", "system:kube-proxy"},
+		{"kubelet", "system:node:" + NodeName},
+	} {
+		var orgs []string
+		if k.file == "kubelet" {
+			orgs = []string{"system:nodes"}
+		}
+		if err := c.writeKubeconfig(c.pki(k.file+".kubeconfig"), c.inner, k.user, orgs); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func mustPKCS8(a *authority) []byte {
@@ -294,13 +390,13 @@ func mustPKCS8(a *authority) []byte {
 
 // writeKubeconfig writes a kubeconfig for user (groups orgs) with an embedded client
 // certificate, pointing at the API server.
-func (c *Cluster) writeKubeconfig(path, user string, orgs []string) error {
+func (c *Cluster) writeKubeconfig(path, server, user string, orgs []string) error {
 	l, err := c.ca.issue(user, orgs, nil)
 	if err != nil {
 		return err
 	}
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[c.Name] = &clientcmdapi.Cluster{Server: c.Server, CertificateAuthorityData: c.ca.pem}
+	cfg.Clusters[c.Name] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: c.ca.pem}
 	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: l.certPEM, ClientKeyData: l.keyPEM}
 	cfg.Contexts[c.Name] = &clientcmdapi.Context{Cluster: c.Name, AuthInfo: user}
 	cfg.CurrentContext = c.Name
@@ -311,7 +407,7 @@ func (c *Cluster) writeKubeconfig(path, user string, orgs []string) error {
 }
 
 func (c *Cluster) hostPort(port int) string {
-	return net.JoinHostPort(c.Addr.String(), strconv.Itoa(port))
+	return net.JoinHostPort(c.local.String(), strconv.Itoa(port))
 }
 
 func (c *Cluster) bin(name string) string { return filepath.Join(c.BinDir, name) }
@@ -330,19 +426,20 @@ func (c *Cluster) startEtcd() (*proc, error) {
 		// makes every write slow.
 		"--unsafe-no-fsync",
 		"--log-level=warn",
-	}, nil)
+	}, c.starter)
 }
 
 func (c *Cluster) startAPIServer() (*proc, error) {
 	return c.start("kube-apiserver", c.bin("kube-apiserver"), []string{
 		"--etcd-servers=http://" + c.hostPort(etcdPort),
-		"--bind-address=" + c.Addr.String(),
+		"--bind-address=" + c.apiBind.String(),
 		"--secure-port=" + strconv.Itoa(APIServerPort),
-		// What the "kubernetes" Service's endpoints say. Endpoints may not be loopback
-		// addresses, so an API-only cluster advertises an address in the test range that
-		// nothing in the root namespace dials.
-		"--advertise-address=198.18.0.1",
-		"--service-cluster-ip-range=" + ServiceCIDR,
+		// What the "kubernetes" Service's endpoints say: the node's address, where pods
+		// reach the API server. Endpoints may not be loopback addresses, so an API-only
+		// cluster advertises that address too, which nothing in the root namespace dials.
+		"--advertise-address=" + NodeIP,
+		"--kubelet-preferred-address-types=InternalIP",
+		"--service-cluster-ip-range=" + ServiceCIDR + "," + ServiceCIDR6,
 		"--cert-dir=" + c.pki(""),
 		"--tls-cert-file=" + c.pki("apiserver.crt"),
 		"--tls-private-key-file=" + c.pki("apiserver.key"),
@@ -362,14 +459,14 @@ func (c *Cluster) startAPIServer() (*proc, error) {
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--v=1",
-	}, nil)
+	}, c.starter)
 }
 
-func (c *Cluster) startControllerManager() (*proc, error) {
+func (c *Cluster) startControllerManager(node bool) (*proc, error) {
 	kc := c.pki("controller-manager.kubeconfig")
-	return c.start("kube-controller-manager", c.bin("kube-controller-manager"), []string{
+	args := []string{
 		"--kubeconfig=" + kc,
-		"--bind-address=" + c.Addr.String(),
+		"--bind-address=" + c.local.String(),
 		"--secure-port=" + strconv.Itoa(controllerPort),
 		"--cert-dir=" + c.pki("controller-manager"),
 		// One instance: waiting for a lease would only cost start-up time.
@@ -382,12 +479,16 @@ func (c *Cluster) startControllerManager() (*proc, error) {
 		// Each controller's client makes its ServiceAccount and token at start, one after
 		// the other: the default 20 requests/s add seconds to every cluster's start.
 		"--kube-api-qps=500", "--kube-api-burst=1000",
-		// Without kubelets, nodes would turn NotReady and their pods unready within a
-		// minute: an API-only cluster's stand-in nodes (kubetest.MarkReady) stay as declared.
-		"--controllers=*,-node-lifecycle-controller",
 		"--profiling=false",
 		"--v=1",
-	}, nil)
+	}
+	if !node {
+		// Without kubelets, nodes would turn NotReady and their pods unready within a
+		// minute: an API-only cluster's stand-in nodes (kubetest.MarkReady) stay as
+		// declared.
+		args = append(args, "--controllers=*,-node-lifecycle-controller")
+	}
+	return c.start("kube-controller-manager", c.bin("kube-controller-manager"), args, c.starter)
 }
 
 // waitReady waits until the API server answers /readyz with 200, failing early if it exits.
@@ -507,12 +608,34 @@ func (c *Cluster) LogTails(n int) string {
 func (c *Cluster) Stop() error {
 	c.stopOnce.Do(func() {
 		var errs []error
+		// Clients through the relay (watches) would hold the API server's graceful
+		// shutdown open.
+		if c.relay != nil {
+			c.relay.close()
+		}
 		for i := len(c.procs) - 1; i >= 0; i-- {
 			p := c.procs[i]
 			id := procID{pid: p.cmd.Process.Pid}
 			id.start, _ = startTime(id.pid)
-			if err := terminate(id, 10*time.Second, p.exited); err != nil {
+			t0 := time.Now()
+			// The API server drains its watches for up to a minute on SIGTERM: nothing of a
+			// throw-away cluster is worth that wait.
+			grace := 10 * time.Second
+			if p.name == "kube-apiserver" {
+				grace = time.Second
+			}
+			if err := terminate(id, grace, p.exited); err != nil {
 				errs = append(errs, fmt.Errorf("stopping %s: %w", p.name, err))
+			}
+			c.log.Debug("stopped", "component", p.name, "after", time.Since(t0))
+			if p.name == "kubelet" {
+				// With the kubelet gone nothing restarts the containers: end them now, so
+				// that their API watches (CoreDNS's) do not hold the API server's shutdown.
+				if cgs, err := cgroupMounts(); err == nil {
+					if err := killCgroupProcs(cgroupTree(cgs, c.Name)); err != nil {
+						errs = append(errs, err)
+					}
+				}
 			}
 		}
 		if err := teardown(c.Dir); err != nil {

@@ -126,8 +126,8 @@ func TestSweep(t *testing.T) {
 func pidsOf(t *testing.T, c *kubecluster.Cluster) []string {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(c.Dir, "pids", "*"))
-	if err != nil || len(files) != 3 {
-		t.Fatalf("PID files %v (%v), want etcd, kube-apiserver, kube-controller-manager", files, err)
+	if err != nil || len(files) < 3 {
+		t.Fatalf("PID files %v (%v), want etcd, kube-apiserver, kube-controller-manager and more", files, err)
 	}
 	var ids []string
 	for _, f := range files {

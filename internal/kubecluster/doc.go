@@ -18,6 +18,12 @@
 // harness for each cluster; the API server verifies ServiceAccount tokens (TokenReview) and
 // calls mutating admission webhooks at any URL, loopback included.
 //
+// A node cluster (Options.Node) adds kube-scheduler, containerd, the kubelet, kube-proxy and
+// CNI, and runs the node's networking and the control plane in a network namespace of its
+// own (see node.go for why the control plane goes there too); its API server is relayed to
+// the cluster's loopback address. Stop and Sweep then also remove containers, mounts,
+// cgroups and the namespace.
+//
 // The binaries come from scripts/k8s-build.sh (the pinned versions, cached outside the
 // repository; see BinDir). Only tests and the dev tool import this package: client-go must
 // never enter the sidecar's binary, whose memory follows its size.

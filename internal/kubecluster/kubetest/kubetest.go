@@ -17,9 +17,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/detourmesh/detour/internal/kubecluster"
+	"github.com/detourmesh/detour/netns/nstest"
 )
 
-// Start starts an API-only cluster (etcd, kube-apiserver, kube-controller-manager) for t.
+// Start starts a cluster for t: API-only (etcd, kube-apiserver, kube-controller-manager)
+// unless opts.Node is set (see StartNode).
 // Without the Kubernetes binaries (scripts/k8s-build.sh) the test is skipped, or fails when
 // DETOUR_REQUIRE_ROOT=1 (CI must never skip).
 func Start(t testing.TB, opts kubecluster.Options) *kubecluster.Cluster {
@@ -58,6 +60,26 @@ func Start(t testing.TB, opts kubecluster.Options) *kubecluster.Cluster {
 		}
 	})
 	return c
+}
+
+// StartNode starts a one-node cluster (kubecluster.Options.Node) with its DNS for t, with
+// the images of `make image` (bin/images/*.tar of this repository) unless opts.Images names
+// others. It needs root: the test fails, or is skipped outside CI, without it.
+func StartNode(t testing.TB, opts kubecluster.Options) *kubecluster.Cluster {
+	t.Helper()
+	nstest.RequireRoot(t)
+	opts.Node, opts.DNS = true, true
+	if len(opts.Images) == 0 {
+		imgs, err := kubecluster.RepoImages()
+		if err != nil {
+			if os.Getenv("DETOUR_REQUIRE_ROOT") == "1" {
+				t.Fatal(err)
+			}
+			t.Skip(err)
+		}
+		opts.Images = imgs
+	}
+	return Start(t, opts)
 }
 
 // tWriter sends the harness's progress to the test log.
