@@ -49,8 +49,8 @@ func waitReady(ctx context.Context, url string) error {
 				return nil
 			}
 			last = resp.Status
-		} else {
-			last = err.Error()
+		} else if ctx.Err() == nil {
+			last = err.Error() // an attempt cut short by the deadline says nothing new
 		}
 		select {
 		case <-ctx.Done():
