@@ -15,7 +15,9 @@ TESTLOG := bin/integration.log
 
 .PHONY: build deps test demo bench lint clean generate k8s image cluster cluster-down
 
-# detour, and the StockKube example's stockdata and stockweb beside it (the demo runs them).
+# detour (the sidecar's binary: init, proxy, inject, install, demo), detour-controller (the
+# controller, which links client-go and so is kept out of the sidecar's binary), and the StockKube
+# example's stockdata and stockweb beside them (the demo runs them).
 # Static (no cgo): nothing needs libc, an init container or sidecar image needs no libc either,
 # and the proxy's RSS is 1.3 MiB smaller without libc's pages. grpcnotrace leaves out grpc-go's
 # x/net/trace (and html/template with it), which nothing here uses: 2.5 MB less binary. A proxy
@@ -23,7 +25,7 @@ TESTLOG := bin/integration.log
 # fault), so its RSS follows the binary's size: 2 MiB less.
 GOBUILD := CGO_ENABLED=0 $(GO) build -tags grpcnotrace
 build:
-	$(GOBUILD) -o bin/ ./cmd/detour ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb ./internal/kubecluster/pause
+	$(GOBUILD) -o bin/ ./cmd/detour ./cmd/detour-controller ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb ./internal/kubecluster/pause
 
 # Detour's image (Dockerfile), the StockKube images and the test cluster's pause image, built
 # with buildah on a Debian base made by debootstrap, as archives in bin/images/ (no daemon, no

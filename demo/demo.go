@@ -34,7 +34,7 @@ type Options struct {
 	NoMesh   bool          // show only the cluster without Detour
 	Duration time.Duration // keep running this long after setting up; 0: until ctx ends
 	Port     uint16        // first loopback port of the forwarders, default 8000
-	Bin      string        // folder holding detour, stockdata and stockweb; default: this executable's
+	Bin      string        // folder holding detour, detour-controller, stockdata and stockweb; default: this executable's
 	// Balancer for StockData: round-robin (default here, so every page load shows the same
 	// even table) or p2c-ewma (the proxy's default, which favours whichever replica answers
 	// fastest at the moment, so its tables vary from load to load).
@@ -87,7 +87,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 		o.Bin = filepath.Dir(exe)
 	}
-	for _, b := range []string{"detour", "stockdata", "stockweb"} {
+	for _, b := range []string{"detour", "detour-controller", "stockdata", "stockweb"} {
 		if _, err := os.Stat(filepath.Join(o.Bin, b)); err != nil {
 			return fmt.Errorf("%s is missing from %s: build it with `make build`", b, o.Bin)
 		}
@@ -267,9 +267,9 @@ func (d *demo) mesh(ctx context.Context) error {
 // startController makes the trust domain's CA, one bootstrap token per pod, and runs the
 // controller in the node namespace.
 func (d *demo) startController(ctx context.Context, disc string, pods []*netns.Pod, tokens map[*netns.Pod]string) (string, error) {
-	detour := filepath.Join(d.o.Bin, "detour")
+	controller := filepath.Join(d.o.Bin, "detour-controller")
 	caDir := filepath.Join(d.procs.logs, "ca")
-	if out, err := exec.CommandContext(ctx, detour, "controller", "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, controller, "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("ca init: %w: %s", err, out)
 	}
 	anchor, err := os.ReadFile(filepath.Join(caDir, "ca.crt"))
@@ -305,7 +305,7 @@ func (d *demo) startController(ctx context.Context, disc string, pods []*netns.P
 		return "", err
 	}
 	node := &netns.Pod{Name: "node", NS: d.topo.Node}
-	if _, err := d.procs.start(ctx, node, "controller", -1, detour, "controller", "--source", "file:"+disc,
+	if _, err := d.procs.start(ctx, node, "controller", -1, controller, "--source", "file:"+disc,
 		"--listen", controllerAddr.String(), "--ca-dir", caDir, "--tokens", tokenFile); err != nil {
 		return "", err
 	}

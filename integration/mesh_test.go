@@ -10,6 +10,9 @@ import (
 	"os"
 	"os/exec"
 
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"path/filepath"
 	"strings"
 	"testing"
@@ -72,6 +75,8 @@ func serveStockDataOn(t testing.TB, pod *netns.Pod, port uint16, id string, dela
 	}
 	g := grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
 	(&stockdata.Server{ID: id, Delay: delay}).Register(g)
+	// The gRPC health service a kubelet grpc probe calls.
+	healthpb.RegisterHealthServer(g, health.NewServer())
 	for _, ln := range lns {
 		go g.Serve(ln)
 	}

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -67,7 +68,7 @@ func newMeshCA(t testing.TB, topo *netns.Topology, ttl time.Duration) *meshCA {
 	os.Chmod(dir, 0o755)
 	m.dir = dir
 	ca := filepath.Join(dir, "ca")
-	if out, err := exec.Command(detourBin, "controller", "ca", "init", "--dir", ca, "--trust-domain", "cluster.local").CombinedOutput(); err != nil {
+	if out, err := exec.Command(controllerBin, "ca", "init", "--dir", ca, "--trust-domain", "cluster.local").CombinedOutput(); err != nil {
 		t.Fatalf("ca init: %v\n%s", err, out)
 	}
 	// The trust anchor is public; the proxies read a copy.
@@ -114,7 +115,7 @@ func (m *meshCA) start(t testing.TB, yaml string) {
 		t.Fatal(err)
 	}
 	m.ctrlLog = &syncbuf.Buffer{}
-	m.ctrl = exec.Command(detourBin, "controller", "--source", "file:"+m.disc, "--listen", ":7086",
+	m.ctrl = exec.Command(controllerBin, "--source", "file:"+m.disc, "--listen", ":7086",
 		"--ca-dir", filepath.Join(m.dir, "ca"), "--tokens", tokens, "--cert-ttl", m.ttl.String())
 	m.ctrl.Stdout, m.ctrl.Stderr = m.ctrlLog, m.ctrlLog
 	if err := m.pod.NS.Start(m.ctrl); err != nil {
@@ -184,8 +185,18 @@ func TestMutualTLSBetweenMeshedPods(t *testing.T) {
 			i, vip(i).String(), netip.AddrPortFrom(server.IPv4, port).String(), identity)
 	}
 	clientFlags := ca.meshFlags(t, webID)
+	// The client is given its trust anchor as PEM text, as the injector does.
+	anchorPEM, err := os.ReadFile(ca.anchor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range clientFlags {
+		if clientFlags[i] == "--trust-anchor" {
+			clientFlags[i], clientFlags[i+1] = "--trust-anchor-pem", string(anchorPEM)
+		}
+	}
 	serverFlags := append(ca.meshFlags(t, stockID), "--port-policy", "8081=strict",
-		"--allow", "8082="+spiffeID("web", "someone-else"))
+		"--allow", "8082="+spiffeID("web", "someone-else"), "--probe-paths", "8081"+"/grpc.health.v1.Health/Check")
 	ca.start(t, "trustDomain: cluster.local\nservices:\n"+
 		svc(0, 8080, stockID)+svc(1, 8081, stockID)+svc(2, 8082, stockID)+svc(3, 8083, spiffeID("stocks", "impostor")))
 	srv := meshWithIdentity(t, server, serverFlags)
@@ -243,6 +254,18 @@ func TestMutualTLSBetweenMeshedPods(t *testing.T) {
 		}
 		if got, err := call(client.NS, vip(1)); err != nil || got != "strict" {
 			t.Fatalf("mesh TLS to a strict port: %q, %v", got, err)
+		}
+	})
+	t.Run("a kubelet probe path reaches a strict port in plaintext, nothing else does", func(t *testing.T) {
+		cc := grpcClientIn(t, plain.NS, netip.AddrPortFrom(server.IPv4, 8081).String())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("plaintext gRPC health check of a strict port with it as a probe path: %v, %v", resp, err)
+		}
+		if _, err := stockpb.NewStockDataClient(cc).GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "ACME"}); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("plaintext call beside the probe path: %v, want PermissionDenied", err)
 		}
 	})
 	t.Run("an identity not on the allow-list is denied and counted", func(t *testing.T) {
@@ -386,6 +409,7 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 			SHA256 string `json:"sha256"`
 		} `json:"issuer"`
 	}
+	// Through `detour controller`, which runs detour-controller beside it with the same arguments.
 	out := mustDetour(t, ca.pod.NS, "controller", "ca", "rotate-issuer", "--dir", filepath.Join(ca.dir, "ca"), "-o", "json")
 	if err := json.Unmarshal([]byte(out), &report); err != nil || report.Issuer.SHA256 == "" || report.Issuer.SHA256 == oldIssuer {
 		t.Fatalf("rotate-issuer printed %s (err %v); the old issuer was %s", out, err, oldIssuer)

@@ -204,12 +204,13 @@ func (p *Proxy) pickOutbound(dst netip.AddrPort) (netip.AddrPort, func(outcome),
 }
 
 // pickInbound sends every request to the application on loopback, at the original port, once
-// the policy lets the client (peer: its identity, "" for plaintext) reach that port.
-func (p *Proxy) pickInbound(dst netip.AddrPort, peer string) (netip.AddrPort, func(outcome), string) {
+// the policy lets the client (peer: its identity, "" for plaintext) send it (method and path:
+// kubelet probes are let through in plaintext).
+func (p *Proxy) pickInbound(dst netip.AddrPort, peer, method, path string) (netip.AddrPort, func(outcome), string) {
 	app := appAddr(dst)
 	m := p.metrics.Route(metrics.Inbound, dst.String(), app, peer)
 	done := func(o outcome) { m.Observe(o.status, o.grpcStatus, o.failed(), o.took) }
-	if ok, why := p.cfg.Policy.DecideString(dst.Port(), peer); !ok {
+	if ok, why := p.cfg.Policy.DecideRequest(dst.Port(), peer, method, path); !ok {
 		p.denied(dst.Port(), peer, why)
 		return app, done, why
 	}
@@ -253,7 +254,7 @@ func (p *Proxy) routeH2Outbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error
 }
 
 func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error) {
-	addr, done, denied := p.pickInbound(dst, h.Conn.Peer)
+	addr, done, denied := p.pickInbound(dst, h.Conn.Peer, h.Method, h.Path)
 	route := h2.Route{Addr: addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}
 	if denied != "" {
 		return route, &h2.Refusal{Message: denied} // 403, or gRPC PERMISSION_DENIED
@@ -270,7 +271,7 @@ func (p *Proxy) routeH1Outbound(dst netip.AddrPort, _ *http.Request) (http1.Rout
 }
 
 func (p *Proxy) routeH1Inbound(dst netip.AddrPort, r *http.Request) (http1.Route, error) {
-	addr, done, denied := p.pickInbound(dst, http1.ConnInfoOf(r).Peer)
+	addr, done, denied := p.pickInbound(dst, http1.ConnInfoOf(r).Peer, r.Method, r.URL.Path)
 	route := http1.Route{Addr: addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}
 	if denied != "" {
 		return route, &http1.Refusal{Message: denied}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/init/plan"
+	"github.com/detourmesh/detour/internal/cmdline"
 	"github.com/detourmesh/detour/proxy"
 	"github.com/detourmesh/detour/proxy/identity"
 	"github.com/detourmesh/detour/proxy/mtls"
@@ -33,7 +34,11 @@ type proxyFlags struct {
 	logLevel, output         string
 
 	identity, trustAnchor, token string
+	trustAnchorPEM               string
 	policy, portPolicy, allow    string
+	probePaths                   string
+
+	podName, podNamespace, podServiceAccount string
 }
 
 func newProxyCommand() *cobra.Command {
@@ -47,7 +52,7 @@ sends GOAWAY, the outbound side keeps serving until --drain-timeout, then the pr
 Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/etc/detour/discovery.yaml.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd); err != nil {
+			if err := cmdline.BindEnv(cmd); err != nil {
 				return err
 			}
 			return runProxy(cmd, f)
@@ -70,6 +75,11 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.StringVar(&f.token, "identity-token", "", "file holding the proof of identity (a bootstrap token) the controller asks for certificates and discovery; required with --discovery controller:")
 	fl.StringVar(&f.policy, "policy", "permissive", "inbound policy: permissive (plaintext from unmeshed clients accepted) or strict (mesh TLS only)")
 	fl.StringVar(&f.portPolicy, "port-policy", "", "per-port policy, e.g. 8080=strict,9090=permissive")
+	fl.StringVar(&f.probePaths, "probe-paths", "", "kubelet probe paths let through in plaintext on strict ports, \"PORT/PATH PORT/PATH ...\" (the injector sets it from the pod's probes)")
+	fl.StringVar(&f.trustAnchorPEM, "trust-anchor-pem", "", "the trust anchors as PEM text instead of a file (the injector sets DETOUR_TRUST_ANCHOR_PEM)")
+	fl.StringVar(&f.podName, "pod-name", "", "the pod this proxy serves, for its logs (the injector sets it)")
+	fl.StringVar(&f.podNamespace, "pod-namespace", "", "the pod's namespace, for its logs (the injector sets it)")
+	fl.StringVar(&f.podServiceAccount, "pod-service-account", "", "the pod's ServiceAccount, for its logs (the injector sets it)")
 	fl.StringVar(&f.allow, "allow", "", "per-port allow-lists of client identities, e.g. 8080=spiffe://cluster.local/ns/web/sa/stockweb;9000=...")
 	return cmd
 }
@@ -93,9 +103,12 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		// to 10 % lower than with two, within that machine's noise.
 		runtime.GOMAXPROCS(f.cores)
 	}
-	log, err := serviceLogger(f.output, f.logLevel)
+	log, err := cmdline.ServiceLogger(f.output, f.logLevel)
 	if err != nil {
 		return err
+	}
+	if f.podName != "" {
+		log = log.With("pod", f.podName, "namespace", f.podNamespace)
 	}
 	opaque, err := plan.ParsePorts(f.opaquePorts)
 	if err != nil {
@@ -117,6 +130,9 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	if cfg.Policy, err = mtls.ParsePolicy(f.policy, f.portPolicy, f.allow); err != nil {
 		return err
 	}
+	if cfg.Policy.Probes, err = mtls.ParseProbePaths(f.probePaths); err != nil {
+		return fmt.Errorf("--probe-paths: %w", err)
+	}
 	// The identity client runs beside the proxy; if it stops for good, so does the proxy, and
 	// when the proxy ends (a signal, or /shutdown) so does the client.
 	ctx, cancel := context.WithCancel(cmd.Context())
@@ -125,12 +141,21 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	var anchorCerts []*x509.Certificate
 	var id spiffeid.ID
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	if f.trustAnchor != "" {
+	switch {
+	case f.trustAnchor != "" && f.trustAnchorPEM != "":
+		return fmt.Errorf("--trust-anchor and --trust-anchor-pem both given: use one")
+	case f.trustAnchor != "":
 		if anchorCerts, err = spiffe.LoadTrustAnchors(f.trustAnchor); err != nil {
 			return fmt.Errorf("--trust-anchor: %w", err)
 		}
+	case f.trustAnchorPEM != "":
+		if anchorCerts, err = spiffe.ParseTrustAnchors([]byte(f.trustAnchorPEM), "--trust-anchor-pem"); err != nil {
+			return fmt.Errorf("--trust-anchor-pem: %w", err)
+		}
+	}
+	if anchorCerts != nil {
 		if td, err = spiffe.TrustDomainOf(anchorCerts[0]); err != nil {
-			return fmt.Errorf("--trust-anchor: %w", err)
+			return fmt.Errorf("trust anchor: %w", err)
 		}
 	}
 	kind, arg, _ := strings.Cut(f.discovery, ":")
@@ -138,8 +163,8 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		if id, err = spiffeid.FromString(f.identity); err != nil {
 			return fmt.Errorf("--identity %q: %w", f.identity, err)
 		}
-		if kind != "controller" || f.trustAnchor == "" || f.token == "" {
-			return fmt.Errorf("--identity needs --discovery controller:HOST:PORT, --trust-anchor and --identity-token")
+		if kind != "controller" || anchorCerts == nil || f.token == "" {
+			return fmt.Errorf("--identity needs --discovery controller:HOST:PORT, --trust-anchor (or --trust-anchor-pem) and --identity-token")
 		}
 		client := identity.NewClient(identity.ClientConfig{
 			Controller: arg, TrustAnchors: f.trustAnchor, TrustAnchorCerts: anchorCerts, ID: id, TokenFile: f.token, Logger: log,
@@ -158,7 +183,7 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		cfg.Discovery = src
 	case kind == "controller" && arg != "":
 		if anchorCerts == nil {
-			return fmt.Errorf("--discovery controller:%s needs --trust-anchor to verify the controller", arg)
+			return fmt.Errorf("--discovery controller:%s needs --trust-anchor (or --trust-anchor-pem) to verify the controller", arg)
 		}
 		if f.token == "" {
 			return fmt.Errorf("--discovery controller:%s needs --identity-token: the controller serves discovery only to proxies that prove their identity with a bootstrap token (one of its --tokens)", arg)
