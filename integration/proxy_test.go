@@ -188,7 +188,7 @@ func TestAdminAndMetrics(t *testing.T) {
 			`detour_protocol_detections_total{direction="outbound",port="80",result="http2"} 1`,
 		}},
 		{replicas[0], "/metrics", []string{
-			`detour_responses_total{authority="` + ep + `",classification="success",direction="inbound",endpoint="127.0.0.1:8080",grpc_status="0",peer_identity="",status_code="200",tls="false"} 5`,
+			`detour_responses_total{authority="` + ep + `",classification="success",direction="inbound",endpoint="` + ep + `",grpc_status="0",peer_identity="",status_code="200",tls="false"} 5`,
 		}},
 		{client, "/debug/endpoints", []string{`"name": "stockdata.stocks"`, `"address": "` + ep + `"`}},
 		{client, "/debug/connections", []string{`"direction": "outbound"`, `"service": "stockdata.stocks"`, `"protocol": "http2"`}},

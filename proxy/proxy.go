@@ -43,6 +43,10 @@ type Config struct {
 	Discovery discovery.Source
 	// OpaquePorts skip detection and are relayed as TCP, inbound and outbound.
 	OpaquePorts []uint16
+	// InboundLoopbackPorts are inbound ports forwarded to the application on 127.0.0.1 instead
+	// of the pod address the client dialled: for applications that listen on loopback only and
+	// are meant to be reached from other pods. Every other port's loopback stays private.
+	InboundLoopbackPorts []uint16
 	// DetectTimeout bounds the wait for a client's first bytes; default 1 s. A client still
 	// silent then is relayed as opaque TCP, and the first such timeout per port is logged.
 	DetectTimeout time.Duration
@@ -78,7 +82,9 @@ type Proxy struct {
 	// discovery says it is meshed, plain TCP otherwise.
 	dialMesh  func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
 	serverTLS *tls.Config // nil without an identity
-	denyLog   sync.Map    // "port peer" -> time of the last denial logged
+	// loopbackPorts is cfg.InboundLoopbackPorts as a set: looked up per inbound connection.
+	loopbackPorts map[uint16]bool
+	denyLog       sync.Map // "port peer" -> time of the last denial logged
 
 	ready         atomic.Bool
 	draining      atomic.Bool
@@ -107,6 +113,11 @@ func New(cfg Config) *Proxy {
 		local:   &localAddrs{},
 		dialer:  net.Dialer{Timeout: 5 * time.Second},
 		stop:    make(chan struct{}),
+
+		loopbackPorts: map[uint16]bool{},
+	}
+	for _, port := range cfg.InboundLoopbackPorts {
+		p.loopbackPorts[port] = true
 	}
 	dialH2, dialH1 := p.plainOnly, p.plainOnly
 	p.dialMesh = p.plainOnly

@@ -27,6 +27,7 @@ type proxyFlags struct {
 	outbound, inbound, admin uint16
 	discovery                string
 	opaquePorts              string
+	loopbackPorts            string
 	detectTimeout, drain     time.Duration
 	cores                    int
 	logLevel, output         string
@@ -58,6 +59,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.Uint16Var(&f.admin, "admin-port", plan.DefaultAdminPort, "admin port: /live, /ready, /metrics, /debug/*")
 	fl.StringVar(&f.discovery, "discovery", "", "where services come from: file:PATH, or controller:HOST:PORT (needs --trust-anchor and --identity-token); empty: none, every connection is relayed untouched")
 	fl.StringVar(&f.opaquePorts, "opaque-ports", portList(proxy.DefaultOpaquePorts), "ports relayed as TCP without protocol detection (server-speaks-first protocols)")
+	fl.StringVar(&f.loopbackPorts, "inbound-loopback-ports", "", "inbound ports forwarded to the app on 127.0.0.1, for apps that listen on loopback only; every other port goes to the pod address the client dialled, so what the app bound to loopback stays private to the pod (e.g. 6379,9000-9100)")
 	fl.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "longest wait for a client's first bytes before relaying as TCP")
 	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "how long the outbound side keeps serving after SIGTERM")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -95,22 +97,20 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	if err != nil {
 		return err
 	}
-	opaque, err := plan.ParsePorts(f.opaquePorts)
+	ports, err := parsePortList(f.opaquePorts)
 	if err != nil {
 		return fmt.Errorf("--opaque-ports: %w", err)
 	}
-	var ports []uint16
-	for _, r := range opaque {
-		for p := uint32(r.First); p <= uint32(r.Last); p++ {
-			ports = append(ports, uint16(p))
-		}
+	loopbackPorts, err := parsePortList(f.loopbackPorts)
+	if err != nil {
+		return fmt.Errorf("--inbound-loopback-ports: %w", err)
 	}
 	if f.detectTimeout <= 0 || f.drain < 0 {
 		return fmt.Errorf("--detect-timeout must be positive and --drain-timeout not negative")
 	}
 	cfg := proxy.Config{
 		OutboundPort: f.outbound, InboundPort: f.inbound, AdminPort: f.admin,
-		OpaquePorts: ports, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, Logger: log,
+		OpaquePorts: ports, InboundLoopbackPorts: loopbackPorts, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, Logger: log,
 	}
 	if cfg.Policy, err = mtls.ParsePolicy(f.policy, f.portPolicy, f.allow); err != nil {
 		return err
@@ -177,6 +177,21 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		return proxy.New(cfg).Run(ctx)
 	})
 	return g.Wait()
+}
+
+// parsePortList expands a list of ports and ranges ("25,9000-9100") as init's flags spell them.
+func parsePortList(s string) ([]uint16, error) {
+	ranges, err := plan.ParsePorts(s)
+	if err != nil {
+		return nil, err
+	}
+	var ports []uint16
+	for _, r := range ranges {
+		for p := uint32(r.First); p <= uint32(r.Last); p++ {
+			ports = append(ports, uint16(p))
+		}
+	}
+	return ports, nil
 }
 
 func portList(ports []uint16) string {
