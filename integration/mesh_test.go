@@ -165,9 +165,17 @@ func startProxyIn(t testing.TB, pod *netns.Pod, cmd *exec.Cmd) *meshPod {
 	return mp
 }
 
+// admin GETs path from the proxy's admin port on the pod's loopback, as the debugging CLI does
+// from inside the pod's namespace (/debug/* answers nowhere else).
 func (m *meshPod) admin(t testing.TB, path string) (int, string) {
 	t.Helper()
-	resp, err := httpClientIn(m.NS).Get(fmt.Sprintf("http://%s/%s", netip.AddrPortFrom(m.IPv4, 7190), strings.TrimPrefix(path, "/")))
+	return adminAt(m.NS, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 7190), path)
+}
+
+// adminAt GETs path from an admin port at addr, from inside ns; status 0 and the error when no
+// response came.
+func adminAt(ns *netns.NS, addr netip.AddrPort, path string) (int, string) {
+	resp, err := httpClientIn(ns).Get(fmt.Sprintf("http://%s/%s", addr, strings.TrimPrefix(path, "/")))
 	if err != nil {
 		return 0, err.Error()
 	}

@@ -293,6 +293,55 @@ func TestShutdownEndpoint(t *testing.T) {
 	}
 }
 
+// TestAdminDebugIsForLoopback: /live, /ready and /metrics answer the node (the kubelet) and
+// other pods (Prometheus) at the pod address; /debug/* and /shutdown answer only callers on the
+// pod's loopback, where the debugging CLI enters the pod's namespace.
+func TestAdminDebugIsForLoopback(t *testing.T) {
+	topo := nstest.Topology(t)
+	pod, other := addPod(t, topo, "pod"), addPod(t, topo, "other")
+	mesh(t, pod, writeDiscovery(t, stockDiscovery(netip.MustParseAddrPort("198.19.0.10:80"), netip.MustParseAddrPort("[fd00:de71::10]:80"), []*netns.Pod{other})))
+	get := func(ns *netns.NS, host netip.Addr, path string) int {
+		t.Helper()
+		code, body := adminAt(ns, netip.AddrPortFrom(host, 7190), path)
+		if code == 0 {
+			t.Fatalf("GET %s from %s: %s", path, ns.Name, body)
+		}
+		return code
+	}
+	for _, from := range []struct {
+		name string
+		ns   *netns.NS
+		host netip.Addr
+	}{{"another pod", other.NS, pod.IPv4}, {"another pod over IPv6", other.NS, pod.IPv6}, {"the node", topo.Node, pod.IPv4}} {
+		t.Run("from "+from.name, func(t *testing.T) {
+			for _, path := range []string{"/live", "/ready", "/metrics"} {
+				if code := get(from.ns, from.host, path); code != http.StatusOK {
+					t.Errorf("%s: %d, want 200", path, code)
+				}
+			}
+			for _, path := range []string{"/debug/endpoints", "/debug/connections", "/debug/nonexistent"} {
+				if code := get(from.ns, from.host, path); code != http.StatusForbidden {
+					t.Errorf("%s: %d, want 403", path, code)
+				}
+			}
+		})
+	}
+	t.Run("from the pod's own address, not loopback", func(t *testing.T) {
+		if code := get(pod.NS, pod.IPv4, "/debug/endpoints"); code != http.StatusForbidden {
+			t.Errorf("/debug/endpoints: %d, want 403", code)
+		}
+	})
+	for _, lo := range []netip.Addr{loopback4, loopback6} {
+		t.Run("from loopback "+lo.String()+" in the pod", func(t *testing.T) {
+			for _, path := range []string{"/debug/endpoints", "/debug/connections", "/metrics", "/ready"} {
+				if code := get(pod.NS, lo, path); code != http.StatusOK {
+					t.Errorf("%s: %d, want 200", path, code)
+				}
+			}
+		})
+	}
+}
+
 // TestDiscoveryReloadUnderLoad: a replica added to the discovery file starts taking calls on
 // the same client connection, and no call fails during the reload.
 func TestDiscoveryReloadUnderLoad(t *testing.T) {
