@@ -204,6 +204,22 @@ func (m *meshPod) waitReady(t testing.TB) {
 	}
 }
 
+// waitDraining waits until /ready says the proxy is draining.
+func (m *meshPod) waitDraining(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := m.admin(t, "/ready")
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "draining") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/ready while draining: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // cmdOut runs a command in the calling thread's namespace (call it inside Do).
 func cmdOut(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()

@@ -213,32 +213,21 @@ func TestAdminAndMetrics(t *testing.T) {
 }
 
 // TestDrainOnSIGTERM: the inbound side stops taking connections, the outbound side keeps
-// serving until the drain timeout, then the proxy exits 0.
+// serving while a connection is open, until the drain timeout, then the proxy exits 0.
 func TestDrainOnSIGTERM(t *testing.T) {
 	topo := nstest.Topology(t)
 	pod, peer := addPod(t, topo, "pod"), addPod(t, topo, "peer")
 	serveTCP(t, peer, 9000, echo)
 	serveTCP(t, pod, 9000, echo)
 	m := mesh(t, pod, "", "--drain-timeout", "2s")
+	held := dial(t, pod.NS, netip.AddrPortFrom(peer.IPv4, 9000)) // open past the drain timeout
+	roundTrip(t, held)
 	m.proxy.Process.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(time.Second)
-	for {
-		code, body := m.admin(t, "/ready")
-		if code == http.StatusServiceUnavailable && strings.Contains(body, "draining") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/ready while draining: %d %s", code, body)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	m.waitDraining(t)
 	// Outbound still works during the drain.
 	c := dial(t, pod.NS, netip.AddrPortFrom(peer.IPv4, 9000))
-	c.Write([]byte("x"))
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	if _, err := c.Read(make([]byte, 1)); err != nil {
-		t.Fatalf("outbound during the drain: %v", err)
-	}
+	roundTrip(t, c)
+	c.Close()
 	// Inbound is refused.
 	var err error
 	peer.NS.Do(func() error {
@@ -260,6 +249,63 @@ func TestDrainOnSIGTERM(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the proxy did not exit after its drain timeout")
+	}
+}
+
+// TestDrainEndsWithTheLastConnection: a drain ends as soon as no client connection is left,
+// not at the drain timeout, so a pod's grace period never has to outlast it; an open outbound
+// connection is served until it ends.
+func TestDrainEndsWithTheLastConnection(t *testing.T) {
+	topo := nstest.Topology(t)
+	// The drain timeout is far beyond every wait below: an exit within them is the drain
+	// ending by itself.
+	const drain = "60s"
+	exit := func(t *testing.T, m *meshPod) {
+		t.Helper()
+		select {
+		case err := <-m.exited:
+			m.exited <- err
+			if err != nil {
+				t.Fatalf("proxy exit: %v\n%s", err, m.log)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the proxy did not exit with no connection left (drain timeout %s)", drain)
+		}
+	}
+	t.Run("SIGTERM with no connection exits at once", func(t *testing.T) {
+		m := mesh(t, addPod(t, topo, "idle"), "", "--drain-timeout", drain)
+		m.proxy.Process.Signal(syscall.SIGTERM)
+		exit(t, m)
+	})
+	t.Run("an open outbound connection is waited for, then the proxy exits", func(t *testing.T) {
+		pod, peer := addPod(t, topo, "busy"), addPod(t, topo, "peer")
+		serveTCP(t, peer, 9000, echo)
+		m := mesh(t, pod, "", "--drain-timeout", drain)
+		c := dial(t, pod.NS, netip.AddrPortFrom(peer.IPv4, 9000))
+		roundTrip(t, c)
+		m.proxy.Process.Signal(syscall.SIGTERM)
+		m.waitDraining(t)
+		roundTrip(t, c) // served after the drain began
+		select {
+		case err := <-m.exited:
+			t.Fatalf("the proxy exited (%v) while an outbound connection was open", err)
+		default:
+		}
+		c.Close()
+		exit(t, m)
+	})
+}
+
+// roundTrip sends a byte over c to an echo server and reads it back.
+func roundTrip(t testing.TB, c net.Conn) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("read the echo: %v", err)
 	}
 }
 

@@ -51,7 +51,8 @@ type Config struct {
 	// silent then is relayed as opaque TCP, and the first such timeout per port is logged.
 	DetectTimeout time.Duration
 	// DrainTimeout is how long the outbound side keeps serving after shutdown begins, while
-	// the inbound side drains; default 30 s.
+	// the inbound side drains, at most; the drain ends sooner when no client connection is
+	// left. Default 30 s.
 	DrainTimeout time.Duration
 	Logger       *slog.Logger
 
@@ -72,6 +73,7 @@ type Proxy struct {
 	metrics *metrics.Metrics
 	routes  *routes
 	conns   *connTable
+	live    *liveConns
 	local   *localAddrs
 	h2out   *h2.Server
 	h2in    *h2.Server
@@ -110,6 +112,7 @@ func New(cfg Config) *Proxy {
 		metrics: metrics.New(),
 		routes:  newRoutes(balance.Options{}),
 		conns:   newConnTable(),
+		live:    newLiveConns(),
 		local:   &localAddrs{},
 		dialer:  net.Dialer{Timeout: 5 * time.Second},
 		stop:    make(chan struct{}),
@@ -146,8 +149,9 @@ type listener struct {
 }
 
 // Run listens, serves until ctx ends or Shutdown is called, then drains: the inbound side stops
-// accepting and sends GOAWAY at once, the outbound side keeps serving the app until the drain
-// timeout. It returns nil after a clean drain.
+// accepting and sends GOAWAY at once, the outbound side keeps serving the app until no client
+// connection is left (inbound or outbound) or the drain timeout passes, whichever comes first.
+// It returns nil after a clean drain.
 func (p *Proxy) Run(ctx context.Context) error {
 	var outbound, inbound []net.Listener
 	closeAll := func() {
@@ -228,7 +232,16 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err := drain.Wait(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		p.log.Warn("draining inbound", "err", err)
 	}
-	<-drainCtx.Done()
+	// Waiting on for the timeout once nothing is open would only race the SIGKILL at the end of
+	// the pod's grace period. An app still running may open a connection after this: like
+	// Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS, it is refused, which a native sidecar (stopped
+	// after the app) never sees.
+	select {
+	case <-p.live.idle():
+		p.log.Info("drain done: no connection left")
+	case <-drainCtx.Done():
+		p.log.Info("drain timeout: closing the connections left", "connections", p.live.count())
+	}
 
 	for _, l := range outbound {
 		l.Close()
@@ -343,8 +356,10 @@ func (p *Proxy) accept(ctx context.Context, l listener, conns *sync.WaitGroup) e
 			continue
 		}
 		conns.Add(1)
+		p.live.add()
 		go func() {
 			defer conns.Done()
+			defer p.live.done()
 			p.handle(ctx, c.(*net.TCPConn), l.direction)
 		}()
 	}

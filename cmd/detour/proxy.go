@@ -43,7 +43,8 @@ func newProxyCommand() *cobra.Command {
 		Short: "Run the sidecar proxy: balance every HTTP/2 stream and HTTP/1 request, relay the rest",
 		Long: `proxy serves the connections detour init redirects to it. Run it as the proxy UID
 (2102 by default) with no capabilities. SIGTERM drains: the inbound side stops accepting and
-sends GOAWAY, the outbound side keeps serving until --drain-timeout, then the proxy exits 0.
+sends GOAWAY, the outbound side keeps serving; the proxy exits 0 once no client connection is
+left, or at --drain-timeout.
 Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/etc/detour/discovery.yaml.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -61,7 +62,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.StringVar(&f.opaquePorts, "opaque-ports", portList(proxy.DefaultOpaquePorts), "ports relayed as TCP without protocol detection (server-speaks-first protocols)")
 	fl.StringVar(&f.loopbackPorts, "inbound-loopback-ports", "", "inbound ports forwarded to the app on 127.0.0.1, for apps that listen on loopback only; every other port goes to the pod address the client dialled, so what the app bound to loopback stays private to the pod (e.g. 6379,9000-9100)")
 	fl.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "longest wait for a client's first bytes before relaying as TCP")
-	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "how long the outbound side keeps serving after SIGTERM")
+	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "longest the outbound side keeps serving after SIGTERM; the proxy exits sooner once no client connection is left")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.IntVar(&f.cores, "cores", 1, "CPUs the proxy runs Go code on at once; 0: Go's default (every CPU the process may use, or $GOMAXPROCS). Without --cores or DETOUR_CORES, a GOMAXPROCS environment variable wins over the default of 1")
