@@ -127,6 +127,14 @@ type meshPod struct {
 // for none) and extra flags, and waits until the proxy is ready.
 func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *meshPod {
 	t.Helper()
+	mp := startMesh(t, pod, discoveryPath, flags...)
+	mp.waitReady(t)
+	return mp
+}
+
+// startMesh is mesh without the wait for readiness.
+func startMesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *meshPod {
+	t.Helper()
 	mustDetour(t, pod.NS, "init")
 	args := []string{"proxy", "--log-level", "debug", "--drain-timeout", "200ms"}
 	if discoveryPath != "" {
@@ -138,9 +146,7 @@ func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *
 		cmd.Env = append(os.Environ(), strings.Fields(v)...)
 	}
 	netns.AsUID(cmd, proxyUID, proxyUID)
-	mp := startProxyIn(t, pod, cmd)
-	mp.waitReady(t)
-	return mp
+	return startProxyIn(t, pod, cmd)
 }
 
 // startProxyIn starts a proxy process (Detour's, or a reference proxy of the benchmark) in pod,
@@ -184,16 +190,19 @@ func adminAt(ns *netns.NS, addr netip.AddrPort, path string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-func (m *meshPod) waitReady(t testing.TB) {
+func (m *meshPod) waitReady(t testing.TB) { m.waitAdmin(t, "/ready", 10*time.Second) }
+
+// waitAdmin waits up to timeout for path on the admin port to answer 200.
+func (m *meshPod) waitAdmin(t testing.TB, path string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for {
-		code, body := m.admin(t, "/ready")
+		code, body := m.admin(t, path)
 		if code == http.StatusOK {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("proxy in %s not ready: %d %s\n%s", m.Name, code, body, m.log)
+			t.Fatalf("proxy in %s: %s %d %s after %s\n%s", m.Name, path, code, body, timeout, m.log)
 		}
 		select {
 		case err := <-m.exited:

@@ -15,6 +15,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -448,6 +449,53 @@ func TestControllerRestartUnderLoad(t *testing.T) {
 		t.Fatalf("%d of %d calls failed across the controller restart, first: %v", len(errs), ok+len(errs), errs[0])
 	}
 	t.Logf("%d calls across the restart", ok)
+}
+
+// TestStartsWhileTheControllerIsDown: a proxy whose controller is down when it starts does not
+// hold the pod's traffic hostage: it listens at once and relays what it does not know to its
+// original destination, says it is not ready while discovery is pending, and starts routing by
+// the mesh once the controller comes up.
+func TestStartsWhileTheControllerIsDown(t *testing.T) {
+	topo := nstestTopology(t)
+	ca := newMeshCA(t, topo, time.Hour)
+	c, s, outside := addPod(t, topo, "client"), addPod(t, topo, "server"), addPod(t, topo, "outside")
+	serveStockData(t, s, "server", 0)
+	serveTCP(t, outside, 9000, echo) // no meshed pod, no service: outside the mesh
+	vip := netip.MustParseAddrPort("198.19.0.10:80")
+	cf, sf := ca.meshFlags(t, spiffeID("web", "stockweb")), ca.meshFlags(t, spiffeID("stocks", "stockdata"))
+	client := startMesh(t, c, "", cf...)
+	server := startMesh(t, s, "", sf...)
+	// The controller is not running. The proxy answers its admin port once it listens.
+	client.waitAdmin(t, "/live", 10*time.Second)
+
+	if !echoes(t, c.NS, netip.AddrPortFrom(outside.IPv4, 9000)) {
+		t.Fatal("outbound TCP outside the mesh does not work while the controller is down")
+	}
+	if code, body := client.admin(t, "/ready"); code != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for discovery") {
+		t.Fatalf("/ready with the controller down: %d %s, want 503 waiting for discovery", code, body)
+	} else {
+		t.Logf("/ready with the controller down: %d %s", code, body)
+	}
+
+	ca.start(t, stockDiscoveryWithIdentity(vip, []*netns.Pod{s}, spiffeID("stocks", "stockdata")))
+	for _, m := range []*meshPod{client, server} {
+		m.waitAdmin(t, "/ready", 30*time.Second) // the proxies retry with backoff
+	}
+	// The VIP exists only in discovery: a call reaches the server through the mesh, with
+	// mutual TLS, or not at all.
+	cc := stockpb.NewStockDataClient(grpcClientIn(t, c.NS, vip.String()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := cc.GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "ACME"})
+	if err != nil || q.Server != "server" {
+		t.Fatalf("a call through the mesh once the controller is up: %v, %v", q, err)
+	}
+	if _, conns := server.admin(t, "/debug/connections"); !strings.Contains(conns, `"peer_identity": "`+spiffeID("web", "stockweb")+`"`) {
+		t.Errorf("the server proxy holds no mutual TLS connection from the client:\n%s", conns)
+	}
+	if !echoes(t, c.NS, netip.AddrPortFrom(outside.IPv4, 9000)) {
+		t.Fatal("outbound TCP outside the mesh stopped working once discovery arrived")
+	}
 }
 
 func mustRead(t *testing.T, path string) string {

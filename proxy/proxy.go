@@ -89,6 +89,7 @@ type Proxy struct {
 	denyLog       sync.Map // "port peer" -> time of the last denial logged
 
 	ready         atomic.Bool
+	discovered    atomic.Bool // a discovery snapshot is in force
 	draining      atomic.Bool
 	stop          chan struct{} // closed when shutdown begins
 	stopOnce      sync.Once
@@ -193,10 +194,18 @@ func (p *Proxy) Run(ctx context.Context) error {
 		})
 	}
 	if p.cfg.Discovery != nil {
+		// A source that holds a snapshot now (the file) is in force before the first accept. One
+		// that does not yet (a controller not reachable) must not hold the pod's traffic back,
+		// since init's rules already capture all of it: until it delivers, every destination is
+		// unknown and relayed to its original address, and /ready says discovery is pending.
 		snaps := p.cfg.Discovery.Watch(serveCtx)
-		first, ok := <-snaps
-		if ok {
-			p.update(first)
+		select {
+		case first, ok := <-snaps:
+			if ok {
+				p.update(first)
+			}
+		default:
+			p.log.Warn("discovery pending: relaying every destination to its original address until the first snapshot")
 		}
 		g.Go(func() error {
 			for s := range snaps {
@@ -276,6 +285,7 @@ func (p *Proxy) update(s *discovery.Snapshot) {
 			p.warm(svc)
 		}
 	}
+	p.discovered.Store(true)
 }
 
 func (p *Proxy) warm(svc *discovery.Service) {
@@ -298,6 +308,12 @@ func (p *Proxy) readiness() error {
 		return errors.New("draining")
 	case !p.ready.Load():
 		return errors.New("starting")
+	case p.cfg.Discovery != nil && !p.discovered.Load():
+		// A source that can say why (the controller's client) does.
+		if src, ok := p.cfg.Discovery.(interface{ Err() error }); ok && src.Err() != nil {
+			return fmt.Errorf("waiting for discovery: %w", src.Err())
+		}
+		return errors.New("waiting for discovery")
 	}
 	if p.cfg.Identity != nil {
 		if _, err := p.cfg.Identity.Certificate(); err != nil {

@@ -162,7 +162,9 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		if f.token == "" {
 			return fmt.Errorf("--discovery controller:%s needs --identity-token: the controller serves discovery only to proxies that prove their identity with a bootstrap token (one of its --tokens)", arg)
 		}
-		src, err := resolve.StartController(ctx, resolve.ControllerOptions{
+		// Not waiting for the controller: the proxy listens at once and relays what it does not
+		// know to its original destination until the first snapshot (/ready says so).
+		src, err := resolve.NewController(ctx, resolve.ControllerOptions{
 			Address: arg, TLS: spiffe.ClientTLS(spiffe.Pool(anchorCerts), spiffe.ControllerID(td), time.Now),
 			Identity: f.identity, TokenFile: f.token, Logger: log,
 		})

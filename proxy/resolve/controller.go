@@ -56,6 +56,7 @@ type ControllerOptions struct {
 // something invalid it keeps the last good snapshot and reconnects with backoff.
 type Controller struct {
 	opts    ControllerOptions
+	conn    *grpc.ClientConn
 	current atomic.Pointer[discovery.Snapshot]
 	first   chan struct{} // closed at the first snapshot
 	done    chan struct{} // closed when the stream goroutine has exited
@@ -67,11 +68,63 @@ type Controller struct {
 
 var _ discovery.Source = (*Controller)(nil)
 
-// StartController connects to the controller and waits up to opts.StartTimeout for its first
-// snapshot, so a proxy never starts without a routing table; on timeout it fails with the reason
-// the controller could not be used. On success a goroutine owned by ctx keeps the stream open
-// (reconnecting as needed) until ctx is done; Done reports when it has exited.
+// NewController starts following the controller and returns at once, before any snapshot: a
+// goroutine owned by ctx keeps the stream open (reconnecting with backoff, for as long as it
+// takes) until ctx is done; Done reports when it has exited. Until the first snapshot arrives,
+// Snapshot is nil, Watch delivers nothing and Err says why. It fails only for options that
+// can never work.
+func NewController(ctx context.Context, opts ControllerOptions) (*Controller, error) {
+	c, err := newController(opts)
+	if err != nil {
+		return nil, err
+	}
+	go c.follow(ctx)
+	return c, nil
+}
+
+// StartController is NewController that waits up to opts.StartTimeout for the first snapshot;
+// on timeout it stops following and fails with the reason the controller could not be used.
 func StartController(ctx context.Context, opts ControllerOptions) (*Controller, error) {
+	c, err := newController(opts)
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	go c.follow(runCtx)
+	timer := time.NewTimer(c.opts.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-c.first:
+		context.AfterFunc(ctx, cancel) // the goroutine's lifetime is ctx's from here
+		return c, nil
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	cancel()
+	<-c.done
+	c.mu.Lock()
+	last := c.lastErr
+	c.mu.Unlock()
+	if last == nil {
+		last = ctx.Err()
+	}
+	if last == nil {
+		last = errors.New("no snapshot arrived")
+	}
+	return nil, fmt.Errorf("no discovery snapshot from the controller at %s within %s: %w (%s)",
+		opts.Address, c.opts.StartTimeout, last, hint(last))
+}
+
+// hint says what to check when the controller cannot be used for err.
+func hint(err error) string {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return "check that the identity token file holds a token the controller's --tokens file maps to this proxy's identity"
+	}
+	return "check that the controller runs and that the trust anchor is its ca.crt"
+}
+
+func newController(opts ControllerOptions) (*Controller, error) {
 	if opts.Address == "" || opts.TLS == nil {
 		return nil, errors.New("discovery from the controller needs its address and TLS configuration (trust anchors)")
 	}
@@ -105,45 +158,20 @@ func StartController(ctx context.Context, opts ControllerOptions) (*Controller, 
 	if err != nil {
 		return nil, fmt.Errorf("discovery controller %q: %w", opts.Address, err)
 	}
-	c := &Controller{
+	return &Controller{
 		opts:    opts,
+		conn:    conn,
 		first:   make(chan struct{}),
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	go func() {
-		defer close(c.done)
-		defer conn.Close()
-		c.run(runCtx, discoverypb.NewDiscoveryClient(conn))
-	}()
-	timer := time.NewTimer(opts.StartTimeout)
-	defer timer.Stop()
-	select {
-	case <-c.first:
-		context.AfterFunc(ctx, cancel) // the goroutine's lifetime is ctx's from here
-		return c, nil
-	case <-timer.C:
-	case <-ctx.Done():
-	}
-	cancel()
-	<-c.done
-	c.mu.Lock()
-	last := c.lastErr
-	c.mu.Unlock()
-	if last == nil {
-		last = ctx.Err()
-	}
-	if last == nil {
-		last = errors.New("no snapshot arrived")
-	}
-	hint := "check that the controller runs and that the trust anchor is its ca.crt"
-	switch status.Code(last) {
-	case codes.Unauthenticated, codes.PermissionDenied:
-		hint = "check that the identity token file holds a token the controller's --tokens file maps to this proxy's identity"
-	}
-	return nil, fmt.Errorf("no discovery snapshot from the controller at %s within %s: %w (%s)",
-		opts.Address, opts.StartTimeout, last, hint)
+	}, nil
+}
+
+// follow runs the stream until ctx is done, then closes the connection and done.
+func (c *Controller) follow(ctx context.Context) {
+	defer close(c.done)
+	defer c.conn.Close()
+	c.run(ctx, discoverypb.NewDiscoveryClient(c.conn))
 }
 
 // tokenFile is the bootstrap token as per-RPC credentials, read from its file at every call.
@@ -185,11 +213,14 @@ func (c *Controller) Err() error {
 // is done.
 func (c *Controller) Done() <-chan struct{} { return c.done }
 
-// Watch implements Source.
+// Watch implements Source. Before the first snapshot it delivers nothing: the first one comes
+// when the controller sends it.
 func (c *Controller) Watch(ctx context.Context) <-chan *discovery.Snapshot {
 	ch := make(chan *discovery.Snapshot, 1)
 	last := c.current.Load()
-	ch <- last
+	if last != nil {
+		ch <- last
+	}
 	go func() {
 		defer close(ch)
 		for {

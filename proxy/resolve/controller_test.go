@@ -231,6 +231,37 @@ func TestControllerSourceKeepsTheLastGoodSnapshotWhileTheControllerIsAway(t *tes
 	}
 }
 
+func TestNewControllerDoesNotWaitForTheController(t *testing.T) {
+	k, _ := fileController(t, serviceFile("198.19.0.1:80"))
+	k.stop() // down when the proxy starts
+	ctx, cancel := context.WithCancel(context.Background())
+	src, err := resolve.NewController(ctx, k.options())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); <-src.Done() })
+	if s := src.Snapshot(); s != nil {
+		t.Fatalf("a snapshot before the controller answered: %s", s.Revision())
+	}
+	ch := src.Watch(ctx)
+	for deadline := time.Now().Add(10 * time.Second); src.Err() == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Err() stayed nil with the controller down")
+		}
+	}
+	select {
+	case s := <-ch:
+		t.Fatalf("Watch delivered %v before the controller answered", s)
+	default:
+	}
+	k.start() // retried in the background: the first snapshot arrives when the controller does
+	next(t, ch, "198.19.0.1:80")
+	if src.Err() != nil {
+		t.Errorf("Err() = %v once the controller answered", src.Err())
+	}
+}
+
 func TestStartControllerFailsClearlyWhenNoControllerAnswers(t *testing.T) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
