@@ -33,8 +33,9 @@ const maxIDLength = 2048
 type Authenticator interface {
 	// Authenticate returns the identity the caller proved, or a gRPC status error that Watch
 	// returns as it is: codes.Unauthenticated, saying what to present, for a caller that proved
-	// none.
-	Authenticate(ctx context.Context) (spiffeid.ID, error)
+	// none. claimed is the identity the request names ("" for none): failed proofs are
+	// throttled per claim, so a bad client does not lock out honest ones behind its address.
+	Authenticate(ctx context.Context, claimed string) (spiffeid.ID, error)
 }
 
 // Config configures a Server. Source and Auth are required.
@@ -105,7 +106,7 @@ func (s *Server) Watch(req *discoverypb.WatchRequest, stream discoverypb.Discove
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		addr = p.Addr.String()
 	}
-	id, err := s.authenticate(ctx)
+	id, err := s.authenticate(ctx, req.GetIdentity())
 	if err != nil {
 		switch status.Code(err) {
 		case codes.Canceled, codes.DeadlineExceeded: // the caller left; nothing was refused
@@ -153,11 +154,11 @@ func (s *Server) Watch(req *discoverypb.WatchRequest, stream discoverypb.Discove
 	}
 }
 
-func (s *Server) authenticate(ctx context.Context) (spiffeid.ID, error) {
+func (s *Server) authenticate(ctx context.Context, claimed string) (spiffeid.ID, error) {
 	if s.auth == nil {
 		return spiffeid.ID{}, status.Error(codes.Internal, "the controller has no way to authenticate callers")
 	}
-	return s.auth.Authenticate(ctx)
+	return s.auth.Authenticate(ctx, claimed)
 }
 
 // parseTargets normalizes the targets of a WatchRequest as the discovery file spells addresses:
