@@ -388,6 +388,85 @@ func TestAdminDebugIsForLoopback(t *testing.T) {
 	}
 }
 
+// TestConnectionLimit: past --max-connections the proxy resets new connections at once,
+// counts them and logs once, and keeps serving the ones it holds; a freed place is taken again.
+func TestConnectionLimit(t *testing.T) {
+	topo := nstest.Topology(t)
+	pod, peer := addPod(t, topo, "pod"), addPod(t, topo, "peer")
+	serveTCP(t, peer, 9000, echo)
+	m := mesh(t, pod, "", "--max-connections", "3")
+	dst := netip.AddrPortFrom(peer.IPv4, 9000)
+	held := make([]net.Conn, 3)
+	for i := range held {
+		held[i] = dial(t, pod.NS, dst)
+		roundTrip(t, held[i])
+	}
+	const extra = 5
+	for i := range extra {
+		if echoes(t, pod.NS, dst) {
+			t.Fatalf("connection %d past the limit of 3 was served", i+1)
+		}
+	}
+	for _, c := range held {
+		roundTrip(t, c) // the connections within the limit are still served
+	}
+	_, metrics := m.admin(t, "/metrics")
+	if got := metricValue(metrics, `detour_tcp_connections_refused_total{direction="outbound",reason="limit"}`); got != extra {
+		t.Errorf("refused connections counted: %v, want %d", got, extra)
+	}
+	m.waitLog(t, "connections refused: the proxy serves its limit")
+	if n := strings.Count(m.log.String(), "connections refused"); n != 1 {
+		t.Errorf("%d log lines for %d refusals within 10 s, want 1", n, extra)
+	}
+	held[0].Close()
+	for deadline := time.Now().Add(5 * time.Second); !echoes(t, pod.NS, dst); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no connection served after one of the three ended")
+		}
+	}
+}
+
+// TestGoneEndpointsLeaveTheMetrics: the series of an endpoint that left discovery are deleted
+// after --metrics-retain, those of the endpoints still in it stay and keep counting.
+func TestGoneEndpointsLeaveTheMetrics(t *testing.T) {
+	c := newStockCluster(t, 2, nil)
+	path := writeDiscovery(t, stockDiscovery(c.vip4, c.vip6, c.replicas))
+	client := mesh(t, c.client, path, "--metrics-retain", "1s")
+	cc := grpcClientIn(t, c.client.NS, c.vip4.String())
+	got := callConcurrently(t, cc, 40)
+	if got[c.replicas[0].Name] == 0 || got[c.replicas[1].Name] == 0 {
+		t.Fatalf("calls before the rollout: %v", got)
+	}
+	gone, kept := netip.AddrPortFrom(c.replicas[1].IPv4, 8080), netip.AddrPortFrom(c.replicas[0].IPv4, 8080)
+	series := func(ep netip.AddrPort) int {
+		_, metrics := client.admin(t, "/metrics")
+		return strings.Count(metrics, `endpoint="`+ep.String()+`"`)
+	}
+	if series(gone) == 0 {
+		t.Fatal("no series of the endpoint about to go")
+	}
+	if err := os.WriteFile(path+".new", []byte(stockDiscovery(c.vip4, c.vip6, c.replicas[:1])), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); series(gone) > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the series of %s, gone from discovery, are still in /metrics", gone)
+		}
+	}
+	if n := callConcurrently(t, cc, 10); n[c.replicas[0].Name] != 10 {
+		t.Fatalf("calls after the rollout: %v", n)
+	}
+	// The endpoint that stayed kept its counter: monotonic across the rollout.
+	_, metrics := client.admin(t, "/metrics")
+	ok := fmt.Sprintf(`detour_responses_total{authority="stockdata.stocks",classification="success",direction="outbound",endpoint="%s",grpc_status="0",peer_identity="",status_code="200",tls="false"}`, kept)
+	if v := metricValue(metrics, ok); v != float64(got[c.replicas[0].Name]+10) {
+		t.Errorf("%s = %v, want %d", ok, v, got[c.replicas[0].Name]+10)
+	}
+}
+
 // TestDiscoveryReloadUnderLoad: a replica added to the discovery file starts taking calls on
 // the same client connection, and no call fails during the reload.
 func TestDiscoveryReloadUnderLoad(t *testing.T) {

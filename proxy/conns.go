@@ -100,13 +100,18 @@ func newLiveConns() *liveConns {
 	return l
 }
 
-func (l *liveConns) add() {
+// tryAdd counts a new connection unless max are already served.
+func (l *liveConns) tryAdd(max int) bool {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n >= max {
+		return false
+	}
 	if l.n == 0 {
 		l.none = make(chan struct{})
 	}
 	l.n++
-	l.mu.Unlock()
+	return true
 }
 
 func (l *liveConns) done() {

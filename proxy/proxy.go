@@ -56,6 +56,16 @@ type Config struct {
 	DrainTimeout time.Duration
 	Logger       *slog.Logger
 
+	// MetricsRetain is how long the metric series of an endpoint gone from discovery are kept
+	// (so a scrape sees their last values) before they are deleted: every rollout's pod
+	// addresses would otherwise stay in /metrics for good. Default 10 minutes, as linkerd2-proxy
+	// keeps idle series.
+	MetricsRetain time.Duration
+	// MaxConnections caps the client connections served at once, both directions together;
+	// past it a new one is closed at accept (reset), counted and logged at most every 10 s.
+	// Zero: DefaultMaxConnections().
+	MaxConnections int
+
 	// Identity is the proxy's workload identity for mutual TLS with other meshed proxies. Nil
 	// means none: the proxy refuses to reach endpoints discovery says are meshed (it never
 	// downgrades them to plaintext) and refuses mesh TLS arriving inbound.
@@ -88,6 +98,13 @@ type Proxy struct {
 	loopbackPorts map[uint16]bool
 	denyLog       sync.Map // "port peer" -> time of the last denial logged
 
+	// gone holds the endpoints that left discovery and since when, until their metric series
+	// are forgotten. goneMu also orders that forgetting with an endpoint coming back.
+	goneMu sync.Mutex
+	gone   map[netip.AddrPort]time.Time
+	// refusedLog rate-limits the log line of connections refused at accept.
+	refusedLog sometimes
+
 	ready         atomic.Bool
 	discovered    atomic.Bool // a discovery snapshot is in force
 	draining      atomic.Bool
@@ -107,6 +124,12 @@ func New(cfg Config) *Proxy {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MetricsRetain <= 0 {
+		cfg.MetricsRetain = 10 * time.Minute
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections()
+	}
 	p := &Proxy{
 		cfg:     cfg,
 		log:     cfg.Logger,
@@ -119,6 +142,8 @@ func New(cfg Config) *Proxy {
 		stop:    make(chan struct{}),
 
 		loopbackPorts: map[uint16]bool{},
+		gone:          map[netip.AddrPort]time.Time{},
+		refusedLog:    sometimes{every: 10 * time.Second},
 	}
 	for _, port := range cfg.InboundLoopbackPorts {
 		p.loopbackPorts[port] = true
@@ -214,6 +239,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 			return nil
 		})
+		g.Go(func() error { p.pruneGone(serveCtx); return nil })
 	} else {
 		p.routes.update(discovery.NewSnapshot("cluster.local", "none", nil))
 	}
@@ -222,7 +248,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		g.Go(func() error { return p.accept(serveCtx, l, &conns) })
 	}
 	p.ready.Store(true)
-	p.log.Info("proxy ready", "outbound", p.cfg.OutboundPort, "inbound", p.cfg.InboundPort, "admin", p.cfg.AdminPort)
+	p.log.Info("proxy ready", "outbound", p.cfg.OutboundPort, "inbound", p.cfg.InboundPort, "admin", p.cfg.AdminPort,
+		"max_connections", p.cfg.MaxConnections)
 
 	select {
 	case <-ctx.Done():
@@ -270,10 +297,29 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 // update installs a discovery snapshot and opens connections ahead of time to the endpoints of
 // services declared HTTP/2, so no endpoint of a burst waits for a dial its peers did not.
+// Endpoints that left discovery lose their pooled connections now and their metric series
+// after MetricsRetain (pruneGone).
 func (p *Proxy) update(s *discovery.Snapshot) {
+	p.goneMu.Lock()
+	old := p.routes.snapshot()
 	// Pooled connections were checked against what their endpoint had to prove then.
 	changed, reidentified := p.routes.update(s)
+	retire := map[netip.AddrPort]bool{}
 	for _, addr := range changed {
+		retire[addr] = true
+	}
+	now, current := time.Now(), endpointsOf(s)
+	for addr := range endpointsOf(old) {
+		if !current[addr] {
+			p.gone[addr] = now
+			retire[addr] = true
+		}
+	}
+	for addr := range current {
+		delete(p.gone, addr) // back before its series were forgotten: they go on
+	}
+	p.goneMu.Unlock()
+	for addr := range retire {
 		p.h2out.Retire(addr)
 		p.h1out.Retire(addr)
 	}
@@ -286,6 +332,46 @@ func (p *Proxy) update(s *discovery.Snapshot) {
 		}
 	}
 	p.discovered.Store(true)
+}
+
+// endpointsOf is the set of every service's endpoint addresses in s (nil: none).
+func endpointsOf(s *discovery.Snapshot) map[netip.AddrPort]bool {
+	set := map[netip.AddrPort]bool{}
+	if s == nil {
+		return set
+	}
+	for _, svc := range s.Services() {
+		for _, e := range svc.Endpoints {
+			set[e.Addr] = true
+		}
+	}
+	return set
+}
+
+// pruneGone forgets the outbound metric series of endpoints gone from discovery for longer
+// than MetricsRetain, until ctx ends. Counters stay monotonic while an endpoint is in
+// discovery, and for the retention after it left, so a scrape sees their last values;
+// Prometheus then marks the series stale, as it does for linkerd2-proxy's idle ones.
+func (p *Proxy) pruneGone(ctx context.Context) {
+	tick := min(max(p.cfg.MetricsRetain/4, 100*time.Millisecond), time.Minute)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.goneMu.Lock()
+		now := time.Now()
+		for addr, since := range p.gone {
+			if now.Sub(since) >= p.cfg.MetricsRetain {
+				p.metrics.Forget(metrics.Outbound, addr)
+				delete(p.gone, addr)
+			}
+		}
+		p.goneMu.Unlock()
+	}
 }
 
 func (p *Proxy) warm(svc *discovery.Service) {
@@ -357,6 +443,8 @@ func listenBoth(port uint16) ([]net.Listener, error) {
 }
 
 func (p *Proxy) accept(ctx context.Context, l listener, conns *sync.WaitGroup) error {
+	var failed sometimes
+	failed.every = 10 * time.Second
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -367,16 +455,57 @@ func (p *Proxy) accept(ctx context.Context, l listener, conns *sync.WaitGroup) e
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			p.log.Warn("accept", "direction", l.direction, "err", err)
+			if n, ok := failed.due(); ok {
+				p.log.Warn("accept failed", "direction", l.direction, "err", err, "times", n)
+			}
 			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: do not spin
 			continue
 		}
+		if !p.live.tryAdd(p.cfg.MaxConnections) {
+			p.refuseAtLimit(c.(*net.TCPConn), l.direction)
+			continue
+		}
 		conns.Add(1)
-		p.live.add()
 		go func() {
 			defer conns.Done()
 			defer p.live.done()
 			p.handle(ctx, c.(*net.TCPConn), l.direction)
 		}()
 	}
+}
+
+// refuseAtLimit closes a connection accepted past MaxConnections with a reset, so its client
+// fails at once instead of waiting on a connection nobody serves, counts it, and logs at most
+// one line every 10 s. Accepting it (rather than leaving it in the backlog) is what keeps the
+// listener from spinning on a connection it will not take.
+func (p *Proxy) refuseAtLimit(c *net.TCPConn, direction string) {
+	c.SetLinger(0)
+	c.Close()
+	p.metrics.Refused(direction, "limit")
+	if n, ok := p.refusedLog.due(); ok {
+		p.log.Warn("connections refused: the proxy serves its limit of connections (--max-connections)",
+			"max_connections", p.cfg.MaxConnections, "direction", direction, "refused", n)
+	}
+}
+
+// sometimes lets an event through at most once per period and counts what it held back.
+type sometimes struct {
+	every time.Duration
+	mu    sync.Mutex
+	last  time.Time
+	held  int
+}
+
+// due reports whether the event may be logged now, and how many occurred since the last one
+// that was (this one included).
+func (s *sometimes) due() (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.held++
+	if now := time.Now(); s.last.IsZero() || now.Sub(s.last) >= s.every {
+		n := s.held
+		s.last, s.held = now, 0
+		return n, true
+	}
+	return 0, false
 }

@@ -29,6 +29,8 @@ type proxyFlags struct {
 	opaquePorts              string
 	loopbackPorts            string
 	detectTimeout, drain     time.Duration
+	metricsRetain            time.Duration
+	maxConns                 int
 	cores                    int
 	logLevel, output         string
 
@@ -63,6 +65,8 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.StringVar(&f.loopbackPorts, "inbound-loopback-ports", "", "inbound ports forwarded to the app on 127.0.0.1, for apps that listen on loopback only; every other port goes to the pod address the client dialled, so what the app bound to loopback stays private to the pod (e.g. 6379,9000-9100)")
 	fl.DurationVar(&f.detectTimeout, "detect-timeout", time.Second, "longest wait for a client's first bytes before relaying as TCP")
 	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "longest the outbound side keeps serving after SIGTERM; the proxy exits sooner once no client connection is left")
+	fl.DurationVar(&f.metricsRetain, "metrics-retain", 10*time.Minute, "how long the metric series of an endpoint gone from discovery stay in /metrics before they are deleted")
+	fl.IntVar(&f.maxConns, "max-connections", 0, "client connections served at once, both directions; past it new ones are reset, counted in detour_tcp_connections_refused_total and logged at most every 10 s. 0: what RLIMIT_NOFILE allows at 6 files a connection, at most 100000")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.IntVar(&f.cores, "cores", 1, "CPUs the proxy runs Go code on at once; 0: Go's default (every CPU the process may use, or $GOMAXPROCS). Without --cores or DETOUR_CORES, a GOMAXPROCS environment variable wins over the default of 1")
@@ -109,9 +113,13 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	if f.detectTimeout <= 0 || f.drain < 0 {
 		return fmt.Errorf("--detect-timeout must be positive and --drain-timeout not negative")
 	}
+	if f.metricsRetain <= 0 || f.maxConns < 0 {
+		return fmt.Errorf("--metrics-retain must be positive and --max-connections not negative")
+	}
 	cfg := proxy.Config{
 		OutboundPort: f.outbound, InboundPort: f.inbound, AdminPort: f.admin,
 		OpaquePorts: ports, InboundLoopbackPorts: loopbackPorts, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, Logger: log,
+		MetricsRetain: f.metricsRetain, MaxConnections: f.maxConns,
 	}
 	if cfg.Policy, err = mtls.ParsePolicy(f.policy, f.portPolicy, f.allow); err != nil {
 		return err
