@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,9 +207,15 @@ func TestControllerSourceKeepsTheLastGoodSnapshotWhileTheControllerIsAway(t *tes
 	k.stop()
 	// The file changes while no proxy can hear about it.
 	replaceFile(t, path, serviceFile("198.19.0.2:80"))
-	// Give the source time to notice the loss and retry a few times (not an assertion on time:
-	// whatever happens in this window, the snapshot must not change).
-	time.Sleep(300 * time.Millisecond)
+	// In the controller's place, a port that takes connections and closes them: the source
+	// has noticed the loss and retried when it has connected there three times.
+	away := refuseAt(t, k.addr)
+	for deadline := time.Now().Add(20 * time.Second); away.accepted.Load() < 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the source reconnected %d times in 20 s", away.accepted.Load())
+		}
+	}
+	away.ln.Close()
 	if src.Snapshot() != before {
 		t.Fatalf("the snapshot changed while the controller was away")
 	}
@@ -260,6 +267,33 @@ func TestNewControllerDoesNotWaitForTheController(t *testing.T) {
 	if src.Err() != nil {
 		t.Errorf("Err() = %v once the controller answered", src.Err())
 	}
+}
+
+// refuser listens where a controller was, closing every connection at once, and counts them.
+type refuser struct {
+	ln       net.Listener
+	accepted atomic.Int64
+}
+
+func refuseAt(t *testing.T, addr string) *refuser {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &refuser{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			r.accepted.Add(1)
+		}
+	}()
+	return r
 }
 
 func TestStartControllerFailsClearlyWhenNoControllerAnswers(t *testing.T) {
