@@ -268,9 +268,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err := drain.Wait(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		p.log.Warn("draining inbound", "err", err)
 	}
-	// Waiting on for the timeout once nothing is open would only race the SIGKILL at the end of
-	// the pod's grace period. An app still running may open a connection after this: like
-	// Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS, it is refused, which a native sidecar (stopped
+	// Waiting out the timeout with nothing open would only race the SIGKILL at the end of the
+	// pod's grace period. An app still running may open a connection after this: as with
+	// Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS it is refused, which a native sidecar (stopped
 	// after the app) never sees.
 	select {
 	case <-p.live.idle():
