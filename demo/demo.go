@@ -379,12 +379,13 @@ func (d *demo) show(ctx context.Context, title string) error {
 }
 
 // showTLS reads each StockData proxy's open connections and prints who calls, as its
-// certificate proved.
+// certificate proved. /debug/ answers on the pod's loopback only, so it connects from inside
+// the pod's namespace, as the debugging CLI does.
 func (d *demo) showTLS() (string, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: d.topo.Node.DialContext}}
 	var lines []string
 	for _, p := range d.stock {
-		resp, err := client.Get(fmt.Sprintf("http://%s/debug/connections", netip.AddrPortFrom(p.IPv4, adminPort)))
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: p.NS.DialContext}}
+		resp, err := client.Get(fmt.Sprintf("http://%s/debug/connections", netip.AddrPortFrom(loopback, adminPort)))
 		if err != nil {
 			return "", err
 		}
@@ -417,8 +418,8 @@ func (d *demo) showTLS() (string, error) {
 func (d *demo) forward() error {
 	return d.s.do("forwarding from the host's loopback into the pods (like kubectl port-forward)", func() (string, error) {
 		port := d.o.Port
-		add := func(name string, to netip.AddrPort, path string) error {
-			f, err := newForwarder(netip.AddrPortFrom(loopback, port), d.topo.Node, to)
+		add := func(name string, via *netns.NS, to netip.AddrPort, path string) error {
+			f, err := newForwarder(netip.AddrPortFrom(loopback, port), via, to)
 			if err != nil {
 				return fmt.Errorf("forwarding %s: %w", name, err)
 			}
@@ -427,12 +428,13 @@ func (d *demo) forward() error {
 			port++
 			return nil
 		}
-		if err := add("StockWeb page", netip.AddrPortFrom(d.web.IPv4, webPort), "/"); err != nil {
+		if err := add("StockWeb page", d.topo.Node, netip.AddrPortFrom(d.web.IPv4, webPort), "/"); err != nil {
 			return "", err
 		}
 		if !d.o.NoMesh {
 			for _, p := range append([]*netns.Pod{d.web}, d.stock...) {
-				if err := add(p.Name+" proxy metrics", netip.AddrPortFrom(p.IPv4, adminPort), "/metrics"); err != nil {
+				// From the pod's loopback, as kubectl port-forward connects: /debug/ answers there.
+				if err := add(p.Name+" proxy metrics", p.NS, netip.AddrPortFrom(loopback, adminPort), "/metrics"); err != nil {
 					return "", err
 				}
 			}

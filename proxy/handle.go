@@ -203,11 +203,11 @@ func (p *Proxy) pickOutbound(dst netip.AddrPort) (netip.AddrPort, func(outcome),
 	}, nil
 }
 
-// pickInbound sends every request to the application on loopback, at the original port, once
-// the policy lets the client (peer: its identity, "" for plaintext) send it (method and path:
-// kubelet probes are let through in plaintext).
+// pickInbound sends every request to the application at the address the client dialled (see
+// appAddr), once the policy lets the client (peer: its identity, "" for plaintext) send it
+// (method and path: kubelet probes are let through in plaintext).
 func (p *Proxy) pickInbound(dst netip.AddrPort, peer, method, path string) (netip.AddrPort, func(outcome), string) {
-	app := appAddr(dst)
+	app := p.appAddr(dst)
 	m := p.metrics.Route(metrics.Inbound, dst.String(), app, peer)
 	done := func(o outcome) { m.Observe(o.status, o.grpcStatus, o.failed(), o.took) }
 	if ok, why := p.cfg.Policy.DecideRequest(dst.Port(), peer, method, path); !ok {
@@ -217,9 +217,17 @@ func (p *Proxy) pickInbound(dst netip.AddrPort, peer, method, path string) (neti
 	return app, done, ""
 }
 
-// appAddr is where the application listens for what arrived at dst.
-func appAddr(dst netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
+// appAddr is where the application listens for what arrived at dst: dst itself, the pod address
+// the client dialled, as if the proxy were not there. So a port the application bound to
+// loopback stays private to the pod, as Istio forwards since 1.10. The proxy's own connection to
+// dst is not redirected back into it: init's rules let the proxy's UID through first. A port in
+// Config.InboundLoopbackPorts is the exception, for applications that listen on loopback only
+// and are meant to be reached: it goes to 127.0.0.1 whichever family the client used.
+func (p *Proxy) appAddr(dst netip.AddrPort) netip.AddrPort {
+	if p.loopbackPorts[dst.Port()] {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
+	}
+	return dst
 }
 
 // denied counts a refusal by policy and logs it, at most once a second per port and peer.

@@ -79,7 +79,7 @@ detour-injector's CA bundle and namespace selectors current.
 	fl.StringVar(&f.caDir, "ca-dir", "", "directory of the CA made by \"detour-controller ca init\"")
 	fl.StringVar(&f.tokens, "tokens", "", "bootstrap token file: one \"TOKEN SPIFFE-ID\" per line")
 	fl.DurationVar(&f.certTTL, "cert-ttl", identity.DefaultTTL, "lifetime of the workload certificates issued")
-	fl.IntVar(&f.proofLimit, "failed-proof-limit", 10, "failed proofs of identity (no, bad or malformed credentials) one address may make in a minute before it is refused until the minute ends; pods behind one address (source NAT, host network) share the count")
+	fl.IntVar(&f.proofLimit, "failed-proof-limit", 10, "failed proofs of identity (no, bad or malformed credentials) one address may make in a minute claiming one identity before that claim is refused there until the minute ends; ten times as many across all claims refuse the address but for identities that proved themselves from it in the last 25 h; a success forgives its own claim (pods behind one address, source NAT or host network, are not locked out by another's failures)")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.kube.register(fl)
@@ -151,8 +151,8 @@ func runController(ctx context.Context, f controllerFlags) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
-	// One throttle for both services: an address that keeps failing to prove an identity is
-	// refused for a while, whichever service it calls.
+	// One throttle for both services: a caller (address and claimed identity) that keeps
+	// failing to prove an identity is refused for a while, whichever service it calls.
 	var one identity.Verifier = verifiers
 	if len(verifiers) == 1 {
 		one = verifiers[0]
