@@ -18,9 +18,22 @@ import (
 // IO returns a reader and writer for c that use raw system calls when c is a plain TCP socket,
 // or one wrapping it that replays peeked bytes first (proxy/detect.Conn); ok is false otherwise
 // (TLS, pipes), and c should be used as it is.
-func IO(c net.Conn) (r io.Reader, w io.Writer, ok bool) {
-	r, w = rawIO(c)
-	return r, w, r != nil
+func IO(c net.Conn) (r io.Reader, w Writer, ok bool) {
+	rs := rawIO(c)
+	if rs == nil {
+		return nil, nil, false
+	}
+	return rs, rs, true
+}
+
+// Writer is IO's writer. Write waits (parked in the runtime's poller, not in a thread) until the
+// socket has taken all of p; TryWrite never waits.
+type Writer interface {
+	io.Writer
+	// TryWrite writes as much of p as the socket's send buffer takes now and returns at once:
+	// n < len(p) with a nil error means the buffer is full. It is what lets a goroutine that
+	// serves many peers write to one of them without ever blocking on it.
+	TryWrite(p []byte) (n int, err error)
 }
 
 // Wrap returns c with its Read and Write done by IO's raw calls, and everything else (Close,

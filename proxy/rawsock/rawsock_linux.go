@@ -39,21 +39,20 @@ type peekedConn interface {
 	NetConn() net.Conn
 }
 
-func rawIO(nc net.Conn) (io.Reader, io.Writer) {
+func rawIO(nc net.Conn) *rawSock {
 	var pre net.Conn
 	if pc, ok := nc.(peekedConn); ok {
 		pre, nc = pc, pc.NetConn()
 	}
 	tc, ok := nc.(*net.TCPConn)
 	if !ok {
-		return nil, nil
+		return nil
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return nil, nil
+		return nil
 	}
-	s := &rawSock{rc: rc, pre: pre}
-	return s, s
+	return &rawSock{rc: rc, pre: pre}
 }
 
 func (s *rawSock) Read(p []byte) (int, error) {
@@ -92,7 +91,14 @@ func (s *rawSock) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (s *rawSock) Write(p []byte) (int, error) {
+func (s *rawSock) Write(p []byte) (int, error) { return s.write(p, true) }
+
+// TryWrite implements Writer.
+func (s *rawSock) TryWrite(p []byte) (int, error) { return s.write(p, false) }
+
+// write writes p; on a full send buffer it parks until the socket is writable if wait is set,
+// and returns what it wrote so far otherwise.
+func (s *rawSock) write(p []byte, wait bool) (int, error) {
 	n := 0
 	var errno syscall.Errno
 	err := s.rc.Write(func(fd uintptr) bool {
@@ -103,7 +109,7 @@ func (s *rawSock) Write(p []byte) (int, error) {
 				n += int(r)
 			case unix.EINTR:
 			case unix.EAGAIN:
-				return false // park until the poller reports the socket writable
+				return !wait // park until the poller reports the socket writable, if asked to
 			default:
 				errno = e
 				return true

@@ -59,11 +59,11 @@ func tcpPair(t *testing.T) (a, b *net.TCPConn) {
 func TestRawIO(t *testing.T) {
 	t.Run("replays peeked bytes, then reads the socket, then reports EOF", func(t *testing.T) {
 		a, b := tcpPair(t)
-		r, _ := rawIO(&replayConn{Conn: b, peeked: []byte("peeked ")})
+		r := rawIO(&replayConn{Conn: b, peeked: []byte("peeked ")})
 		if r == nil {
 			t.Fatal("rawIO found no TCP socket under the replaying connection")
 		}
-		_, w := rawIO(a)
+		w := rawIO(a)
 		big := make([]byte, 8<<20) // more than the socket buffers: the writer must wait for the reader
 		for i := range big {
 			big[i] = byte(i)
@@ -87,7 +87,7 @@ func TestRawIO(t *testing.T) {
 	})
 	t.Run("read deadline and close end a parked read", func(t *testing.T) {
 		_, b := tcpPair(t)
-		r, _ := rawIO(b)
+		r := rawIO(b)
 		b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 		if _, err := r.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("Read past the deadline: %v, want os.ErrDeadlineExceeded", err)
@@ -101,11 +101,43 @@ func TestRawIO(t *testing.T) {
 			t.Fatalf("Read on a closed connection: %v, want net.ErrClosed", err)
 		}
 	})
+	t.Run("TryWrite returns what a full socket took without waiting, then the rest goes", func(t *testing.T) {
+		a, b := tcpPair(t)
+		w, r := rawIO(a), rawIO(b)
+		big := make([]byte, 64<<20) // far more than both socket buffers: nobody reads yet
+		for i := range big {
+			big[i] = byte(i * 7)
+		}
+		n, err := w.TryWrite(big)
+		if err != nil || n == 0 || n >= len(big) {
+			t.Fatalf("TryWrite into an unread socket: %d of %d bytes, %v; want a partial write and no error", n, len(big), err)
+		}
+		if m, err := w.TryWrite(big[n:]); err != nil || m != 0 {
+			t.Fatalf("TryWrite into the full socket: %d bytes, %v; want 0 and no error", m, err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := w.Write(big[n:])
+			a.CloseWrite()
+			done <- err
+		}()
+		got, err := io.ReadAll(r)
+		if err != nil || <-done != nil {
+			t.Fatalf("reading the rest: %v", err)
+		}
+		if string(got) != string(big) {
+			t.Fatalf("read %d bytes, not the %d written", len(got), len(big))
+		}
+		a.Close()
+		if _, err := w.TryWrite([]byte("x")); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("TryWrite on a closed connection: %v, want net.ErrClosed", err)
+		}
+	})
 	t.Run("other connections keep net.Conn", func(t *testing.T) {
 		a, b := net.Pipe()
 		defer a.Close()
 		defer b.Close()
-		if r, w := rawIO(a); r != nil || w != nil {
+		if rs := rawIO(a); rs != nil {
 			t.Fatal("rawIO wrapped a net.Pipe")
 		}
 	})
