@@ -182,8 +182,9 @@ type Config struct {
 	UpstreamKeepalive time.Duration
 	// DialTimeout bounds one upstream dial. Default 5 s.
 	DialTimeout time.Duration
-	// WriteTimeout closes a connection whose socket write has been blocked this long (a peer that
-	// stopped reading must not stall the goroutines that write to it). Default 15 s.
+	// WriteTimeout closes a connection whose queued output the socket has not taken any of for
+	// this long: a peer that stopped reading. (It stalls no other connection meanwhile: what it
+	// does not take waits in its own bounded output queue.) Default 15 s.
 	WriteTimeout time.Duration
 
 	// MaxConnsPerEndpoint bounds pooled connections per upstream endpoint. Default 4.

@@ -268,8 +268,9 @@ func (s *Server) sweep() {
 	}
 	s.mu.Unlock()
 
+	// The janitor only reads and appends (PING, GOAWAY): it never waits for a peer's socket.
 	stuck := func(c *conn) bool {
-		ws := c.writeStart.Load()
+		ws := c.stalled.Load()
 		return ws != 0 && time.Duration(now-ws) > cfg.WriteTimeout
 	}
 	for _, cc := range clients {

@@ -249,14 +249,18 @@ func (s *stream) grantStream(h *half, src *conn, srcID uint32, n int32, fl *flus
 	fl.add(src)
 }
 
-// writeDataLocked writes p as DATA frames within the stream and connection windows and the
-// peer's frame size, ending the stream after the last byte when end is set. It returns the bytes
-// written and whether END_STREAM went out. If only the connection window stopped it, the stream
-// joins c.blocked. The caller holds s.mu and c.wmu.
+// writeDataLocked writes p as DATA frames within the stream and connection windows, the peer's
+// frame size and the room in c's output queue (maxQueuedData), ending the stream after the last
+// byte when end is set. It returns the bytes written and whether END_STREAM went out. If the
+// connection window or the queue stopped it (not the stream's own window), the stream joins
+// c.blocked. The caller holds s.mu and c.wmu.
 func (c *conn) writeDataLocked(s *stream, h *half, id uint32, p []byte, end bool) (int, bool) {
 	sent := 0
 	for len(p) > 0 {
-		n := min(len(p), int(h.sendWindow), int(c.sendWindow), int(c.peerMaxFrame))
+		n := min(len(p), int(h.sendWindow), int(c.sendWindow), int(c.peerMaxFrame), maxDataFrame)
+		if n > 0 && c.out.queued()+n > maxQueuedData {
+			n = 0 // the peer is not taking what is queued: wait for the writer like for a window
+		}
 		if n <= 0 {
 			if h.sendWindow > 0 && !h.inBlocked {
 				h.inBlocked = true

@@ -254,7 +254,7 @@ func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
 	u.dec = newHdec(cfg.MaxHeaderListSize)
 	u.idleSince = srv.now()
 	u.wmu.Lock()
-	u.bw.WriteString(clientPreface)
+	u.putString(clientPreface)
 	u.frameSettings(
 		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: cfg.InitialWindow},
@@ -277,12 +277,12 @@ func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
 	return u, nil
 }
 
+// goAwayAndClose says GOAWAY and closes the connection once that is written.
 func (u *upConn) goAwayAndClose() {
 	u.wmu.Lock()
 	u.frameGoAway(0, http2.ErrCodeNo, "")
-	u.flushLocked()
 	u.wmu.Unlock()
-	u.close()
+	u.closeWhenFlushed(afterClose)
 }
 
 func (u *upConn) removeStream(uid uint32, s *stream) {
@@ -435,6 +435,7 @@ func (u *upConn) connFail(err error) error {
 // client connections they came from.
 func (u *upConn) teardown(err error) {
 	u.close()
+	u.waitWriter()
 	u.pool.drainConn(u)
 	u.mu.Lock()
 	u.dead = true
