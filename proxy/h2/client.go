@@ -405,8 +405,7 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 		}
 		return nil
 	}
-	s.pool = srv.pool(route.Addr)
-	s.pool.open(s, &cc.fl)
+	srv.open(s, &cc.fl)
 	return nil
 }
 

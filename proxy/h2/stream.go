@@ -95,7 +95,6 @@ type stream struct {
 	head  Head
 	grpc  bool
 	route Route
-	pool  *pool
 	start time.Time
 	sent  time.Time // when the request headers went upstream (the last try's); zero if never
 	// fieldBuf backs head's fields for typical requests, saving an allocation per stream.

@@ -34,18 +34,28 @@ type pool struct {
 	dialing int
 	waiters []*stream // FIFO; entries whose stream closed are skipped
 	gen     uint64    // incremented by Server.Retire; a dial that spans it is not used
+	// swept is set when Server.sweep removed the (empty) pool from Server.pools: it must take
+	// no stream or dial any more, or a second pool for the same address could exceed
+	// MaxConnsPerEndpoint beside it, out of Retire's sight. A stream that fetched the pool just
+	// before takes the address's current pool instead (Server.open).
+	swept bool
 }
 
 // open gives s a stream slot on a pooled connection, or queues it and dials if the pool may grow.
+// It reports false, doing nothing, if the pool was swept: the caller takes the current one.
 // Called from any goroutine with no locks held.
-func (p *pool) open(s *stream, fl *flusher) {
+func (p *pool) open(s *stream, fl *flusher) bool {
 	p.mu.Lock()
+	if p.swept {
+		p.mu.Unlock()
+		return false
+	}
 	for _, u := range p.conns {
 		if !u.draining && u.active < int(u.maxStreams) {
 			u.active++
 			p.mu.Unlock()
 			u.start(s, fl)
-			return
+			return true
 		}
 	}
 	if len(p.waiters) >= p.srv.cfg.MaxQueuedPerEndpoint {
@@ -66,7 +76,7 @@ func (p *pool) open(s *stream, fl *flusher) {
 		if fin {
 			s.cleanup(fl)
 		}
-		return
+		return true
 	}
 	p.waiters = append(p.waiters, s)
 	dial := p.dialing == 0 && len(p.conns) < p.srv.cfg.MaxConnsPerEndpoint
@@ -77,6 +87,7 @@ func (p *pool) open(s *stream, fl *flusher) {
 	if dial {
 		p.srv.goDial(p)
 	}
+	return true
 }
 
 // fillLocked reserves slots on u for waiting streams; the caller starts them after unlocking.
@@ -305,15 +316,14 @@ func (u *upConn) start(s *stream, fl *flusher) {
 	u.mu.Lock()
 	u.wmu.Lock()
 	if u.dead || u.nextID > maxStreamID || u.werr != nil {
-		exhausted := u.nextID > maxStreamID
 		u.wmu.Unlock()
 		u.mu.Unlock()
 		s.mu.Unlock()
-		if exhausted {
-			u.pool.drainConn(u)
-		}
+		// Out of the usable connections first, or the pool would pick u again for s: a failed
+		// write (werr) is seen here before u's read loop has torn it down.
+		u.pool.drainConn(u)
 		u.pool.release(u, fl)
-		u.pool.open(s, fl)
+		u.srv.open(s, fl)
 		return
 	}
 	uid := u.nextID
@@ -641,7 +651,7 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) {
 		if old := s.retryLocked(); old != nil {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
-			s.pool.open(s, fl)
+			s.srv.open(s, fl)
 			return
 		}
 		fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
@@ -681,7 +691,7 @@ func (u *upConn) onGoAway(f *http2.GoAwayFrame) {
 		if old := s.retryLocked(); old != nil {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
-			s.pool.open(s, fl)
+			s.srv.open(s, fl)
 			continue
 		}
 		fin := s.failLocked(fmt.Errorf("upstream %s refused the stream (GOAWAY %v) and it cannot be replayed", u.pool.addr, f.ErrCode), true, 503, grpcUnavailable, fl)
