@@ -180,7 +180,9 @@ type Config struct {
 	// UpstreamKeepalive pings an upstream connection that has streams but has been silent this
 	// long; no answer within another UpstreamKeepalive closes it. Default 30 s.
 	UpstreamKeepalive time.Duration
-	// DialTimeout bounds one upstream dial. Default 5 s.
+	// DialTimeout bounds one upstream dial, and then again the wait for the upstream's first
+	// SETTINGS frame: a new connection takes no stream before they arrive, and one that does
+	// not get them in time fails the streams waiting for it like a failed dial. Default 5 s.
 	DialTimeout time.Duration
 	// WriteTimeout closes a connection whose queued output the socket has not taken any of for
 	// this long: a peer that stopped reading. (It stalls no other connection meanwhile: what it

@@ -3,11 +3,18 @@ package h2
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestSweepNeverOrphansAPoolInUse races the janitor's sweep of empty pools against streams
@@ -96,5 +103,67 @@ func TestFailedWriteConnectionIsNotPickedAgain(t *testing.T) {
 	}
 	if n := ts.conns.Load(); n != 2 {
 		t.Fatalf("the upstream accepted %d connections, want a second one for the call", n)
+	}
+}
+
+// TestSilentUpstreamFailsItsStreamsAsADialFailure: an upstream that accepts the connection but
+// never sends its SETTINGS (no HTTP/2 server behind the port) gets no stream: after DialTimeout
+// the streams waiting for it fail as a dial failure, UNAVAILABLE and blamed on the upstream, and
+// none was sent to it, so a client may safely retry elsewhere (B.8c; before the fix the stream
+// was sent at once and waited for the keepalive, about a minute).
+func TestSilentUpstreamFailsItsStreamsAsADialFailure(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var headers atomic.Int64
+	accepted := make(chan net.Conn, 1)
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		ln.Close()
+		select {
+		case c := <-accepted:
+			c.Close()
+		default:
+		}
+		<-done
+	})
+	go func() { // reads the engine's frames, answers nothing
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		accepted <- c
+		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		fr := http2.NewFramer(nil, c)
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if _, ok := f.(*http2.HeadersFrame); ok {
+				headers.Add(1)
+			}
+		}
+	}()
+	silent := netip.MustParseAddrPort(ln.Addr().String())
+	rec := newRecorder(silent)
+	addr, _, _ := startProxy(t, Config{Router: rec, DialTimeout: 300 * time.Millisecond, Logger: discardLogger()})
+	cc := dialGRPC(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	in, out := []byte("x"), []byte(nil)
+	err = cc.Invoke(ctx, mUnary, &in, &out)
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "SETTINGS") {
+		t.Fatalf("a call to an upstream that never speaks HTTP/2: %v; want UNAVAILABLE saying it sent no SETTINGS", err)
+	}
+	if res := rec.waitResult(t); !res.Upstream {
+		t.Errorf("Result = %+v, want the failure blamed on the upstream", res)
+	}
+	if n := headers.Load(); n != 0 {
+		t.Errorf("the silent upstream received %d HEADERS; want none: the stream was not safe to retry", n)
 	}
 }

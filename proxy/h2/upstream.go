@@ -18,7 +18,8 @@ import (
 const (
 	maxStreamID = 1<<31 - 1
 	// initialMaxStreams is assumed until the upstream's first SETTINGS (RFC 9113 §6.5.2
-	// recommends no less than 100); defaultMaxStreams if that SETTINGS sets no limit.
+	// recommends no less than 100), which a connection waits for before it takes streams;
+	// defaultMaxStreams if that SETTINGS sets no limit.
 	initialMaxStreams = 100
 	defaultMaxStreams = 1000
 )
@@ -166,7 +167,10 @@ func (p *pool) redialLocked() bool {
 func (p *pool) setMaxStreams(u *upConn, v uint32, fl *flusher) {
 	p.mu.Lock()
 	u.maxStreams = v
-	next := p.fillLocked(u)
+	var next []*stream
+	if u.ready { // else the dial, waiting for these SETTINGS, fills it
+		next = p.fillLocked(u)
+	}
 	p.mu.Unlock()
 	for _, s := range next {
 		u.start(s, fl)
@@ -187,6 +191,13 @@ func (p *pool) dial() {
 	var u *upConn
 	if err == nil {
 		u, err = newUpConn(p, nc)
+	}
+	if err == nil {
+		srv.wg.Add(1)
+		go u.readLoop()
+		if err = u.awaitSettings(); err != nil {
+			u.close() // its read loop tears it down; it never was a usable connection
+		}
 	}
 	p.mu.Lock()
 	p.dialing--
@@ -215,6 +226,7 @@ func (p *pool) dial() {
 	if stale {
 		u.draining = true
 	} else {
+		u.ready = true
 		p.conns = append(p.conns, u)
 		next = p.fillLocked(u)
 	}
@@ -223,8 +235,6 @@ func (p *pool) dial() {
 		p.dialing++
 	}
 	p.mu.Unlock()
-	srv.wg.Add(1)
-	go u.readLoop()
 	if stale {
 		u.goAwayAndClose()
 	}
@@ -243,11 +253,17 @@ type upConn struct {
 	dec  *hdec
 	fl   flusher // the read goroutine's
 
-	gotSettings bool   // read goroutine only
-	nextID      uint32 // guarded by wmu
-	dead        bool   // guarded by mu: the read loop ended, no new streams
+	gotSettings bool // read goroutine only
+	// settled is closed by the read loop once the upstream's first SETTINGS are applied
+	// (settingsOK set) or the loop has ended without them: what the dial waits for before the
+	// connection takes streams.
+	settled    chan struct{}
+	settingsOK atomic.Bool
+	nextID     uint32 // guarded by wmu
+	dead       bool   // guarded by mu: the read loop ended, no new streams
 
 	// Guarded by pool.mu.
+	ready      bool // among pool.conns once its SETTINGS arrived (or drained since)
 	active     int
 	maxStreams uint32
 	draining   bool
@@ -259,7 +275,7 @@ type upConn struct {
 func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
 	srv := p.srv
 	cfg := &srv.cfg
-	u := &upConn{pool: p, nextID: 1, maxStreams: initialMaxStreams}
+	u := &upConn{pool: p, nextID: 1, maxStreams: initialMaxStreams, settled: make(chan struct{})}
 	u.conn.init(srv, nc, false)
 	u.streams = make(map[uint32]*stream)
 	u.dec = newHdec(cfg.MaxHeaderListSize)
@@ -356,7 +372,30 @@ func (u *upConn) start(s *stream, fl *flusher) {
 func (u *upConn) readLoop() {
 	defer u.srv.wg.Done()
 	err := u.serve()
+	if !u.gotSettings {
+		close(u.settled)
+	}
 	u.teardown(err)
+}
+
+// awaitSettings waits for the upstream's first SETTINGS frame (RFC 9113 §3.4: its connection
+// preface), at most DialTimeout. Until then the connection takes no stream: a port that accepts
+// TCP but speaks no HTTP/2 must fail the streams waiting for it as a dial failure, which they
+// can be retried from since none was sent, rather than hold them until the keepalive gives up.
+func (u *upConn) awaitSettings() error {
+	t := time.NewTimer(u.srv.cfg.DialTimeout)
+	defer t.Stop()
+	select {
+	case <-u.settled:
+		if u.settingsOK.Load() {
+			return nil
+		}
+		return errors.New("the connection ended before the upstream's HTTP/2 SETTINGS")
+	case <-t.C:
+		return fmt.Errorf("no HTTP/2 SETTINGS from the upstream within %v (is it an HTTP/2 server?)", u.srv.cfg.DialTimeout)
+	case <-u.srv.ctx.Done():
+		return ErrServerClosed
+	}
 }
 
 func (u *upConn) serve() error {
@@ -386,7 +425,11 @@ func (u *upConn) serve() error {
 				// No limit announced: like x/net's transport, use 1000 rather than unbounded.
 				u.pool.setMaxStreams(u, defaultMaxStreams, &u.fl)
 			}
-			u.gotSettings = true
+			if !f.IsAck() && !u.gotSettings && err == nil {
+				u.gotSettings = true
+				u.settingsOK.Store(true)
+				close(u.settled)
+			}
 		case *http2.WindowUpdateFrame:
 			err = u.onWindowUpdate(f, &u.fl)
 		case *http2.RSTStreamFrame:
