@@ -139,9 +139,15 @@ type Result struct {
 	// Duration runs from the request HEADERS to the end of the stream.
 	Duration time.Duration
 	// Queued is the part of Duration spent waiting for an upstream connection (a dial) or a
-	// stream slot before the request went upstream; all of it if it never did. A balancer
-	// should judge the endpoint by Duration - Queued: a dial is not the endpoint's latency.
+	// stream slot before the request went upstream; all of it if it never did.
 	Queued time.Duration
+	// Headers runs from the request HEADERS going upstream to the upstream's final response
+	// headers; 0 if none arrived. It is the endpoint's latency a balancer should learn
+	// (balance.Pick.Done): the rest of a stream's life is how long the call streams, which says
+	// nothing about the endpoint (a healthy one serving a minute's server stream is not a minute
+	// slow). Without response headers, Duration - Queued is how long the endpoint kept the
+	// caller waiting for them.
+	Headers time.Duration
 	// ReqBytes and RespBytes count DATA payload bytes received from the client and the upstream.
 	ReqBytes, RespBytes int64
 	// Retries counts replays of the request on a fresh upstream connection after the upstream

@@ -97,6 +97,9 @@ type stream struct {
 	route Route
 	start time.Time
 	sent  time.Time // when the request headers went upstream (the last try's); zero if never
+	// answered is when the upstream's final response headers arrived; zero if they did not.
+	// Written under mu before done, read by cleanup after it.
+	answered time.Time
 	// fieldBuf backs head's fields for typical requests, saving an allocation per stream.
 	fieldBuf [12]hpack.HeaderField
 
@@ -335,11 +338,21 @@ func (s *stream) cleanup(fl *flusher) {
 			Upstream:   s.upFault,
 			Duration:   time.Since(s.start),
 			Queued:     s.queued(),
+			Headers:    s.headersAfter(),
 			ReqBytes:   s.req.bytes,
 			RespBytes:  s.resp.bytes,
 			Retries:    s.retries,
 		})
 	}
+}
+
+// headersAfter is how long the upstream took to answer with its response headers, 0 if it
+// did not.
+func (s *stream) headersAfter() time.Duration {
+	if s.answered.IsZero() || s.sent.IsZero() {
+		return 0
+	}
+	return s.answered.Sub(s.sent)
 }
 
 // queued is how long the stream waited for an upstream connection or stream slot.

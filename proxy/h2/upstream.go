@@ -616,6 +616,7 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	cc := &s.cc.conn
 	if status >= 200 {
 		s.gotFinal = true
+		s.answered = time.Now()
 		s.dropReplay()
 		s.status = status
 		if end {
