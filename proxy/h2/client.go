@@ -58,7 +58,7 @@ func (cc *clientConn) serve() error {
 	cfg := &cc.srv.cfg
 	cc.nc.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	var pre [len(clientPreface)]byte
-	if _, err := io.ReadFull(cc.br, pre[:]); err != nil {
+	if _, err := io.ReadFull(&cc.rd, pre[:]); err != nil {
 		return fmt.Errorf("reading HTTP/2 client preface: %w", err)
 	}
 	if string(pre[:]) != clientPreface {

@@ -1,10 +1,8 @@
 package h2
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -16,7 +14,7 @@ import (
 )
 
 const (
-	bufSize         = 32 << 10 // read buffer per connection; output is written once this much is queued
+	bufSize         = 32 << 10 // pooled read and write buffers; output is written once this much is queued
 	defaultWindow   = 65535    // RFC 9113 §6.9.2 initial window before SETTINGS
 	defaultMaxFrame = 16384    // RFC 9113 §4.2
 	maxWindow       = 1<<31 - 1
@@ -32,8 +30,8 @@ type conn struct {
 	srv    *Server
 	nc     net.Conn
 	raw    rawsock.Writer // nc's raw writer; nil when nc is not a plain TCP socket (TLS)
-	br     *bufio.Reader
-	fr     *http2.Framer // read side only
+	rd     reader        // read side only
+	fr     *http2.Framer // read side only, reads through rd
 	client bool          // downstream connection: its blocked streams wait on their resp half
 
 	// mu guards the connection's stream map (in clientConn / upConn). Lock order: stream.mu,
@@ -69,13 +67,13 @@ func (c *conn) init(srv *Server, nc net.Conn, client bool) {
 	c.srv = srv
 	c.nc = nc
 	c.client = client
-	var r io.Reader = nc
-	if rr, rw, ok := rawsock.IO(nc); ok {
-		r, c.raw = rr, rw
+	var rr rawsock.Reader
+	if r, w, ok := rawsock.IO(nc); ok {
+		rr, c.raw = r, w
 	}
 	c.out.init(&c.wmu)
-	c.br = bufio.NewReaderSize(r, bufSize)
-	c.fr = http2.NewFramer(nil, c.br)
+	c.rd.init(srv, rr, nc)
+	c.fr = http2.NewFramer(nil, &c.rd)
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(defaultMaxFrame)
 	c.enc = hpack.NewEncoder(&c.encBuf)
@@ -97,12 +95,8 @@ func (c *conn) close() {
 // inputDrained reports whether the next ReadFrame would block on the socket: the reader holds no
 // complete frame. That is when a read loop flushes what it wrote.
 func (c *conn) inputDrained() bool {
-	n := c.br.Buffered()
-	if n < 9 {
-		return true
-	}
-	h, _ := c.br.Peek(9)
-	return n < 9+(int(h[0])<<16|int(h[1])<<8|int(h[2]))
+	n, ok := c.rd.frameLen()
+	return !ok || c.rd.buffered() < 9+n
 }
 
 func (c *conn) flush() {

@@ -272,13 +272,23 @@ func stuckUpstream(t *testing.T) *rawUpstream {
 	return ru
 }
 
+// stalledFor is how long a connection's writer must have waited for its socket, without
+// progress, to count as stalled: far longer than any write to a peer that reads (a TLS
+// connection's writer runs for every flush).
+const stalledFor = 100 * time.Millisecond
+
+func isStalled(srv *Server, c *conn) bool {
+	st := c.stalled.Load()
+	return st != 0 && time.Duration(srv.now()-st) > stalledFor
+}
+
 // stalledClients counts the client connections whose writer waits for their socket.
 func stalledClients(srv *Server) int {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	n := 0
 	for cc := range srv.clients {
-		if cc.stalled.Load() != 0 {
+		if isStalled(srv, &cc.conn) {
 			n++
 		}
 	}
@@ -291,7 +301,7 @@ func stalledUpstreams(srv *Server) int {
 	defer srv.mu.Unlock()
 	n := 0
 	for u := range srv.ups {
-		if u.stalled.Load() != 0 {
+		if isStalled(srv, &u.conn) {
 			n++
 		}
 	}

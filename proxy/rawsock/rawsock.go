@@ -18,12 +18,23 @@ import (
 // IO returns a reader and writer for c that use raw system calls when c is a plain TCP socket,
 // or one wrapping it that replays peeked bytes first (proxy/detect.Conn); ok is false otherwise
 // (TLS, pipes), and c should be used as it is.
-func IO(c net.Conn) (r io.Reader, w Writer, ok bool) {
+func IO(c net.Conn) (r Reader, w Writer, ok bool) {
 	rs := rawIO(c)
 	if rs == nil {
 		return nil, nil, false
 	}
 	return rs, rs, true
+}
+
+// Reader is IO's reader. Read waits (parked in the runtime's poller) until the socket has data.
+// One goroutine reads a socket at a time.
+type Reader interface {
+	io.Reader
+	// ReadPooled is Read into a buffer it takes with get just before each attempt and hands
+	// back with put when the attempt finds no data, before it waits: so a goroutine waiting for
+	// input holds no buffer, which is what makes idle connections cheap. It returns the buffer
+	// (*b[:n] holds the bytes read; n > 0 when err is nil), which is the caller's to put back.
+	ReadPooled(get func() *[]byte, put func(*[]byte)) (b *[]byte, n int, err error)
 }
 
 // Writer is IO's writer. Write waits (parked in the runtime's poller, not in a thread) until the

@@ -30,6 +30,16 @@ type rawSock struct {
 	// pre, if not nil, is read first until its peeked bytes are used up: a sniffing listener's
 	// connection that replays the bytes it looked at (proxy/detect.Conn).
 	pre net.Conn
+	// rd is ReadPooled's state, and readFn the function it gives the RawConn, bound once so
+	// that a read allocates nothing. Reads are not concurrent (one reader per socket).
+	rd struct {
+		get   func() *[]byte
+		put   func(*[]byte)
+		b     *[]byte
+		n     int
+		errno syscall.Errno
+	}
+	readFn func(fd uintptr) bool
 }
 
 // peekedConn is a connection that replays bytes it peeked from the one it wraps.
@@ -52,7 +62,9 @@ func rawIO(nc net.Conn) *rawSock {
 	if err != nil {
 		return nil
 	}
-	return &rawSock{rc: rc, pre: pre}
+	s := &rawSock{rc: rc, pre: pre}
+	s.readFn = s.readPooled
+	return s
 }
 
 func (s *rawSock) Read(p []byte) (int, error) {
@@ -89,6 +101,62 @@ func (s *rawSock) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// ReadPooled implements Reader.
+func (s *rawSock) ReadPooled(get func() *[]byte, put func(*[]byte)) (*[]byte, int, error) {
+	if s.pre != nil {
+		if len(s.pre.(peekedConn).Peeked()) > 0 {
+			b := get()
+			n, err := s.pre.Read((*b)[:cap(*b)])
+			if err != nil || n == 0 {
+				put(b)
+				if err == nil {
+					err = io.ErrNoProgress
+				}
+				return nil, 0, err
+			}
+			return b, n, nil
+		}
+		s.pre = nil
+	}
+	rd := &s.rd
+	rd.get, rd.put, rd.b, rd.n, rd.errno = get, put, nil, 0, 0
+	err := s.rc.Read(s.readFn)
+	b, n, errno := rd.b, rd.n, rd.errno
+	rd.get, rd.put, rd.b = nil, nil, nil
+	switch {
+	case err == nil && errno == 0 && n > 0:
+		return b, n, nil
+	case err == nil && errno != 0:
+		err = os.NewSyscallError("read", errno)
+	case err == nil:
+		err = io.EOF
+	}
+	if b != nil {
+		put(b)
+	}
+	return nil, 0, err
+}
+
+// readPooled is ReadPooled's attempt, run by the RawConn with the socket's read lock held.
+func (s *rawSock) readPooled(fd uintptr) bool {
+	rd := &s.rd
+	rd.b = rd.get()
+	p := (*rd.b)[:cap(*rd.b)]
+	for {
+		r, _, e := syscall.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			rd.put(rd.b) // wait without it
+			rd.b = nil
+			return false
+		}
+		rd.n, rd.errno = int(r), e
+		return true
+	}
 }
 
 func (s *rawSock) Write(p []byte) (int, error) { return s.write(p, true) }

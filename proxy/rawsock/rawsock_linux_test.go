@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -131,6 +132,58 @@ func TestRawIO(t *testing.T) {
 		a.Close()
 		if _, err := w.TryWrite([]byte("x")); !errors.Is(err, net.ErrClosed) {
 			t.Fatalf("TryWrite on a closed connection: %v, want net.ErrClosed", err)
+		}
+	})
+	t.Run("ReadPooled holds no buffer while it waits, and returns the one it read into", func(t *testing.T) {
+		a, b := tcpPair(t)
+		r := rawIO(&replayConn{Conn: b, peeked: []byte("peeked")})
+		var out, held atomic.Int32
+		get := func() *[]byte {
+			out.Add(1)
+			held.Add(1)
+			p := make([]byte, 0, 64)
+			return &p
+		}
+		put := func(*[]byte) { held.Add(-1) }
+		buf, n, err := r.ReadPooled(get, put)
+		if err != nil || string((*buf)[:n]) != "peeked" {
+			t.Fatalf("first ReadPooled: %q, %v; want the peeked bytes", (*buf)[:n], err)
+		}
+		put(buf)
+		type res struct {
+			s   string
+			err error
+		}
+		done := make(chan res, 1)
+		go func() {
+			buf, n, err := r.ReadPooled(get, put)
+			if err != nil {
+				done <- res{"", err}
+				return
+			}
+			s := string((*buf)[:n])
+			put(buf)
+			done <- res{s, nil}
+		}()
+		waitFor := func(cond func() bool) {
+			for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("condition not reached within 5s")
+				}
+			}
+		}
+		waitFor(func() bool { return out.Load() >= 2 }) // it tried the empty socket
+		waitFor(func() bool { return held.Load() == 0 }) // and waits without the buffer
+		a.Write([]byte("later"))
+		if r := <-done; r.err != nil || r.s != "later" {
+			t.Fatalf("ReadPooled after data came: %q, %v", r.s, r.err)
+		}
+		a.Close()
+		if _, _, err := r.ReadPooled(get, put); !errors.Is(err, io.EOF) {
+			t.Fatalf("ReadPooled at EOF: %v", err)
+		}
+		if h := held.Load(); h != 0 {
+			t.Fatalf("%d buffers not handed back", h)
 		}
 	})
 	t.Run("other connections keep net.Conn", func(t *testing.T) {
