@@ -30,9 +30,9 @@ type conn struct {
 	srv    *Server
 	nc     net.Conn
 	raw    rawsock.Writer // nc's raw writer; nil when nc is not a plain TCP socket (TLS)
-	rd     reader        // read side only
-	fr     *http2.Framer // read side only, reads through rd
-	client bool          // downstream connection: its blocked streams wait on their resp half
+	rd     reader         // read side only
+	fr     *http2.Framer  // read side only, reads through rd
+	client bool           // downstream connection: its blocked streams wait on their resp half
 
 	// mu guards the connection's stream map (in clientConn / upConn). Lock order: stream.mu,
 	// then mu, then wmu.

@@ -29,19 +29,22 @@
 //     closed, and one whose writer makes no progress for WriteTimeout is closed by the janitor.
 //   - No goroutine per stream. A stream is a small struct linking a client stream id to an upstream
 //     stream id; its state is guarded by its own mutex.
-//   - DATA payloads go from the reader's buffer straight into the destination's write buffer. Bytes
-//     are copied into a pooled per-stream buffer only when the destination's flow-control window is
-//     closed, or (request side, up to Config.MaxReplayBytes) so a stream refused by the upstream can
-//     be replayed on another connection.
+//   - DATA payloads go from the reader's buffer straight into the destination's output queue.
+//     Bytes are copied into a pooled per-stream buffer only when the destination's flow-control
+//     window (or its queue) is full, or (request side, up to Config.MaxReplayBytes) so a stream
+//     refused by the upstream can be replayed on another connection.
 //   - Plain TCP sockets are read and written with raw non-blocking system calls through their
-//     RawConn (sock_linux.go), so that an idle-between-requests proxy does not wake Go's sysmon
+//     RawConn (proxy/rawsock), so that an idle-between-requests proxy does not wake Go's sysmon
 //     thread on every request.
+//   - An idle connection holds no buffer: read and write buffers come from a pool when there are
+//     bytes to move and go back when they are consumed or written, and a read waiting for input
+//     holds none (in.go). Idle connections cost a few KB each, mostly the read goroutine's stack.
 //   - Flow control is end to end: the engine grants WINDOW_UPDATE to a sender only for bytes it has
 //     forwarded, so a slow reader on one side slows the writer on the other, and buffered bytes per
 //     stream never exceed the window the engine advertised.
 //
 // Lock order: stream.mu, then a connection's stream-map mutex, then a connection's write mutex;
 // a pool's mutex is always taken alone. No lock is held across a socket write that may wait: a
-// writer takes wmu only to take the queue, and resumes blocked streams with no lock held. Router.Route
-// and Route.Done run without engine locks held.
+// writer takes wmu only to take the queue, and resumes blocked streams with no lock held.
+// Router.Route and Route.Done run without engine locks held.
 package h2

@@ -172,7 +172,7 @@ func TestRawIO(t *testing.T) {
 				}
 			}
 		}
-		waitFor(func() bool { return out.Load() >= 2 }) // it tried the empty socket
+		waitFor(func() bool { return out.Load() >= 2 })  // it tried the empty socket
 		waitFor(func() bool { return held.Load() == 0 }) // and waits without the buffer
 		a.Write([]byte("later"))
 		if r := <-done; r.err != nil || r.s != "later" {
