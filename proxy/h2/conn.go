@@ -27,12 +27,15 @@ const (
 // conn is the part shared by client and upstream connections: the read side (used only by the
 // connection's read goroutine) and the write side (used by any goroutine under wmu; see out.go).
 type conn struct {
-	srv    *Server
-	nc     net.Conn
-	raw    rawsock.Writer // nc's raw writer; nil when nc is not a plain TCP socket (TLS)
-	rd     reader         // read side only
-	fr     *http2.Framer  // read side only, reads through rd
-	client bool           // downstream connection: its blocked streams wait on their resp half
+	srv *Server
+	nc  net.Conn
+	raw rawsock.Writer // nc's raw writer; nil when nc is not a plain TCP socket (TLS)
+	// tq, for TLS over a socket rawsock wrapped, holds the records that socket did not take:
+	// its writes never wait (rawsock.Defer), so nc.Write is as good as a try-write.
+	tq     rawsock.Deferred
+	rd     reader        // read side only
+	fr     *http2.Framer // read side only, reads through rd
+	client bool          // downstream connection: its blocked streams wait on their resp half
 
 	// mu guards the connection's stream map (in clientConn / upConn). Lock order: stream.mu,
 	// then mu, then wmu.
@@ -70,6 +73,8 @@ func (c *conn) init(srv *Server, nc net.Conn, client bool) {
 	var rr rawsock.Reader
 	if r, w, ok := rawsock.IO(nc); ok {
 		rr, c.raw = r, w
+	} else if tc, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		c.tq, _ = rawsock.Defer(tc.NetConn())
 	}
 	c.out.init(&c.wmu)
 	c.rd.init(srv, rr, nc)

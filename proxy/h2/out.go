@@ -10,8 +10,10 @@ import (
 // The write path (see the package comment): frames are appended to the destination connection's
 // output queue under its wmu, and whoever flushes writes the queue to the socket without ever
 // waiting for it. What the socket does not take stays queued for the connection's own writer
-// goroutine, which exists only while there is such a backlog (and, for a connection that is not
-// a raw TCP socket, for every flush: a TLS write cannot be tried without blocking).
+// goroutine, which exists only while there is such a backlog. A raw TCP socket is tried with a
+// non-blocking write; TLS over a socket rawsock wrapped is written through crypto/tls at once,
+// and what the socket does not take of its records waits beneath it (rawsock.Defer). Any other
+// connection cannot be tried without blocking, so its writer runs for every flush.
 const (
 	// maxQueuedData bounds the DATA a connection's output queue admits: past it, streams wait
 	// on the connection's blocked list with their bytes in their own (flow-controlled) buffers,
@@ -57,8 +59,15 @@ type outQueue struct {
 
 func (q *outQueue) init(mu *sync.Mutex) { q.done.L = mu }
 
-// queued is every byte not yet written: appended, and held by the writer.
-func (q *outQueue) queued() int { return len(q.buf) + q.writing }
+// queued is every byte not yet written: appended, held by the writer, and (TLS) waiting beneath
+// crypto/tls. The caller holds wmu.
+func (c *conn) queued() int {
+	n := len(c.out.buf) + c.out.writing
+	if c.tq != nil {
+		n += c.tq.Pending()
+	}
+	return n
+}
 
 // put appends p to the output queue. The caller holds wmu.
 func (c *conn) put(p []byte) {
@@ -115,16 +124,37 @@ func (c *conn) writeLocked(keep bool) {
 	if c.werr != nil {
 		return
 	}
-	if q.queued() > maxQueued {
+	if n := c.queued(); n > maxQueued {
 		c.srv.cfg.Logger.Info("closing connection: it does not read what the engine has for it",
-			"remote", c.nc.RemoteAddr(), "queued", q.queued(), "bound", maxQueued)
+			"remote", c.nc.RemoteAddr(), "queued", n, "bound", maxQueued)
 		c.failWriteLocked(errQueueOverflow)
 		return
 	}
 	if q.writer || (len(q.buf) == 0 && q.after == afterNothing) {
 		return
 	}
-	if c.raw != nil {
+	switch {
+	case c.tq != nil:
+		// crypto/tls writes its records at once: what the socket does not take waits in tq.
+		if len(q.buf) > 0 {
+			if _, err := c.nc.Write(q.buf); err != nil {
+				c.failWriteLocked(err)
+				return
+			}
+			if keep {
+				q.buf = q.buf[:0]
+			} else {
+				c.recycle(q.buf, q.bufp)
+				q.buf, q.bufp = nil, nil
+			}
+		}
+		if c.tq.Pending() == 0 {
+			if q.after != afterNothing {
+				c.runAfter(q.takeAfter()) // close_notify goes beneath TLS too: nothing waits
+			}
+			return
+		}
+	case c.raw != nil:
 		n := 0
 		if len(q.buf) > 0 {
 			var err error
@@ -204,8 +234,8 @@ func (c *conn) runAfter(how afterFlush) {
 }
 
 // writeLoop is the connection's writer: it owns the socket while the output queue has a backlog
-// (or, for a connection that is not a raw socket, while it has anything), writes it with
-// blocking writes, resumes the streams that waited for room in the queue, and exits once the
+// (or, for a connection that cannot be tried without blocking, while it has anything), writes it
+// with blocking writes, resumes the streams that waited for room in the queue, and exits once the
 // queue is empty. It holds wmu only to take the queue, so other goroutines keep appending while
 // it waits for the peer.
 func (c *conn) writeLoop() {
@@ -214,7 +244,7 @@ func (c *conn) writeLoop() {
 	c.wmu.Lock()
 	woke := false // the blocked streams were resumed and wrote nothing since
 	for c.werr == nil {
-		if len(q.buf) > 0 {
+		if len(q.buf) > 0 || (c.tq != nil && c.tq.Pending() > 0) {
 			buf, bufp := q.buf, q.bufp
 			q.buf, q.bufp = nil, nil
 			q.writing = len(buf)
@@ -257,6 +287,20 @@ func (c *conn) writeLoop() {
 // writeAll writes p to the socket, waiting for it as long as it takes (the janitor closes a
 // connection that makes no progress for WriteTimeout). Only the writer calls it.
 func (c *conn) writeAll(p []byte) error {
+	if c.tq != nil {
+		if len(p) > 0 {
+			if _, err := c.nc.Write(p); err != nil { // never waits: see tq
+				return err
+			}
+		}
+		for c.tq.Pending() > 0 {
+			c.stalled.Store(c.srv.now())
+			if err := c.tq.Drain(writeChunk); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	for len(p) > 0 {
 		n := min(len(p), writeChunk)
 		c.stalled.Store(c.srv.now())

@@ -309,7 +309,7 @@ func stalledUpstreams(srv *Server) int {
 }
 
 // startTLSProxy runs an engine whose client connections are TLS over a raw socket.
-func startTLSProxy(t *testing.T, cfg Config, cert tls.Certificate) (netip.AddrPort, *Server) {
+func startTLSProxy(t testing.TB, cfg Config, cert tls.Certificate) (netip.AddrPort, *Server) {
 	t.Helper()
 	srv := NewServer(cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -342,7 +342,7 @@ func startTLSProxy(t *testing.T, cfg Config, cert tls.Certificate) (netip.AddrPo
 }
 
 // selfSignedCert makes a certificate for name and the pool that trusts it.
-func selfSignedCert(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
+func selfSignedCert(t testing.TB, name string) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -260,7 +260,7 @@ func (c *conn) writeDataLocked(s *stream, h *half, id uint32, p []byte, end bool
 	sent := 0
 	for len(p) > 0 {
 		n := min(len(p), int(h.sendWindow), int(c.sendWindow), int(c.peerMaxFrame), maxDataFrame)
-		if n > 0 && c.out.queued()+n > maxQueuedData {
+		if n > 0 && c.queued()+n > maxQueuedData {
 			n = 0 // the peer is not taking what is queued: wait for the writer like for a window
 		}
 		if n <= 0 {

@@ -3,6 +3,7 @@
 package rawsock
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -184,6 +185,47 @@ func TestRawIO(t *testing.T) {
 		}
 		if h := held.Load(); h != 0 {
 			t.Fatalf("%d buffers not handed back", h)
+		}
+	})
+	t.Run("a deferred connection's Write never waits; Drain writes the rest in order", func(t *testing.T) {
+		a, b := tcpPair(t)
+		wc := Wrap(a)
+		d, ok := Defer(wc)
+		if !ok {
+			t.Fatal("Defer refused a connection made by Wrap")
+		}
+		if _, ok := Defer(b); ok {
+			t.Fatal("Defer accepted a connection not made by Wrap")
+		}
+		var want []byte
+		for i := range 16 { // 64 MiB, far more than both socket buffers, with nobody reading
+			p := bytes.Repeat([]byte{byte(i)}, 4<<20)
+			if n, err := wc.Write(p); n != len(p) || err != nil {
+				t.Fatalf("Write %d: %d, %v; want all of it at once", i, n, err)
+			}
+			want = append(want, p...)
+		}
+		if d.Pending() == 0 {
+			t.Fatal("nothing pending after writing 64 MiB to a socket nobody reads")
+		}
+		got := make(chan []byte, 1)
+		go func() {
+			all, _ := io.ReadAll(b)
+			got <- all
+		}()
+		for i := 0; d.Pending() > 0; i++ {
+			if err := d.Drain(1 << 20); err != nil {
+				t.Fatal(err)
+			}
+			if i == 3 { // written while draining: queued behind the rest
+				p := []byte("the end")
+				wc.Write(p)
+				want = append(want, p...)
+			}
+		}
+		a.CloseWrite()
+		if all := <-got; !bytes.Equal(all, want) {
+			t.Fatalf("read %d bytes, not the %d written in order", len(all), len(want))
 		}
 	})
 	t.Run("other connections keep net.Conn", func(t *testing.T) {
