@@ -17,9 +17,11 @@
 //     socket takes everything (the fast path) it costs what a plain write does. What the socket
 //     does not take stays in the queue, and a writer goroutine of that connection, started for
 //     the backlog and gone when it is written, waits for the socket with wmu released (out.go).
-//     A connection that is not a raw TCP socket (TLS) cannot try a write without blocking, so its
-//     writer runs for every flush. So one peer that stops reading stalls only its own streams:
-//     the read loops and the janitor keep serving everyone else.
+//     TLS over a socket rawsock wrapped (the mesh's mutual TLS) is written through crypto/tls at
+//     once, and what the socket does not take of its records waits beneath it (rawsock.Defer)
+//     for the same writer; only a connection that can be tried neither way has its writer run
+//     for every flush. So one peer that stops reading stalls only its own streams: the read
+//     loops and the janitor keep serving everyone else.
 //   - The output queue is bounded. DATA enters it only while it holds less than maxQueuedData
 //     (64 KiB); past that a stream waits on the connection's blocked list as if the peer's window
 //     were closed, its bytes stay in its own buffer (bounded by the window the engine advertised,
