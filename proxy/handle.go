@@ -166,9 +166,26 @@ func (p *Proxy) protocol(direction string, svc *service, dst netip.AddrPort, c *
 type outcome struct {
 	status, grpcStatus int // grpcStatus < 0: none
 	err                error
-	upstream           bool          // the failure is the endpoint's fault
-	took               time.Duration // what the client waited
-	served             time.Duration // what the endpoint took: took less any wait for a connection
+	upstream           bool // the failure is the endpoint's fault
+	// took is the whole request, from its headers to the end of the response: what
+	// detour_response_latency_seconds records (its help says so). Unlike linkerd2-proxy's
+	// response_latency_ms, which stops at the response's first DATA (time to first byte), it
+	// includes the time a response streams.
+	took time.Duration
+	// served is the endpoint's latency the balancer learns (balance.Pick.Done): from the request
+	// going upstream to the response headers, or, if none came, to the end of the request (what
+	// the endpoint kept the caller waiting for them). Never a stream's whole life: one long
+	// server stream must not make a healthy endpoint look slow for minutes.
+	served time.Duration
+}
+
+// endpointLatency is outcome.served from a result's times: response headers after, the whole
+// request, and the part of it spent waiting for a connection.
+func endpointLatency(headers, duration, queued time.Duration) time.Duration {
+	if headers > 0 {
+		return headers
+	}
+	return duration - queued
 }
 
 // failed classifies a request as Linkerd does: an error, a 5xx, or a gRPC status other than OK.
@@ -246,11 +263,13 @@ func (p *Proxy) denied(port uint16, peer, why string) {
 }
 
 func h2Outcome(r h2.Result) outcome {
-	return outcome{status: r.Status, grpcStatus: r.GRPCStatus, err: r.Err, upstream: r.Upstream, took: r.Duration, served: r.Duration - r.Queued}
+	return outcome{status: r.Status, grpcStatus: r.GRPCStatus, err: r.Err, upstream: r.Upstream,
+		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued)}
 }
 
 func h1Outcome(r http1.Result) outcome {
-	return outcome{status: r.Status, grpcStatus: -1, err: r.Err, upstream: r.Upstream, took: r.Duration, served: r.Duration}
+	return outcome{status: r.Status, grpcStatus: -1, err: r.Err, upstream: r.Upstream,
+		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued)}
 }
 
 func (p *Proxy) routeH2Outbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {

@@ -58,7 +58,7 @@ func (cc *clientConn) serve() error {
 	cfg := &cc.srv.cfg
 	cc.nc.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	var pre [len(clientPreface)]byte
-	if _, err := io.ReadFull(cc.br, pre[:]); err != nil {
+	if _, err := io.ReadFull(&cc.rd, pre[:]); err != nil {
 		return fmt.Errorf("reading HTTP/2 client preface: %w", err)
 	}
 	if string(pre[:]) != clientPreface {
@@ -174,9 +174,7 @@ func (cc *clientConn) connFail(err error) error {
 // lingerClose half-closes the socket and discards what the client still sends, for at most a
 // second and 4 MiB, so the GOAWAY is not lost to a TCP reset caused by unread input.
 func (cc *clientConn) lingerClose() {
-	if cw, ok := cc.nc.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
+	cc.closeWhenFlushed(afterCloseWrite)
 	cc.nc.SetReadDeadline(time.Now().Add(time.Second))
 	io.Copy(io.Discard, io.LimitReader(cc.nc, 4<<20))
 }
@@ -184,6 +182,7 @@ func (cc *clientConn) lingerClose() {
 // teardown cancels every stream of a closed client connection.
 func (cc *clientConn) teardown() {
 	cc.close()
+	cc.waitWriter()
 	cc.mu.Lock()
 	cc.goaway = true
 	list := make([]*stream, 0, len(cc.streams))
@@ -231,18 +230,10 @@ func (cc *clientConn) removeStream(s *stream) {
 	}
 }
 
-// shutdownWrite ends a connection that has said GOAWAY and has no streams left: it flushes,
-// half-closes (so unread client frames cannot turn the close into a reset that destroys the
-// last response), and leaves the read loop a second to see the client's EOF.
-func (cc *clientConn) shutdownWrite() {
-	cc.flush()
-	cw, ok := cc.nc.(interface{ CloseWrite() error })
-	if !ok || cw.CloseWrite() != nil {
-		cc.close()
-		return
-	}
-	cc.nc.SetReadDeadline(time.Now().Add(time.Second))
-}
+// shutdownWrite ends a connection that has said GOAWAY and has no streams left: once its output
+// is written it half-closes (so unread client frames cannot turn the close into a reset that
+// destroys the last response), and leaves the read loop a second to see the client's EOF.
+func (cc *clientConn) shutdownWrite() { cc.closeWhenFlushed(afterCloseWrite) }
 
 // startGoAway sends GOAWAY with the last stream id seen and closes the connection once its
 // streams are done (graceful shutdown, idle timeout).
@@ -414,8 +405,7 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 		}
 		return nil
 	}
-	s.pool = srv.pool(route.Addr)
-	s.pool.open(s, &cc.fl)
+	srv.open(s, &cc.fl)
 	return nil
 }
 

@@ -455,7 +455,7 @@ func TestClientThatStopsReadingDoesNotStallSharedUpstream(t *testing.T) {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		for cc := range srv.clients {
-			if cc.writeStart.Load() != 0 {
+			if cc.stalled.Load() != 0 {
 				return true
 			}
 		}
