@@ -113,7 +113,7 @@ func checkSpread(t *testing.T, p *Proxy, a, b *streamingServer, unary, long func
 	if b.long.Load() == 1 {
 		streamed = b
 	}
-	for _, svc := range p.routes.doc().Services {
+	for _, svc := range p.routes.doc(false).Services {
 		for _, ep := range svc.Endpoints {
 			if ep.Address == streamed.addr.String() {
 				t.Logf("estimate for the endpoint that served the %v stream: %.3f ms", streamFor, ep.RTTms)
