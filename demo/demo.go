@@ -39,7 +39,10 @@ type Options struct {
 	// even table) or p2c-ewma (the proxy's default, which favours whichever replica answers
 	// fastest at the moment, so its tables vary from load to load).
 	Balancer string
-	Out      io.Writer
+	// CertTTL is the lifetime of the workload certificates the controller issues; 0: its
+	// default (24 h). A short one shows renewal, and lets a test see a certificate expire.
+	CertTTL time.Duration
+	Out     io.Writer
 	// JSON prints each step and message as one JSON object per line instead of text.
 	JSON bool
 }
@@ -202,10 +205,11 @@ func (d *demo) waitHealthy(ctx context.Context, p *netns.Pod, port uint16) error
 	return d.waitOK(ctx, p, fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(p.IPv4, port)))
 }
 
-// Workload identities of the demo's pods.
+// Workload identities of the demo's pods, all in one Kubernetes-like namespace.
 var (
-	webID   = "spiffe://cluster.local/ns/stocks/sa/stockweb"
-	stockID = "spiffe://cluster.local/ns/stocks/sa/stockdata"
+	podNamespace = "stocks"
+	webID        = "spiffe://cluster.local/ns/stocks/sa/stockweb"
+	stockID      = "spiffe://cluster.local/ns/stocks/sa/stockdata"
 	// The controller runs on the node, reachable from every pod at the bridge's address.
 	controllerAddr = netip.MustParseAddrPort("198.18.0.1:7086")
 )
@@ -227,7 +231,8 @@ func (d *demo) mesh(ctx context.Context) error {
 	}
 	if err := d.s.do("detour init in every pod: redirect rules installed and proven", func() (string, error) {
 		for _, p := range pods {
-			if _, err := d.procs.run(ctx, p, filepath.Join(d.o.Bin, "detour"), "init", "-o", "json"); err != nil {
+			if _, err := d.procs.run(ctx, p, filepath.Join(d.o.Bin, "detour"), "init", "-o", "json",
+				"--pod-name", p.Name, "--pod-namespace", podNamespace); err != nil {
 				return "", fmt.Errorf("init in %s: %w", p.Name, err)
 			}
 		}
@@ -241,8 +246,11 @@ func (d *demo) mesh(ctx context.Context) error {
 			if p == d.web {
 				id = webID
 			}
+			// As the Kubernetes injector does, the proxy is told which pod it serves, so that
+			// detour debug finds it by name.
 			args := []string{"proxy", "--drain-timeout", "1s", "--discovery", "controller:" + controllerAddr.String(),
-				"--identity", id, "--trust-anchor", filepath.Join(d.procs.logs, "ca.crt"), "--identity-token", tokens[p]}
+				"--identity", id, "--trust-anchor", filepath.Join(d.procs.logs, "ca.crt"), "--identity-token", tokens[p],
+				"--pod-name", p.Name, "--pod-namespace", podNamespace}
 			if _, err := d.procs.start(ctx, p, "proxy", int(proxyUID), filepath.Join(d.o.Bin, "detour"), args...); err != nil {
 				return "", err
 			}
@@ -305,8 +313,11 @@ func (d *demo) startController(ctx context.Context, disc string, pods []*netns.P
 		return "", err
 	}
 	node := &netns.Pod{Name: "node", NS: d.topo.Node}
-	if _, err := d.procs.start(ctx, node, "controller", -1, controller, "--source", "file:"+disc,
-		"--listen", controllerAddr.String(), "--ca-dir", caDir, "--tokens", tokenFile); err != nil {
+	args := []string{"--source", "file:" + disc, "--listen", controllerAddr.String(), "--ca-dir", caDir, "--tokens", tokenFile}
+	if d.o.CertTTL > 0 {
+		args = append(args, "--cert-ttl", d.o.CertTTL.String())
+	}
+	if _, err := d.procs.start(ctx, node, "controller", -1, controller, args...); err != nil {
 		return "", err
 	}
 	if err := d.waitTCP(ctx, []*netns.Pod{{Name: "node", IPv4: controllerAddr.Addr()}}, controllerAddr.Port()); err != nil {

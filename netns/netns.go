@@ -12,13 +12,20 @@ const runDir = "/run/netns"
 // ErrUnsupported is returned on systems without Linux network namespaces.
 var ErrUnsupported = errors.New("netns: network namespaces need Linux")
 
-// NS is a named network namespace, as `ip netns` knows it (/run/netns/NAME).
+// NS is a named network namespace, as `ip netns` knows it (/run/netns/NAME), or one opened by
+// its path (OpenPath).
 type NS struct {
 	Name string
+	path string // set by OpenPath
 }
 
-// Path returns the namespace's bind-mount path, /run/netns/NAME.
-func (n *NS) Path() string { return filepath.Join(runDir, n.Name) }
+// Path returns the namespace's path: the bind mount /run/netns/NAME, or what OpenPath was given.
+func (n *NS) Path() string {
+	if n.path != "" {
+		return n.path
+	}
+	return filepath.Join(runDir, n.Name)
+}
 
 func (n *NS) String() string { return n.Name }
 

@@ -78,11 +78,25 @@ func Open(name string) (*NS, error) {
 	return n, nil
 }
 
+// OpenPath returns the namespace at path: a process's /proc/PID/ns/net, a descriptor's
+// /proc/PID/fd/N, or a bind mount anywhere (what a container runtime makes under /run/netns or
+// /var/run/netns). Its Name is path. Do, Start and Run enter it; Delete is only for namespaces
+// made by Create.
+func OpenPath(path string) (*NS, error) {
+	if err := checkMounted(path); err != nil {
+		return nil, fmt.Errorf("opening namespace %s: %w", path, err)
+	}
+	return &NS{Name: path, path: path}, nil
+}
+
 // Delete unmounts and removes the namespace's name, like `ip netns delete`.
 // The kernel frees the namespace, and the links in it, once nothing else
 // holds it: callers end the processes they started in it, and close the
 // sockets they opened in it, themselves.
 func (n *NS) Delete() error {
+	if n.path != "" {
+		return fmt.Errorf("deleting namespace %s: it was opened by path, not made by Create", n.Name)
+	}
 	err := unix.Unmount(n.Path(), unix.MNT_DETACH)
 	switch {
 	case err == nil, errors.Is(err, unix.EINVAL):

@@ -275,3 +275,40 @@ func TestSweep(t *testing.T) {
 		t.Error("Sweep with an empty prefix succeeded")
 	}
 }
+
+func TestOpenPath(t *testing.T) {
+	ns := nstest.New(t)
+	want := pathInode(t, ns.Path())
+	// A process's link, and a descriptor of our own, both name the namespace.
+	cmd := exec.Command("sleep", "30")
+	if err := ns.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	fd, err := unix.Open(ns.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	for _, path := range []string{ns.Path(), fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid), fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), fd)} {
+		t.Run(path, func(t *testing.T) {
+			byPath, err := netns.OpenPath(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var inode uint64
+			if err := byPath.Do(func() error { inode = nsInode(t); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if inode != want {
+				t.Errorf("inside %s: namespace %d, want %d", path, inode, want)
+			}
+			if err := byPath.Delete(); err == nil {
+				t.Error("Delete of a namespace opened by path succeeded")
+			}
+		})
+	}
+	if _, err := netns.OpenPath("/etc/hostname"); err == nil || !strings.Contains(err.Error(), "not a mounted namespace") {
+		t.Errorf("OpenPath of a plain file: %v", err)
+	}
+}

@@ -13,6 +13,9 @@ func Create(name string) (*NS, error) { return nil, ErrUnsupported }
 // Open is only implemented on Linux.
 func Open(name string) (*NS, error) { return nil, ErrUnsupported }
 
+// OpenPath is only implemented on Linux.
+func OpenPath(path string) (*NS, error) { return nil, ErrUnsupported }
+
 // Delete is only implemented on Linux.
 func (n *NS) Delete() error { return ErrUnsupported }
 

@@ -2,7 +2,7 @@ package proxy
 
 import (
 	"cmp"
-	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -20,27 +20,117 @@ type connDoc struct {
 	Protocol  string    `json:"protocol"`
 	Peer      string    `json:"peer_identity,omitempty"` // a meshed client's proven identity
 	Since     time.Time `json:"since"`
+	// Closed is set on the connections of ?closed=1 that have ended.
+	Closed *time.Time `json:"closed,omitempty"`
+	// Bytes the kernel counted on the client's socket: received from the client, and sent to it
+	// and acknowledged. Open connections only.
+	BytesReceived uint64 `json:"bytes_received"`
+	BytesSent     uint64 `json:"bytes_sent"`
+	// Endpoints are where the connection's requests went (HTTP/2 streams), with how many each.
+	Endpoints []endpointUse `json:"endpoints,omitempty"`
 }
+
+// endpointUse counts the requests of one connection sent to one endpoint.
+type endpointUse struct {
+	Address  string `json:"address"`
+	Requests int64  `json:"requests"`
+}
+
+// maxConnEndpoints bounds the endpoints remembered per connection; requests to more are
+// counted under the last entry's address "other".
+const maxConnEndpoints = 32
 
 // connInfo is the live record of a connection.
 type connInfo struct {
 	doc      connDoc // fixed at accept, but for Protocol
 	protocol atomic.Pointer[string]
 	peer     atomic.Pointer[string]
-	conn     io.Closer
+	conn     *net.TCPConn
+	client   netip.AddrPort
+
+	// endpoints counts the connection's requests per endpoint. Counting is on the data path
+	// (every HTTP/2 stream), so it takes no lock: the list is replaced, under mu, only when a
+	// new endpoint appears, which a connection's first requests to each endpoint do.
+	endpoints atomic.Pointer[[]*endpointCount]
+	other     atomic.Int64 // requests to endpoints beyond maxConnEndpoints
+	mu        sync.Mutex
 }
 
-// connTable tracks open client connections.
+type endpointCount struct {
+	addr netip.AddrPort
+	n    atomic.Int64
+}
+
+// sentTo counts one request of the connection sent to addr.
+func (c *connInfo) sentTo(addr netip.AddrPort) {
+	if l := c.endpoints.Load(); l != nil {
+		for _, e := range *l {
+			if e.addr == addr {
+				e.n.Add(1)
+				return
+			}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var cur []*endpointCount
+	if l := c.endpoints.Load(); l != nil {
+		cur = *l
+	}
+	for _, e := range cur {
+		if e.addr == addr { // added meanwhile
+			e.n.Add(1)
+			return
+		}
+	}
+	if len(cur) >= maxConnEndpoints {
+		c.other.Add(1)
+		return
+	}
+	e := &endpointCount{addr: addr}
+	e.n.Store(1)
+	next := append(append(make([]*endpointCount, 0, len(cur)+1), cur...), e)
+	c.endpoints.Store(&next)
+}
+
+func (c *connInfo) endpointDocs() []endpointUse {
+	var cur []*endpointCount
+	if l := c.endpoints.Load(); l != nil {
+		cur = *l
+	}
+	other := c.other.Load()
+	if len(cur) == 0 && other == 0 {
+		return nil
+	}
+	out := make([]endpointUse, 0, len(cur)+1)
+	for _, e := range cur {
+		out = append(out, endpointUse{Address: e.addr.String(), Requests: e.n.Load()})
+	}
+	slices.SortFunc(out, func(a, b endpointUse) int { return cmp.Compare(a.Address, b.Address) })
+	if other > 0 {
+		out = append(out, endpointUse{Address: "other", Requests: other})
+	}
+	return out
+}
+
+// recentClosed is how many ended connections /debug/connections?closed=1 remembers: enough for
+// `detour debug check` to find its own probe connections, which a proxy may end at once.
+const recentClosed = 64
+
+// connTable tracks open client connections, and the last few that closed.
 type connTable struct {
 	next  atomic.Uint64
 	mu    sync.Mutex
 	conns map[uint64]*connInfo
+	// closed is a ring of the last recentClosed connections to end; closedN counts every one.
+	closed  [recentClosed]connDoc
+	closedN uint64
 }
 
 func newConnTable() *connTable { return &connTable{conns: map[uint64]*connInfo{}} }
 
-func (t *connTable) add(conn io.Closer, direction string, client, dst netip.AddrPort, service string) *connInfo {
-	c := &connInfo{conn: conn, doc: connDoc{ID: t.next.Add(1), Direction: direction, Client: client.String(),
+func (t *connTable) add(conn *net.TCPConn, direction string, client, dst netip.AddrPort, service string) *connInfo {
+	c := &connInfo{conn: conn, client: client, doc: connDoc{ID: t.next.Add(1), Direction: direction, Client: client.String(),
 		Dst: dst.String(), Service: service, Since: time.Now()}}
 	t.mu.Lock()
 	t.conns[c.doc.ID] = c
@@ -51,9 +141,28 @@ func (t *connTable) add(conn io.Closer, direction string, client, dst netip.Addr
 func (c *connInfo) setProtocol(p string) { c.protocol.Store(&p) }
 func (c *connInfo) setPeer(id string)    { c.peer.Store(&id) }
 
+// snapshot is the connection's document without the kernel's byte counts.
+func (c *connInfo) snapshot() connDoc {
+	d := c.doc
+	d.Protocol = "detecting"
+	if id := c.peer.Load(); id != nil {
+		d.Peer = *id
+	}
+	if p := c.protocol.Load(); p != nil {
+		d.Protocol = *p
+	}
+	d.Endpoints = c.endpointDocs()
+	return d
+}
+
 func (t *connTable) remove(c *connInfo) {
+	d := c.snapshot()
+	now := time.Now()
+	d.Closed = &now
 	t.mu.Lock()
 	delete(t.conns, c.doc.ID)
+	t.closed[t.closedN%recentClosed] = d
+	t.closedN++
 	t.mu.Unlock()
 }
 
@@ -66,21 +175,28 @@ func (t *connTable) closeAll() {
 	}
 }
 
-func (t *connTable) doc() []connDoc {
+// doc is /debug/connections: the open connections and, with closed, the last ones that ended.
+func (t *connTable) doc(closed bool) []connDoc {
 	t.mu.Lock()
-	out := make([]connDoc, 0, len(t.conns))
+	open := make([]*connInfo, 0, len(t.conns))
 	for _, c := range t.conns {
-		d := c.doc
-		d.Protocol = "detecting"
-		if id := c.peer.Load(); id != nil {
-			d.Peer = *id
+		open = append(open, c)
+	}
+	var ended []connDoc
+	if closed {
+		n := min(t.closedN, recentClosed)
+		for i := range n {
+			ended = append(ended, t.closed[(t.closedN-n+i)%recentClosed])
 		}
-		if p := c.protocol.Load(); p != nil {
-			d.Protocol = *p
-		}
-		out = append(out, d)
 	}
 	t.mu.Unlock()
+	out := make([]connDoc, 0, len(open)+len(ended))
+	for _, c := range open {
+		d := c.snapshot()
+		d.BytesReceived, d.BytesSent = socketBytes(c.conn)
+		out = append(out, d)
+	}
+	out = append(out, ended...)
 	slices.SortFunc(out, func(a, b connDoc) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/metrics"
 	"github.com/detourmesh/detour/proxy/origdst"
+	"github.com/detourmesh/detour/proxy/tap"
 )
 
 // Protocol names, as metrics and /debug/connections spell them.
@@ -63,7 +65,7 @@ func (p *Proxy) handle(ctx context.Context, c *net.TCPConn, direction string) {
 		p.serveMesh(ctx, conn, client, dst, info)
 		return
 	}
-	p.serve(ctx, direction, proto, svc, conn, dst, "")
+	p.serve(ctx, direction, proto, svc, conn, dst, "", info)
 }
 
 // outboundService returns the service dst selects, nil for none. With a discovery.Subscriber it
@@ -102,14 +104,14 @@ func (p *Proxy) outboundService(ctx context.Context, dst netip.AddrPort) (svc *s
 // serve hands a connection whose protocol is known to its forwarder. svc is the outbound
 // destination's service (nil if none); peer is an inbound client's proven identity, "" for
 // plaintext.
-func (p *Proxy) serve(ctx context.Context, direction, proto string, svc *service, c net.Conn, dst netip.AddrPort, peer string) {
+func (p *Proxy) serve(ctx context.Context, direction, proto string, svc *service, c net.Conn, dst netip.AddrPort, peer string, info *connInfo) {
 	var err error
 	switch {
 	case proto == protoHTTP2 && direction == metrics.Outbound:
 		p.warm(svc.Service) // a service detected as HTTP/2: connect to all its endpoints now
-		err = p.h2out.ServeConn(ctx, c, dst)
+		err = p.h2out.ServeConnWith(ctx, c, dst, h2.ConnInfo{Owner: info})
 	case proto == protoHTTP2:
-		err = p.h2in.ServeConnWith(ctx, c, dst, h2.ConnInfo{Peer: peer})
+		err = p.h2in.ServeConnWith(ctx, c, dst, h2.ConnInfo{Peer: peer, Owner: info})
 	case proto == protoHTTP1 && direction == metrics.Outbound:
 		err = p.h1out.ServeConn(ctx, c, dst)
 	case proto == protoHTTP1:
@@ -176,7 +178,8 @@ type outcome struct {
 	// going upstream to the response headers, or, if none came, to the end of the request (what
 	// the endpoint kept the caller waiting for them). Never a stream's whole life: one long
 	// server stream must not make a healthy endpoint look slow for minutes.
-	served time.Duration
+	served              time.Duration
+	reqBytes, respBytes int64
 }
 
 // endpointLatency is outcome.served from a result's times: response headers after, the whole
@@ -191,47 +194,54 @@ func endpointLatency(headers, duration, queued time.Duration) time.Duration {
 // failed classifies a request as Linkerd does: an error, a 5xx, or a gRPC status other than OK.
 func (o outcome) failed() bool { return o.err != nil || o.status >= 500 || o.grpcStatus > 0 }
 
-// pickOutbound chooses the endpoint of dst's service for one request and returns the function
-// that records how the request ended.
-func (p *Proxy) pickOutbound(dst netip.AddrPort) (netip.AddrPort, func(outcome), error) {
+// picked is where the proxy sends one request, and what records how it ended.
+type picked struct {
+	addr    netip.AddrPort
+	service string // the outbound destination's service; "" inbound
+	peer    string // the identity mutual TLS proves: the endpoint's outbound, the client's inbound
+	done    func(outcome)
+}
+
+// pickOutbound chooses the endpoint of dst's service for one request.
+func (p *Proxy) pickOutbound(dst netip.AddrPort) (picked, error) {
 	svc, entry := p.routes.current.Load().find(dst)
 	switch {
 	case svc == nil && entry != nil:
-		return netip.AddrPort{}, nil, fmt.Errorf("service %s: its endpoints are not known yet (discovery has not answered)", entry.Name)
+		return picked{service: entry.Name}, fmt.Errorf("service %s: its endpoints are not known yet (discovery has not answered)", entry.Name)
 	case svc == nil:
-		return netip.AddrPort{}, nil, fmt.Errorf("no service at %s any more", dst)
+		return picked{}, fmt.Errorf("no service at %s any more", dst)
 	}
 	pick, err := svc.balancer.Pick()
 	if err != nil {
-		return netip.AddrPort{}, nil, fmt.Errorf("service %s: %w", svc.Name, err)
+		return picked{service: svc.Name}, fmt.Errorf("service %s: %w", svc.Name, err)
 	}
 	peer := ""
 	if p.cfg.Identity != nil {
 		peer = pick.Endpoint.Identity // the identity the mesh dialer makes the endpoint prove
 	}
 	m := p.metrics.Route(metrics.Outbound, svc.authority, pick.Endpoint.Addr, peer)
-	return pick.Endpoint.Addr, func(o outcome) {
+	return picked{addr: pick.Endpoint.Addr, service: svc.Name, peer: peer, done: func(o outcome) {
 		var blame error
 		if o.upstream {
 			blame = o.err
 		}
 		pick.Done(blame, o.served)
 		m.Observe(o.status, o.grpcStatus, o.failed(), o.took)
-	}, nil
+	}}, nil
 }
 
 // pickInbound sends every request to the application at the address the client dialled (see
 // appAddr), once the policy lets the client (peer: its identity, "" for plaintext) send it
-// (method and path: kubelet probes are let through in plaintext).
-func (p *Proxy) pickInbound(dst netip.AddrPort, peer, method, path string) (netip.AddrPort, func(outcome), string) {
+// (method and path: kubelet probes are let through in plaintext); denied says why not.
+func (p *Proxy) pickInbound(dst netip.AddrPort, peer, method, path string) (pk picked, denied string) {
 	app := p.appAddr(dst)
 	m := p.metrics.Route(metrics.Inbound, dst.String(), app, peer)
-	done := func(o outcome) { m.Observe(o.status, o.grpcStatus, o.failed(), o.took) }
+	pk = picked{addr: app, peer: peer, done: func(o outcome) { m.Observe(o.status, o.grpcStatus, o.failed(), o.took) }}
 	if ok, why := p.cfg.Policy.DecideRequest(dst.Port(), peer, method, path); !ok {
 		p.denied(dst.Port(), peer, why)
-		return app, done, why
+		return pk, why
 	}
-	return app, done, ""
+	return pk, ""
 }
 
 // appAddr is where the application listens for what arrived at dst: dst itself, the pod address
@@ -264,46 +274,124 @@ func (p *Proxy) denied(port uint16, peer, why string) {
 
 func h2Outcome(r h2.Result) outcome {
 	return outcome{status: r.Status, grpcStatus: r.GRPCStatus, err: r.Err, upstream: r.Upstream,
-		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued)}
+		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued),
+		reqBytes: r.ReqBytes, respBytes: r.RespBytes}
 }
 
 func h1Outcome(r http1.Result) outcome {
 	return outcome{status: r.Status, grpcStatus: -1, err: r.Err, upstream: r.Upstream,
-		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued)}
+		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued),
+		reqBytes: r.ReqBytes, respBytes: r.RespBytes}
 }
 
-func (p *Proxy) routeH2Outbound(dst netip.AddrPort, _ *h2.Head) (h2.Route, error) {
-	addr, done, err := p.pickOutbound(dst)
+// The routers below are where each request's route and end are known: they feed the balancer
+// and metrics, count the connection's requests per endpoint (HTTP/2), and, only while someone
+// taps the proxy, publish the request to the tap.
+
+func (p *Proxy) routeH2Outbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error) {
+	pk, err := p.pickOutbound(dst)
+	if p.tap.Active() {
+		pk = p.tapped(pk, h2TapEvent(metrics.Outbound, dst, h), err)
+	}
 	if err != nil {
 		return h2.Route{}, err
 	}
-	return h2.Route{Addr: addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}, nil
+	if info, ok := h.Conn.Owner.(*connInfo); ok {
+		info.sentTo(pk.addr)
+	}
+	done := pk.done // the closure keeps only what it calls
+	return h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}, nil
 }
 
 func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error) {
-	addr, done, denied := p.pickInbound(dst, h.Conn.Peer, h.Method, h.Path)
-	route := h2.Route{Addr: addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}
+	pk, denied := p.pickInbound(dst, h.Conn.Peer, h.Method, h.Path)
+	if p.tap.Active() {
+		pk = p.tapped(pk, h2TapEvent(metrics.Inbound, dst, h), nil)
+	}
+	if info, ok := h.Conn.Owner.(*connInfo); ok {
+		info.sentTo(pk.addr)
+	}
+	done := pk.done
+	route := h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}
 	if denied != "" {
 		return route, &h2.Refusal{Message: denied} // 403, or gRPC PERMISSION_DENIED
 	}
 	return route, nil
 }
 
-func (p *Proxy) routeH1Outbound(dst netip.AddrPort, _ *http.Request) (http1.Route, error) {
-	addr, done, err := p.pickOutbound(dst)
+func (p *Proxy) routeH1Outbound(dst netip.AddrPort, r *http.Request) (http1.Route, error) {
+	pk, err := p.pickOutbound(dst)
+	if p.tap.Active() {
+		pk = p.tapped(pk, h1TapEvent(metrics.Outbound, dst, r), err)
+	}
 	if err != nil {
 		return http1.Route{}, err
 	}
-	return http1.Route{Addr: addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}, nil
+	done := pk.done
+	return http1.Route{Addr: pk.addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}, nil
 }
 
 func (p *Proxy) routeH1Inbound(dst netip.AddrPort, r *http.Request) (http1.Route, error) {
-	addr, done, denied := p.pickInbound(dst, http1.ConnInfoOf(r).Peer, r.Method, r.URL.Path)
-	route := http1.Route{Addr: addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}
+	pk, denied := p.pickInbound(dst, http1.ConnInfoOf(r).Peer, r.Method, r.URL.Path)
+	if p.tap.Active() {
+		pk = p.tapped(pk, h1TapEvent(metrics.Inbound, dst, r), nil)
+	}
+	done := pk.done
+	route := http1.Route{Addr: pk.addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}
 	if denied != "" {
 		return route, &http1.Refusal{Message: denied}
 	}
 	return route, nil
+}
+
+// tapped fills e with the route and returns pk with a done that also publishes e, or publishes
+// e at once when routing failed with err.
+func (p *Proxy) tapped(pk picked, e tap.Event, err error) picked {
+	e.Service, e.Endpoint, e.Peer = pk.service, pk.addr, pk.peer
+	if err != nil {
+		e.Error = err.Error()
+		p.tap.Publish(e)
+		return pk
+	}
+	done := pk.done
+	pk.done = func(o outcome) {
+		done(o)
+		e.Status, e.GRPCStatus, e.Latency = o.status, o.grpcStatus, o.took
+		e.ReqBytes, e.RespBytes = o.reqBytes, o.respBytes
+		if o.err != nil {
+			e.Error = o.err.Error()
+		}
+		p.tap.Publish(e)
+	}
+	return pk
+}
+
+func h2TapEvent(direction string, dst netip.AddrPort, h *h2.Head) tap.Event {
+	e := tap.Event{Time: time.Now(), Direction: direction, Protocol: protoHTTP2, Authority: h.Authority,
+		Method: h.Method, Path: h.Path, Dst: dst, GRPCStatus: -1}
+	for _, f := range h.Header {
+		if f.Name == "content-type" {
+			e.GRPC = isGRPC(f.Value)
+			break
+		}
+	}
+	if info, ok := h.Conn.Owner.(*connInfo); ok {
+		e.Client = info.client
+	}
+	return e
+}
+
+func h1TapEvent(direction string, dst netip.AddrPort, r *http.Request) tap.Event {
+	e := tap.Event{Time: time.Now(), Direction: direction, Protocol: protoHTTP1, Authority: r.Host,
+		Method: r.Method, Path: r.URL.Path, Dst: dst, GRPCStatus: -1, GRPC: isGRPC(r.Header.Get("Content-Type"))}
+	e.Client, _ = netip.ParseAddrPort(r.RemoteAddr)
+	return e
+}
+
+// isGRPC reports whether a content-type is gRPC's (application/grpc, +proto, +json, ...).
+func isGRPC(contentType string) bool {
+	rest, ok := strings.CutPrefix(contentType, "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 
 // localAddrs caches the pod's own addresses for the inbound open-relay check. A miss

@@ -28,6 +28,7 @@ import (
 	"github.com/detourmesh/detour/proxy/identity"
 	"github.com/detourmesh/detour/proxy/metrics"
 	"github.com/detourmesh/detour/proxy/mtls"
+	"github.com/detourmesh/detour/proxy/tap"
 )
 
 // DefaultOpaquePorts are ports whose servers speak first (SMTP, MySQL, PostgreSQL, Redis,
@@ -80,6 +81,16 @@ type Config struct {
 	Policy mtls.Policy
 	// Debug adds documents under /debug/ on the admin port, e.g. "identity".
 	Debug map[string]func() any
+	// Pod names the workload the proxy serves, for /debug/proxy and `detour debug pods`; empty
+	// when not known (the Kubernetes injector sets it from the downward API).
+	Pod PodInfo
+	// DiscoveryName says where Discovery comes from, e.g. "controller:198.18.0.1:7086".
+	DiscoveryName string
+}
+
+// PodInfo names a pod.
+type PodInfo struct {
+	Name, Namespace string
 }
 
 // Proxy is one sidecar. Run it once.
@@ -119,6 +130,11 @@ type Proxy struct {
 	stop          chan struct{} // closed when shutdown begins
 	stopOnce      sync.Once
 	loggedTimeout sync.Map // port -> struct{}: detection timeouts already logged
+
+	tap       tap.Hub
+	started   time.Time
+	listeners []listenerDoc             // set by Run before the admin port serves
+	updated   atomic.Pointer[time.Time] // when the last discovery snapshot was installed
 }
 
 // New returns a proxy for cfg.
@@ -151,6 +167,7 @@ func New(cfg Config) *Proxy {
 		local:   &localAddrs{},
 		dialer:  net.Dialer{Timeout: 5 * time.Second},
 		stop:    make(chan struct{}),
+		started: time.Now(),
 
 		loopbackPorts: map[uint16]bool{},
 		gone:          map[netip.AddrPort]time.Time{},
@@ -210,10 +227,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 		closeAll()
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	for _, l := range slices.Concat(tag(outbound, metrics.Outbound), tag(inbound, metrics.Inbound), tag(adminLns, "admin")) {
+		p.listeners = append(p.listeners, listenerDoc{Role: l.direction, Address: l.Addr().String()})
+	}
 	adminSrv := admin.NewServer(admin.Handler(admin.Config{
 		Registry: p.metrics.Registry,
 		Ready:    p.readiness,
 		Debug:    p.debugDocs(),
+		Streams:  map[string]http.Handler{"tap": p.tap.Handler()},
 		Shutdown: p.Shutdown,
 		Logger:   p.log,
 	}))
@@ -319,10 +340,12 @@ func (p *Proxy) update(s *discovery.Snapshot) {
 	// Pooled connections were checked against what their endpoint had to prove then.
 	changed, reidentified, fresh := p.routes.update(s)
 	retire := map[netip.AddrPort]bool{}
+	now := time.Now()
+	p.updated.Store(&now)
 	for _, addr := range changed {
 		retire[addr] = true
 	}
-	now, current := time.Now(), endpointsOf(s)
+	current := endpointsOf(s)
 	for addr := range endpointsOf(old) {
 		if !current[addr] {
 			p.gone[addr] = now
@@ -426,7 +449,8 @@ func (p *Proxy) readiness() error {
 func (p *Proxy) debugDocs() map[string]func(*http.Request) any {
 	docs := map[string]func(*http.Request) any{
 		"endpoints":   func(r *http.Request) any { return p.routes.doc(r.URL.Query().Has("all")) },
-		"connections": func(*http.Request) any { return p.conns.doc() },
+		"connections": func(r *http.Request) any { return p.conns.doc(r.URL.Query().Get("closed") == "1") },
+		"proxy":       func(*http.Request) any { return p.proxyDoc() },
 	}
 	for name, fn := range p.cfg.Debug {
 		docs[name] = func(*http.Request) any { return fn() }

@@ -81,7 +81,7 @@ func (p *Proxy) serveMesh(ctx context.Context, c net.Conn, client, dst netip.Add
 	}
 	info.setPeer(id.String())
 	info.setProtocol(proto)
-	p.serve(ctx, metrics.Inbound, proto, nil, tc, dst, id.String())
+	p.serve(ctx, metrics.Inbound, proto, nil, tc, dst, id.String(), info)
 }
 
 // relayTCP relays a connection byte for byte: to its original destination, to an endpoint of

@@ -39,6 +39,7 @@ with forwarders from the host's loopback; Ctrl-C removes everything it made.`,
 	fl.Uint16Var(&o.Port, "port", 8000, "first port on 127.0.0.1 for the forwarders (StockWeb, then each proxy's metrics)")
 	fl.StringVar(&o.Balancer, "balancer", "round-robin", "StockData's balancer: round-robin (an even table every load) or p2c-ewma (the proxy's default: favours the replicas answering fastest)")
 	fl.StringVarP(&output, "output", "o", "text", "output format: text or json (one object per step)")
+	fl.DurationVar(&o.CertTTL, "cert-ttl", 0, "lifetime of the workload certificates (controller --cert-ttl; 0: its default, 24h), e.g. 1m to watch renewals")
 	fl.StringVar(&o.Bin, "bin", "", "folder with the detour, stockdata and stockweb binaries (default: detour's own)")
 	return cmd
 }

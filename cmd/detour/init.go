@@ -21,6 +21,7 @@ type initFlags struct {
 	uid                      uint32
 	skipIn, skipOut, cidrs   string
 	backend, ipv6, output    string
+	podName, podNamespace    string
 	dryRun, remove, check    bool
 	verify                   bool
 }
@@ -51,6 +52,8 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_PROXY_UID=2102.`,
 	fl.StringVar(&f.skipIn, "skip-inbound-ports", "", "inbound ports not redirected, e.g. 22,9000-9100")
 	fl.StringVar(&f.skipOut, "skip-outbound-ports", "", "outbound destination ports not redirected")
 	fl.StringVar(&f.cidrs, "skip-outbound-cidrs", "", "outbound destinations not redirected, IPv4 or IPv6 CIDRs")
+	fl.StringVar(&f.podName, "pod-name", "", "the pod the rules serve, kept in the rules' record so detour debug finds the pod by name even when its proxy is down (Kubernetes: DETOUR_POD_NAME from the downward API)")
+	fl.StringVar(&f.podNamespace, "pod-namespace", "", "the pod's namespace, kept with --pod-name (DETOUR_POD_NAMESPACE)")
 	fl.StringVar(&f.backend, "backend", "auto", "iptables backend: auto, legacy or nft")
 	fl.StringVar(&f.ipv6, "ipv6", "auto", "IPv6 rules: auto (when the namespace has IPv6), on or off")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the rules in iptables-save syntax and change nothing")
@@ -62,7 +65,8 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_PROXY_UID=2102.`,
 }
 
 func (f initFlags) config() (plan.Config, error) {
-	c := plan.Config{InboundPort: f.inbound, OutboundPort: f.outbound, AdminPort: f.admin, ProxyUID: f.uid}
+	c := plan.Config{InboundPort: f.inbound, OutboundPort: f.outbound, AdminPort: f.admin, ProxyUID: f.uid,
+		PodName: f.podName, PodNamespace: f.podNamespace}
 	var err error
 	if c.SkipInboundPorts, err = plan.ParsePorts(f.skipIn); err != nil {
 		return c, fmt.Errorf("--skip-inbound-ports: %w", err)

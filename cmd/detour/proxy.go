@@ -84,8 +84,8 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.StringVar(&f.portPolicy, "port-policy", "", "per-port policy, e.g. 8080=strict,9090=permissive")
 	fl.StringVar(&f.probePaths, "probe-paths", "", "kubelet probe paths let through in plaintext on strict ports, \"PORT/PATH PORT/PATH ...\" (the injector sets it from the pod's probes)")
 	fl.StringVar(&f.trustAnchorPEM, "trust-anchor-pem", "", "the trust anchors as PEM text instead of a file (the injector sets DETOUR_TRUST_ANCHOR_PEM)")
-	fl.StringVar(&f.podName, "pod-name", "", "the pod this proxy serves, for its logs (the injector sets it)")
-	fl.StringVar(&f.podNamespace, "pod-namespace", "", "the pod's namespace, for its logs (the injector sets it)")
+	fl.StringVar(&f.podName, "pod-name", "", "the pod this proxy serves, for its logs, /debug/proxy and detour debug (the injector sets DETOUR_POD_NAME from the downward API)")
+	fl.StringVar(&f.podNamespace, "pod-namespace", "", "the pod's namespace, likewise (DETOUR_POD_NAMESPACE)")
 	fl.StringVar(&f.podServiceAccount, "pod-service-account", "", "the pod's ServiceAccount, for its logs (the injector sets it)")
 	fl.StringVar(&f.allow, "allow", "", "per-port allow-lists of client identities, e.g. 8080=spiffe://cluster.local/ns/web/sa/stockweb;9000=...")
 	return cmd
@@ -135,6 +135,7 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		OutboundPort: f.outbound, InboundPort: f.inbound, AdminPort: f.admin,
 		OpaquePorts: ports, InboundLoopbackPorts: loopbackPorts, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, ResolveTimeout: f.resolveTimeout, Logger: log,
 		MetricsRetain: f.metricsRetain, MaxConnections: f.maxConns,
+		Pod: proxy.PodInfo{Name: f.podName, Namespace: f.podNamespace}, DiscoveryName: f.discovery,
 	}
 	if cfg.Policy, err = mtls.ParsePolicy(f.policy, f.portPolicy, f.allow); err != nil {
 		return err

@@ -11,6 +11,6 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInitCommand(), newProxyCommand(), newDemoCommand(), newControllerCommand(), newWaitReadyCommand(), newInjectCommand(), newUninjectCommand(), newInstallCommand(), newCheckCommand())
+	root.AddCommand(newInitCommand(), newProxyCommand(), newDemoCommand(), newControllerCommand(), newWaitReadyCommand(), newInjectCommand(), newUninjectCommand(), newInstallCommand(), newCheckCommand(), newDebugCommand())
 	return root
 }

@@ -28,6 +28,10 @@ type Config struct {
 	SkipInboundPorts  []PortRange
 	SkipOutboundPorts []PortRange
 	SkipOutboundCIDRs []netip.Prefix
+	// PodName and PodNamespace name the pod the rules serve. They change no rule: the record
+	// (record.go) keeps them, so `detour debug` finds the pod by name even when its proxy is
+	// not running.
+	PodName, PodNamespace string
 }
 
 // DefaultConfig returns the configuration of DESIGN.md.
@@ -57,10 +61,29 @@ func (c Config) Validate() error {
 	if c.AdminPort != 0 && (c.AdminPort == c.InboundPort || c.AdminPort == c.OutboundPort) {
 		errs = append(errs, fmt.Errorf("--admin-port %d collides with a proxy port", c.AdminPort))
 	}
+	for _, n := range []struct{ flag, v string }{{"pod-name", c.PodName}, {"pod-namespace", c.PodNamespace}} {
+		if !validName(n.v) {
+			errs = append(errs, fmt.Errorf("--%s %q: want a Kubernetes name (letters, digits, '-', '.', '_', at most 253)", n.flag, n.v))
+		}
+	}
 	if c.ProxyUID == 0 {
 		errs = append(errs, errors.New("--proxy-uid 0 is refused: it would exempt every root process of the app from the mesh; run the proxy as its own UID (default 2102)"))
 	}
 	return errors.Join(errs...)
+}
+
+// validName accepts what Kubernetes allows in a pod's name and namespace (and '_'), and the
+// empty name: the characters an iptables comment carries without quoting.
+func validName(s string) bool {
+	if len(s) > 253 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // PortRange is an inclusive range of TCP ports; a single port has First == Last.

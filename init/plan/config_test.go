@@ -88,6 +88,9 @@ func TestValidate(t *testing.T) {
 		{"equal proxy ports are refused", func(c *Config) { c.OutboundPort = c.InboundPort }, "must differ"},
 		{"admin on a proxy port is refused", func(c *Config) { c.AdminPort = c.OutboundPort }, "collides"},
 		{"port zero is refused", func(c *Config) { c.InboundPort = 0 }, "--inbound-port: port 0"},
+		{"a Kubernetes pod name is valid", func(c *Config) { c.PodName, c.PodNamespace = "web-7d9f-x2.a", "shop" }, ""},
+		{"a pod name with a space is refused", func(c *Config) { c.PodName = "web 1" }, `--pod-name "web 1"`},
+		{"a namespace with a quote is refused", func(c *Config) { c.PodNamespace = `a"b` }, "--pod-namespace"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -107,6 +107,8 @@ func Build(c Config, f Family) Plan {
 		}
 	}
 	out("outbound/redirect", []string{"-j", "REDIRECT", "--to-ports", strconv.Itoa(int(c.OutboundPort))}, tcp...)
+	// Last, where no packet reaches them: the flags of this plan, for detour debug (record.go).
+	p.Rules = append(p.Rules, recordRules(c)...)
 	return p
 }
 

@@ -26,6 +26,8 @@ type Config struct {
 	Ready func() error
 	// Debug maps a name under /debug/ to a function that returns its JSON document.
 	Debug map[string]func(r *http.Request) any
+	// Streams maps a name under /debug/ to a handler that streams its answer (the tap).
+	Streams map[string]http.Handler
 	// Shutdown starts a graceful shutdown; /shutdown calls it once per request.
 	Shutdown func()
 	Logger   *slog.Logger
@@ -53,6 +55,9 @@ func Handler(c Config) http.Handler {
 		local.HandleFunc("GET /debug/"+name, func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, fn(r))
 		})
+	}
+	for name, h := range c.Streams {
+		local.Handle("GET /debug/"+name, h)
 	}
 	local.HandleFunc("POST /shutdown", func(w http.ResponseWriter, r *http.Request) {
 		if c.Shutdown == nil {

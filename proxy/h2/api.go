@@ -32,6 +32,9 @@ type ConnInfo struct {
 	// Peer is the client's authenticated identity: the SPIFFE ID mutual TLS verified
 	// (mtls.PeerID), "" for a plaintext client.
 	Peer string
+	// Owner is the caller's own record of the connection (the proxy's connection table entry),
+	// handed back to the Router with every stream; the engine never reads it.
+	Owner any
 }
 
 // Refusal is the error a Router returns to deny a request on purpose (an authorization policy
