@@ -118,6 +118,10 @@ type stream struct {
 	err        error
 	rstCode    http2.ErrCode
 	upFault    bool
+	// clientEnded: the client ended its side (END_STREAM) or reset the stream, so what it sends
+	// on it afterwards is its error (RFC 9113 §5.1). Set only while the stream is not done.
+	clientEnded bool
+	upReset     bool // RST_STREAM sent on the upstream stream: only one (RFC 9113 §5.4.2)
 }
 
 func (s *stream) upConn() *conn {
@@ -349,9 +353,10 @@ func (s *stream) queued() time.Duration {
 
 // rstUpstreamLocked resets the upstream stream, if there is one. The caller holds s.mu.
 func (s *stream) rstUpstreamLocked(code http2.ErrCode, fl *flusher) {
-	if s.up == nil || (s.req.endSent && s.resp.endRecv) {
+	if s.up == nil || s.upReset || (s.req.endSent && s.resp.endRecv) {
 		return
 	}
+	s.upReset = true
 	u := &s.up.conn
 	u.wmu.Lock()
 	u.frameRST(s.uid, code)
@@ -450,7 +455,7 @@ func (s *stream) retryLocked() *upConn {
 		s.req.inBlocked = false
 	}
 	old.wmu.Unlock()
-	s.up, s.uid = nil, 0
+	s.up, s.uid, s.upReset = nil, 0, false
 	s.retries++
 	s.req.off = 0
 	s.req.endSent = false

@@ -352,14 +352,16 @@ func (u *upConn) readLoop() {
 func (u *upConn) serve() error {
 	batch := 0
 	for {
-		f, err := u.fr.ReadFrame()
+		f, err := u.readFrame()
 		if err != nil {
 			var se http2.StreamError
-			if errors.As(err, &se) {
-				u.streamError(se.StreamID, se.Code, se)
-				continue
+			if !errors.As(err, &se) {
+				return u.connFail(err)
 			}
-			return u.connFail(err)
+			// Answered like any other frame's error, and flushed with them below.
+			if err = u.streamError(se.StreamID, se.Code, se); err != nil {
+				return u.connFail(err)
+			}
 		}
 		switch f := f.(type) {
 		case *http2.DataFrame:
@@ -378,9 +380,18 @@ func (u *upConn) serve() error {
 			}
 			u.gotSettings = true
 		case *http2.WindowUpdateFrame:
-			err = u.onWindowUpdate(f, &u.fl)
+			if f.StreamID != 0 && u.lookup(f.StreamID) == nil && u.neverOpened(f.StreamID) {
+				err = errIdle("WINDOW_UPDATE") // RFC 9113 §5.1
+			} else {
+				err = u.onWindowUpdate(f, &u.fl)
+			}
 		case *http2.RSTStreamFrame:
-			u.onRST(f)
+			err = u.onRST(f)
+		case *http2.PriorityFrame:
+			if f.StreamDep == f.StreamID && u.lookup(f.StreamID) != nil {
+				// RFC 9113 §5.3.1: a stream cannot depend on itself.
+				err = u.streamError(f.StreamID, http2.ErrCodeProtocol, errors.New("stream depends on itself"))
+			}
 		case *http2.PingFrame:
 			if f.IsAck() {
 				u.pingAt.Store(0)
@@ -473,14 +484,16 @@ func (u *upConn) attached(id uint32) *stream {
 	return s
 }
 
-func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) {
+// streamError resets an upstream stream the upstream got wrong (RFC 9113 §5.4.2) and fails the
+// client's stream. On an idle stream the frame is a connection error (§5.1); on a closed one
+// there is nothing left to reset.
+func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) error {
 	s := u.attached(id)
 	if s == nil {
-		u.wmu.Lock()
-		u.frameRST(id, code)
-		u.wmu.Unlock()
-		u.fl.add(&u.conn)
-		return
+		if u.lookup(id) == nil && u.neverOpened(id) {
+			return errIdle("frame")
+		}
+		return nil
 	}
 	s.rstUpstreamLocked(code, &u.fl)
 	fin := s.failLocked(fmt.Errorf("upstream %s stream error: %v", u.pool.addr, cause), true, 502, grpcInternal, &u.fl)
@@ -488,6 +501,7 @@ func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) {
 	if fin {
 		s.cleanup(&u.fl)
 	}
+	return nil
 }
 
 func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
@@ -497,6 +511,9 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 	}
 	s := u.attached(id)
 	if s == nil {
+		if u.lookup(id) == nil && u.neverOpened(id) {
+			return errIdle("HEADERS") // RFC 9113 §5.1
+		}
 		return nil
 	}
 	fl := &u.fl
@@ -513,13 +530,16 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 		} else if d.bad != "" {
 			reason = d.bad
 		}
-		if reason != "" || s.resp.endRecv {
-			if reason == "" {
-				reason = "HEADERS after END_STREAM"
-			}
+		switch {
+		case s.resp.endRecv:
+			// RFC 9113 §5.1 "half-closed (remote)": a stream error STREAM_CLOSED.
+			s.rstUpstreamLocked(http2.ErrCodeStreamClosed, fl)
+			fin = s.failLocked(fmt.Errorf("upstream %s sent HEADERS after END_STREAM", u.pool.addr), true, 502, grpcInternal, fl)
+		case reason != "":
+			// A malformed response is not forwarded (§8.1.1): gRPC clients get INTERNAL.
 			s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
-			fin = s.abortLocked(fmt.Errorf("upstream %s sent malformed trailers: %s", u.pool.addr, reason), http2.ErrCodeInternal, false, true, fl)
-		} else {
+			fin = s.failLocked(fmt.Errorf("upstream %s sent malformed trailers: %s", u.pool.addr, reason), true, 502, grpcInternal, fl)
+		default:
 			s.grpcStatus = grpcStatus(fields)
 			s.resp.trailers, s.resp.hasTrailer, s.resp.endRecv = fields, true, true
 			s.drain(&s.resp, &u.conn, id, &s.cc.conn, s.id, fl)
@@ -555,6 +575,7 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	if reason == "" && status < 200 && end {
 		reason = "informational response with END_STREAM"
 	}
+
 	if reason != "" {
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
 		return s.failLocked(fmt.Errorf("bad response from upstream %s: %s", addr, reason), true, 502, grpcInternal, fl)
@@ -593,15 +614,25 @@ func (u *upConn) onData(f *http2.DataFrame) error {
 	}
 	s := u.attached(id)
 	if s == nil {
+		if u.lookup(id) == nil && u.neverOpened(id) {
+			return errIdle("DATA") // RFC 9113 §5.1
+		}
 		u.grantConn(flen, fl)
 		return nil
 	}
 	data := f.Data()
 	var fin bool
 	switch {
-	case !s.gotFinal || s.resp.endRecv:
+	case s.resp.endRecv:
+		// RFC 9113 §5.1 "half-closed (remote)": a stream error STREAM_CLOSED.
+		s.rstUpstreamLocked(http2.ErrCodeStreamClosed, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA after END_STREAM", u.pool.addr), true, 502, grpcInternal, fl)
+		s.mu.Unlock()
+		u.grantConn(flen, fl)
+	case !s.gotFinal:
+		// RFC 9113 §8.1: DATA before the final response HEADERS is malformed.
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
-		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA out of order", u.pool.addr), true, 502, grpcInternal, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA before its response headers", u.pool.addr), true, 502, grpcInternal, fl)
 		s.mu.Unlock()
 		u.grantConn(flen, fl)
 	default:
@@ -627,10 +658,13 @@ func (u *upConn) onData(f *http2.DataFrame) error {
 	return nil
 }
 
-func (u *upConn) onRST(f *http2.RSTStreamFrame) {
+func (u *upConn) onRST(f *http2.RSTStreamFrame) error {
 	s := u.attached(f.StreamID)
 	if s == nil {
-		return
+		if u.lookup(f.StreamID) == nil && u.neverOpened(f.StreamID) {
+			return errIdle("RST_STREAM") // RFC 9113 §5.1, §6.4
+		}
+		return nil
 	}
 	fl := &u.fl
 	var fin bool
@@ -641,7 +675,7 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
 			s.pool.open(s, fl)
-			return
+			return nil
 		}
 		fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
 	case code == http2.ErrCodeNo && s.resp.endRecv:
@@ -655,6 +689,7 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) {
 	if fin {
 		s.cleanup(fl)
 	}
+	return nil
 }
 
 // onGoAway stops new streams on u and replays the streams the upstream did not process
