@@ -404,10 +404,10 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 		return nil
 	}
 	srv := cc.srv
-	s := &stream{srv: srv, cc: cc, id: id, grpcStatus: -1}
+	s := &stream{srv: srv, cc: cc, id: id, grpcStatus: -1, respLen: -1}
 	reason, connect := "", false
 	if d.bad == "" {
-		reason, connect = parseRequest(append(s.fieldBuf[:0], d.fields...), &s.head)
+		s.reqLen, reason, connect = parseRequest(append(s.fieldBuf[:0], d.fields...), &s.head)
 	} else {
 		reason = d.bad
 	}
@@ -415,6 +415,8 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 	case reason != "":
 	case selfDep:
 		reason = "stream depends on itself (RFC 9113 §5.3.1)"
+	case end && s.reqLen > 0:
+		reason = "content-length without content (RFC 9113 §8.1.1)"
 	}
 	if reason != "" {
 		// RFC 9113 §8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
@@ -497,6 +499,9 @@ func (cc *clientConn) onTrailers(s *stream, end, selfDep bool) error {
 		closed = s.clientEnded
 	case s.req.endRecv:
 		fin = s.abortLocked(errors.New("client sent HEADERS on a half-closed stream"), http2.ErrCodeStreamClosed, true, false, &cc.fl)
+	case reason == "" && s.reqLen >= 0 && s.req.bytes != s.reqLen:
+		reason = "body does not match content-length (RFC 9113 §8.1.1)"
+		fallthrough
 	case reason != "":
 		malformed = true
 		fin = s.abortLocked(errors.New("malformed request trailers: "+reason), http2.ErrCodeProtocol, true, false, &cc.fl)
@@ -540,7 +545,7 @@ func (cc *clientConn) onData(f *http2.DataFrame) error {
 	}
 	data := f.Data()
 	s.mu.Lock()
-	var fin bool
+	var fin, malformed bool
 	switch {
 	case s.done:
 		closed := s.clientEnded
@@ -562,6 +567,17 @@ func (cc *clientConn) onData(f *http2.DataFrame) error {
 			cc.grantConn(flen, fl)
 			break
 		}
+		if s.reqLen >= 0 {
+			// RFC 9113 §8.1.1: checked before the bytes go upstream, so the upstream never
+			// sees the end of a body that does not match its content-length.
+			if n := s.req.bytes + int64(len(data)); n > s.reqLen || f.StreamEnded() && n != s.reqLen {
+				malformed = true
+				fin = s.abortLocked(errors.New("request body does not match its content-length"), http2.ErrCodeProtocol, true, false, fl)
+				s.mu.Unlock()
+				cc.grantConn(flen, fl)
+				break
+			}
+		}
 		if f.StreamEnded() {
 			s.clientEnded = true
 		}
@@ -575,6 +591,9 @@ func (cc *clientConn) onData(f *http2.DataFrame) error {
 	}
 	if fin {
 		s.cleanup(fl)
+	}
+	if malformed && !cc.takeResetToken() {
+		return connError{http2.ErrCodeEnhanceYourCalm, "too many malformed requests"}
 	}
 	return nil
 }

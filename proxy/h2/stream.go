@@ -98,6 +98,8 @@ type stream struct {
 	pool  *pool
 	start time.Time
 	sent  time.Time // when the request headers went upstream (the last try's); zero if never
+	// reqLen is the request's content-length, -1 if none (RFC 9113 §8.1.1).
+	reqLen int64
 	// fieldBuf backs head's fields for typical requests, saving an allocation per stream.
 	fieldBuf [12]hpack.HeaderField
 
@@ -121,7 +123,8 @@ type stream struct {
 	// clientEnded: the client ended its side (END_STREAM) or reset the stream, so what it sends
 	// on it afterwards is its error (RFC 9113 §5.1). Set only while the stream is not done.
 	clientEnded bool
-	upReset     bool // RST_STREAM sent on the upstream stream: only one (RFC 9113 §5.4.2)
+	respLen     int64 // the response's content-length, -1 if none (RFC 9113 §8.1.1)
+	upReset     bool  // RST_STREAM sent on the upstream stream: only one (RFC 9113 §5.4.2)
 }
 
 func (s *stream) upConn() *conn {

@@ -529,6 +529,8 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 			reason = "response trailers too large"
 		} else if d.bad != "" {
 			reason = d.bad
+		} else if s.respLen >= 0 && s.resp.bytes != s.respLen {
+			reason = "body does not match content-length (RFC 9113 §8.1.1)"
 		}
 		switch {
 		case s.resp.endRecv:
@@ -565,8 +567,9 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	}
 	var status int
 	var regular = d.fields
+	contentLength := int64(-1)
 	if reason == "" {
-		status, regular, reason = parseResponse(d.fields)
+		status, regular, contentLength, reason = parseResponse(d.fields)
 	}
 	if reason == "" && status == 101 {
 		// RFC 9113 §8.6: 101 is not valid in HTTP/2; never turn the stream into a tunnel.
@@ -575,7 +578,15 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	if reason == "" && status < 200 && end {
 		reason = "informational response with END_STREAM"
 	}
-
+	if reason == "" && status >= 200 {
+		// RFC 9113 §8.1.1: the content must match content-length, except where the response
+		// has no content at all.
+		if noContent(status, s.head.Method) {
+			contentLength = 0
+		} else if end && contentLength > 0 {
+			reason = "content-length without content"
+		}
+	}
 	if reason != "" {
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
 		return s.failLocked(fmt.Errorf("bad response from upstream %s: %s", addr, reason), true, 502, grpcInternal, fl)
@@ -585,6 +596,7 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 		s.gotFinal = true
 		s.dropReplay()
 		s.status = status
+		s.respLen = contentLength
 		if end {
 			s.grpcStatus = grpcStatus(regular)
 			s.resp.endRecv = true
@@ -633,6 +645,13 @@ func (u *upConn) onData(f *http2.DataFrame) error {
 		// RFC 9113 §8.1: DATA before the final response HEADERS is malformed.
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
 		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA before its response headers", u.pool.addr), true, 502, grpcInternal, fl)
+		s.mu.Unlock()
+		u.grantConn(flen, fl)
+	case s.respLen >= 0 && (s.resp.bytes+int64(len(data)) > s.respLen || f.StreamEnded() && s.resp.bytes+int64(len(data)) != s.respLen):
+		// RFC 9113 §8.1.1: checked before the bytes are forwarded, so the client never
+		// sees the end of a body that does not match its content-length.
+		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent a body that does not match its content-length", u.pool.addr), true, 502, grpcInternal, fl)
 		s.mu.Unlock()
 		u.grantConn(flen, fl)
 	default:
