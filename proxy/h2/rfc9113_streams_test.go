@@ -226,11 +226,11 @@ func TestRFC9113_5_3_1_StreamDependencies(t *testing.T) {
 			c.headers(3, true, grpcReq(mUnary)...)
 			c.wantStatus(3, "200")
 		}},
-		{"§5.3.1 PRIORITY making an idle stream depend on itself is a stream error PROTOCOL_ERROR", func(c *confClient) {
+		{"§5.3.1 PRIORITY making an idle stream depend on itself is a PROTOCOL_ERROR of the connection: no RST_STREAM on an idle stream (§6.4, §5.4.1)", func(c *confClient) {
 			c.write(func(fr *http2.Framer) error {
 				return fr.WritePriority(1, http2.PriorityParam{StreamDep: 1, Weight: 16})
 			})
-			c.wantStreamError(1, http2.ErrCodeProtocol)
+			c.wantConnError(http2.ErrCodeProtocol)
 		}},
 		{"§5.3.1 a dependency on another stream is accepted", func(c *confClient) {
 			c.headers(1, true, grpcReq(mWait)...)

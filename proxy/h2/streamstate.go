@@ -129,21 +129,23 @@ func (cc *clientConn) streamClosed(id uint32) error {
 	return nil
 }
 
-// onPriority applies RFC 9113 §5.3.1 to a PRIORITY frame: a stream cannot depend on itself (a
-// stream error PROTOCOL_ERROR, on an idle stream too, as x/net and h2spec read it). Priorities
-// are otherwise ignored: a forwarder has no use for them (§5.3.2 deprecates them).
+// onPriority applies RFC 9113 §5.3.1 to a PRIORITY frame: a stream cannot depend on itself, a
+// stream error PROTOCOL_ERROR. On an idle stream it is a connection error instead (§5.4.1 allows
+// it): RST_STREAM must not be sent on an idle stream (§6.4), and a stream reset before it opened
+// would leave its later HEADERS without a valid answer. Priorities are otherwise ignored: a
+// forwarder has no use for them (§5.3.2 deprecates them).
 func (cc *clientConn) onPriority(f *http2.PriorityFrame) error {
 	if f.StreamDep != f.StreamID {
 		return nil
 	}
 	id := f.StreamID
-	if s := cc.lookup(id); s != nil {
-		cc.streamError(id, http2.ErrCodeProtocol)
-	} else if id > cc.maxID {
-		cc.rst(id, http2.ErrCodeProtocol)
-	} else {
+	if id > cc.maxID {
+		return connError{http2.ErrCodeProtocol, "PRIORITY makes an idle stream depend on itself"}
+	}
+	if cc.lookup(id) == nil {
 		return nil // closed: it already had its last RST_STREAM (§5.4.2)
 	}
+	cc.streamError(id, http2.ErrCodeProtocol)
 	if !cc.takeResetToken() {
 		return connError{http2.ErrCodeEnhanceYourCalm, "too many stream errors"}
 	}
