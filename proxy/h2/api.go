@@ -204,6 +204,11 @@ type Config struct {
 	// Defaults 100/s and 200.
 	ResetRate  float64
 	ResetBurst int
+
+	// OnPanic, if set, is told of every panic the engine recovered from (see Panic), after it
+	// was logged with its stack and before the connection it happened on is torn down. It is
+	// called on the goroutine that panicked and must not block; the proxy counts with it.
+	OnPanic func(Panic)
 }
 
 func (c *Config) setDefaults() {

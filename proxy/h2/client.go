@@ -55,8 +55,9 @@ func newClientConn(srv *Server, nc net.Conn, dst netip.AddrPort) *clientConn {
 	return cc
 }
 
+// serve runs the connection's read loop; the caller tears the connection down after it
+// (Server.guard).
 func (cc *clientConn) serve() error {
-	defer cc.teardown()
 	cfg := &cc.srv.cfg
 	cc.nc.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	var pre [len(clientPreface)]byte

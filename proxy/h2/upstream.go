@@ -171,7 +171,7 @@ func (p *pool) dial() {
 	gen := p.gen
 	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.DialTimeout)
-	nc, err := srv.cfg.Dial(ctx, p.addr)
+	nc, err := srv.dialUpstream(ctx, p.addr)
 	cancel()
 	var u *upConn
 	if err == nil {
@@ -345,8 +345,7 @@ func (u *upConn) start(s *stream, fl *flusher) {
 
 func (u *upConn) readLoop() {
 	defer u.srv.wg.Done()
-	err := u.serve()
-	u.teardown(err)
+	u.srv.guard("upstream connection", &u.conn, u.serve, u.teardown)
 }
 
 func (u *upConn) serve() error {

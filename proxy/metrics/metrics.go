@@ -31,6 +31,7 @@ type Metrics struct {
 	bytes     *prometheus.CounterVec
 	detect    *prometheus.CounterVec
 	denials   *prometheus.CounterVec
+	panics    *prometheus.CounterVec
 
 	routes sync.Map // routeKey -> *Route
 }
@@ -77,8 +78,12 @@ func New() *Metrics {
 			Name: "detour_protocol_detections_total",
 			Help: "Protocol detection results by direction, destination port and result (http1, http2, tls, opaque, timeout, skipped).",
 		}, []string{"direction", "port", "result"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_engine_panics_total",
+			Help: "Panics a forwarding engine recovered from (each ended one connection or dial), by direction and engine.",
+		}, []string{"direction", "engine"}),
 	}
-	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect, m.denials,
+	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect, m.denials, m.panics,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -156,6 +161,11 @@ func (m *Metrics) Bytes(direction string, fromClient, fromServer int64) {
 // Denied counts a request or connection refused by policy.
 func (m *Metrics) Denied(direction string, port uint16, peer string) {
 	m.denials.WithLabelValues(direction, strconv.Itoa(int(port)), peer).Inc()
+}
+
+// Panicked counts a panic an engine ("h2") recovered from.
+func (m *Metrics) Panicked(direction, engine string) {
+	m.panics.WithLabelValues(direction, engine).Inc()
 }
 
 // Detected counts one protocol detection result on a destination port.
