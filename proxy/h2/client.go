@@ -177,13 +177,14 @@ func (cc *clientConn) connFail(err error) error {
 		}
 		return fmt.Errorf("reading from client: %w", err)
 	}
+	// The GOAWAY is buffered under mu with goaway set, so a stream that ends meanwhile and
+	// finds the connection going away (removeStream) flushes it before shutting the socket.
 	cc.mu.Lock()
 	cc.goaway = true
-	last := cc.maxID
-	cc.mu.Unlock()
 	cc.wmu.Lock()
-	cc.frameGoAway(last, code, reason)
+	cc.frameGoAway(cc.maxID, code, reason)
 	cc.wmu.Unlock()
+	cc.mu.Unlock()
 	cc.fl.add(&cc.conn)
 	cc.fl.flush()
 	cc.srv.cfg.Logger.Debug("closing client connection", "remote", cc.nc.RemoteAddr(), "code", code, "reason", reason)
@@ -278,12 +279,12 @@ func (cc *clientConn) startGoAway(code http2.ErrCode, debug string) {
 		return
 	}
 	cc.goaway = true
-	last, n := cc.maxID, len(cc.streams)
-	cc.mu.Unlock()
+	n := len(cc.streams)
 	cc.wmu.Lock()
-	cc.frameGoAway(last, code, debug)
-	cc.flushLocked()
+	cc.frameGoAway(cc.maxID, code, debug) // buffered before removeStream can see goaway (connFail)
 	cc.wmu.Unlock()
+	cc.mu.Unlock()
+	cc.flush()
 	if n == 0 {
 		cc.shutdownWrite()
 	}
