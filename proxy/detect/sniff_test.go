@@ -75,6 +75,13 @@ func TestSniff(t *testing.T) {
 			want:   Result{Protocol: Opaque}, peeked: 64,
 		},
 		{
+			// Not HTTP/2 to the proxy: relayed byte for byte, though RFC 9113 §3.4 would have
+			// an HTTP/2 server close it (transparency wins on ports not declared HTTP/2).
+			name:   "an invalid HTTP/2 preface is opaque and replayed whole",
+			chunks: [][]byte{[]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\rnot HTTP/2 after all")},
+			want:   Result{Protocol: Opaque}, peeked: -1,
+		},
+		{
 			name:   "a binary protocol is opaque at its first byte",
 			chunks: [][]byte{{0, 0, 0, 8, 4, 210, 22, 47}},
 			want:   Result{Protocol: Opaque}, peeked: -1,

@@ -13,7 +13,8 @@ import (
 )
 
 // Head is the request a Router sees: the pseudo-headers and the regular header fields of a new
-// stream, already validated (RFC 9113 §8.2, §8.3) and with connection-specific fields removed.
+// stream, already validated (RFC 9113 §8.1.1, §8.2, §8.3): a malformed request, one with a
+// connection-specific field among them, never reaches the Router.
 type Head struct {
 	Method, Scheme, Authority, Path string
 	// Header holds the regular fields in wire order, names lowercase. The Router must not modify
@@ -215,6 +216,11 @@ type Config struct {
 	// Defaults 100/s and 200.
 	ResetRate  float64
 	ResetBurst int
+
+	// OnPanic, if set, is told of every panic the engine recovered from (see Panic), after it
+	// was logged with its stack and before the connection it happened on is torn down. It is
+	// called on the goroutine that panicked and must not block; the proxy counts with it.
+	OnPanic func(Panic)
 }
 
 func (c *Config) setDefaults() {

@@ -45,6 +45,13 @@
 //     forwarded, so a slow reader on one side slows the writer on the other, and buffered bytes per
 //     stream never exceed the window the engine advertised.
 //
+// The engine is the HTTP/2 server its clients see and the client its upstreams see, so it holds
+// both to RFC 9113 and forwards only well-formed messages: readframe.go adds the frame checks the
+// Framer leaves to its caller, streamstate.go says what frames on closed or idle streams deserve,
+// headers.go is the one field validator for requests, responses and trailers. The
+// rfc9113_*_test.go files test each rule at the frame level. A panic ends only the connection
+// it happened on (panic.go).
+//
 // Lock order: stream.mu, then a connection's stream-map mutex, then a connection's write mutex;
 // a pool's mutex is always taken alone. No lock is held across a socket write that may wait: a
 // writer takes wmu only to take the queue, and resumes blocked streams with no lock held.

@@ -175,7 +175,7 @@ func (c *conn) readHeaderBlock(d *hdec, f *http2.HeadersFrame, fl *flusher) erro
 		if c.inputDrained() {
 			fl.flush()
 		}
-		fr, err := c.fr.ReadFrame()
+		fr, err := c.readFrame()
 		if err != nil {
 			return err
 		}

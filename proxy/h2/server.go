@@ -82,7 +82,7 @@ func (s *Server) ServeConnWith(ctx context.Context, c net.Conn, dst netip.AddrPo
 	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, cc.close)
 	defer stop()
-	return cc.serve()
+	return s.guard("client connection", &cc.conn, cc.serve, func(error) { cc.teardown() })
 }
 
 // Shutdown stops accepting streams: every client connection gets GOAWAY with the last stream id
@@ -244,7 +244,9 @@ func (s *Server) goDial(p *pool) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		p.dial()
+		if v, stack := catch(p.dial); v != nil {
+			s.recovered("upstream dial", p.addr.String(), v, stack)
+		}
 	}()
 }
 
@@ -263,7 +265,9 @@ func (s *Server) runJanitor() {
 			return
 		case <-t.C:
 		}
-		s.sweep()
+		if v, stack := catch(s.sweep); v != nil {
+			s.recovered("janitor", "", v, stack) // and sweep again at the next tick
+		}
 	}
 }
 

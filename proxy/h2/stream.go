@@ -100,6 +100,8 @@ type stream struct {
 	// answered is when the upstream's final response headers arrived; zero if they did not.
 	// Written under mu before done, read by cleanup after it.
 	answered time.Time
+	// reqLen is the request's content-length, -1 if none (RFC 9113 §8.1.1).
+	reqLen int64
 	// fieldBuf backs head's fields for typical requests, saving an allocation per stream.
 	fieldBuf [12]hpack.HeaderField
 
@@ -120,6 +122,11 @@ type stream struct {
 	err        error
 	rstCode    http2.ErrCode
 	upFault    bool
+	// clientEnded: the client ended its side (END_STREAM) or reset the stream, so what it sends
+	// on it afterwards is its error (RFC 9113 §5.1). Set only while the stream is not done.
+	clientEnded bool
+	respLen     int64 // the response's content-length, -1 if none (RFC 9113 §8.1.1)
+	upReset     bool  // RST_STREAM sent on the upstream stream: only one (RFC 9113 §5.4.2)
 }
 
 func (s *stream) upConn() *conn {
@@ -365,9 +372,10 @@ func (s *stream) queued() time.Duration {
 
 // rstUpstreamLocked resets the upstream stream, if there is one. The caller holds s.mu.
 func (s *stream) rstUpstreamLocked(code http2.ErrCode, fl *flusher) {
-	if s.up == nil || (s.req.endSent && s.resp.endRecv) {
+	if s.up == nil || s.upReset || (s.req.endSent && s.resp.endRecv) {
 		return
 	}
+	s.upReset = true
 	u := &s.up.conn
 	u.wmu.Lock()
 	u.frameRST(s.uid, code)
@@ -466,7 +474,7 @@ func (s *stream) retryLocked() *upConn {
 		s.req.inBlocked = false
 	}
 	old.wmu.Unlock()
-	s.up, s.uid = nil, 0
+	s.up, s.uid, s.upReset = nil, 0, false
 	s.retries++
 	s.req.off = 0
 	s.req.endSent = false

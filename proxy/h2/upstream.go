@@ -186,7 +186,7 @@ func (p *pool) dial() {
 	gen := p.gen
 	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.DialTimeout)
-	nc, err := srv.cfg.Dial(ctx, p.addr)
+	nc, err := srv.dialUpstream(ctx, p.addr)
 	cancel()
 	var u *upConn
 	if err == nil {
@@ -371,11 +371,16 @@ func (u *upConn) start(s *stream, fl *flusher) {
 
 func (u *upConn) readLoop() {
 	defer u.srv.wg.Done()
-	err := u.serve()
-	if !u.gotSettings {
-		close(u.settled)
-	}
-	u.teardown(err)
+	var settle sync.Once // teardown may run again after a panic
+	u.srv.guard("upstream connection", &u.conn, u.serve, func(err error) {
+		// Streams waiting for the upstream's SETTINGS must not wait for a connection that ended.
+		settle.Do(func() {
+			if !u.gotSettings {
+				close(u.settled)
+			}
+		})
+		u.teardown(err)
+	})
 }
 
 // awaitSettings waits for the upstream's first SETTINGS frame (RFC 9113 §3.4: its connection
@@ -401,14 +406,16 @@ func (u *upConn) awaitSettings() error {
 func (u *upConn) serve() error {
 	batch := 0
 	for {
-		f, err := u.fr.ReadFrame()
+		f, err := u.readFrame()
 		if err != nil {
 			var se http2.StreamError
-			if errors.As(err, &se) {
-				u.streamError(se.StreamID, se.Code, se)
-				continue
+			if !errors.As(err, &se) {
+				return u.connFail(err)
 			}
-			return u.connFail(err)
+			// Answered like any other frame's error, and flushed with them below.
+			if err = u.streamError(se.StreamID, se.Code, se); err != nil {
+				return u.connFail(err)
+			}
 		}
 		switch f := f.(type) {
 		case *http2.DataFrame:
@@ -431,9 +438,18 @@ func (u *upConn) serve() error {
 				close(u.settled)
 			}
 		case *http2.WindowUpdateFrame:
-			err = u.onWindowUpdate(f, &u.fl)
+			if f.StreamID != 0 && u.lookup(f.StreamID) == nil && u.neverOpened(f.StreamID) {
+				err = errIdle("WINDOW_UPDATE") // RFC 9113 §5.1
+			} else {
+				err = u.onWindowUpdate(f, &u.fl)
+			}
 		case *http2.RSTStreamFrame:
-			u.onRST(f)
+			err = u.onRST(f)
+		case *http2.PriorityFrame:
+			if f.StreamDep == f.StreamID && u.lookup(f.StreamID) != nil {
+				// RFC 9113 §5.3.1: a stream cannot depend on itself.
+				err = u.streamError(f.StreamID, http2.ErrCodeProtocol, errors.New("stream depends on itself"))
+			}
 		case *http2.PingFrame:
 			if f.IsAck() {
 				u.pingAt.Store(0)
@@ -527,14 +543,16 @@ func (u *upConn) attached(id uint32) *stream {
 	return s
 }
 
-func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) {
+// streamError resets an upstream stream the upstream got wrong (RFC 9113 §5.4.2) and fails the
+// client's stream. On an idle stream the frame is a connection error (§5.1); on a closed one
+// there is nothing left to reset.
+func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) error {
 	s := u.attached(id)
 	if s == nil {
-		u.wmu.Lock()
-		u.frameRST(id, code)
-		u.wmu.Unlock()
-		u.fl.add(&u.conn)
-		return
+		if u.lookup(id) == nil && u.neverOpened(id) {
+			return errIdle("frame")
+		}
+		return nil
 	}
 	s.rstUpstreamLocked(code, &u.fl)
 	fin := s.failLocked(fmt.Errorf("upstream %s stream error: %v", u.pool.addr, cause), true, 502, grpcInternal, &u.fl)
@@ -542,6 +560,7 @@ func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) {
 	if fin {
 		s.cleanup(&u.fl)
 	}
+	return nil
 }
 
 func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
@@ -551,6 +570,9 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 	}
 	s := u.attached(id)
 	if s == nil {
+		if u.lookup(id) == nil && u.neverOpened(id) {
+			return errIdle("HEADERS") // RFC 9113 §5.1
+		}
 		return nil
 	}
 	fl := &u.fl
@@ -566,14 +588,19 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 			reason = "response trailers too large"
 		} else if d.bad != "" {
 			reason = d.bad
+		} else if s.respLen >= 0 && s.resp.bytes != s.respLen {
+			reason = "body does not match content-length (RFC 9113 §8.1.1)"
 		}
-		if reason != "" || s.resp.endRecv {
-			if reason == "" {
-				reason = "HEADERS after END_STREAM"
-			}
+		switch {
+		case s.resp.endRecv:
+			// RFC 9113 §5.1 "half-closed (remote)": a stream error STREAM_CLOSED.
+			s.rstUpstreamLocked(http2.ErrCodeStreamClosed, fl)
+			fin = s.failLocked(fmt.Errorf("upstream %s sent HEADERS after END_STREAM", u.pool.addr), true, 502, grpcInternal, fl)
+		case reason != "":
+			// A malformed response is not forwarded (§8.1.1): gRPC clients get INTERNAL.
 			s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
-			fin = s.abortLocked(fmt.Errorf("upstream %s sent malformed trailers: %s", u.pool.addr, reason), http2.ErrCodeInternal, false, true, fl)
-		} else {
+			fin = s.failLocked(fmt.Errorf("upstream %s sent malformed trailers: %s", u.pool.addr, reason), true, 502, grpcInternal, fl)
+		default:
 			s.grpcStatus = grpcStatus(fields)
 			s.resp.trailers, s.resp.hasTrailer, s.resp.endRecv = fields, true, true
 			s.drain(&s.resp, &u.conn, id, &s.cc.conn, s.id, fl)
@@ -599,8 +626,9 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	}
 	var status int
 	var regular = d.fields
+	contentLength := int64(-1)
 	if reason == "" {
-		status, regular, reason = parseResponse(d.fields)
+		status, regular, contentLength, reason = parseResponse(d.fields)
 	}
 	if reason == "" && status == 101 {
 		// RFC 9113 §8.6: 101 is not valid in HTTP/2; never turn the stream into a tunnel.
@@ -608,6 +636,15 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	}
 	if reason == "" && status < 200 && end {
 		reason = "informational response with END_STREAM"
+	}
+	if reason == "" && status >= 200 {
+		// RFC 9113 §8.1.1: the content must match content-length, except where the response
+		// has no content at all.
+		if noContent(status, s.head.Method) {
+			contentLength = 0
+		} else if end && contentLength > 0 {
+			reason = "content-length without content"
+		}
 	}
 	if reason != "" {
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
@@ -619,6 +656,7 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 		s.answered = time.Now()
 		s.dropReplay()
 		s.status = status
+		s.respLen = contentLength
 		if end {
 			s.grpcStatus = grpcStatus(regular)
 			s.resp.endRecv = true
@@ -648,15 +686,32 @@ func (u *upConn) onData(f *http2.DataFrame) error {
 	}
 	s := u.attached(id)
 	if s == nil {
+		if u.lookup(id) == nil && u.neverOpened(id) {
+			return errIdle("DATA") // RFC 9113 §5.1
+		}
 		u.grantConn(flen, fl)
 		return nil
 	}
 	data := f.Data()
 	var fin bool
 	switch {
-	case !s.gotFinal || s.resp.endRecv:
+	case s.resp.endRecv:
+		// RFC 9113 §5.1 "half-closed (remote)": a stream error STREAM_CLOSED.
+		s.rstUpstreamLocked(http2.ErrCodeStreamClosed, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA after END_STREAM", u.pool.addr), true, 502, grpcInternal, fl)
+		s.mu.Unlock()
+		u.grantConn(flen, fl)
+	case !s.gotFinal:
+		// RFC 9113 §8.1: DATA before the final response HEADERS is malformed.
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
-		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA out of order", u.pool.addr), true, 502, grpcInternal, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA before its response headers", u.pool.addr), true, 502, grpcInternal, fl)
+		s.mu.Unlock()
+		u.grantConn(flen, fl)
+	case s.respLen >= 0 && (s.resp.bytes+int64(len(data)) > s.respLen || f.StreamEnded() && s.resp.bytes+int64(len(data)) != s.respLen):
+		// RFC 9113 §8.1.1: checked before the bytes are forwarded, so the client never
+		// sees the end of a body that does not match its content-length.
+		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent a body that does not match its content-length", u.pool.addr), true, 502, grpcInternal, fl)
 		s.mu.Unlock()
 		u.grantConn(flen, fl)
 	default:
@@ -682,10 +737,13 @@ func (u *upConn) onData(f *http2.DataFrame) error {
 	return nil
 }
 
-func (u *upConn) onRST(f *http2.RSTStreamFrame) {
+func (u *upConn) onRST(f *http2.RSTStreamFrame) error {
 	s := u.attached(f.StreamID)
 	if s == nil {
-		return
+		if u.lookup(f.StreamID) == nil && u.neverOpened(f.StreamID) {
+			return errIdle("RST_STREAM") // RFC 9113 §5.1, §6.4
+		}
+		return nil
 	}
 	fl := &u.fl
 	var fin bool
@@ -696,7 +754,7 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
 			s.srv.open(s, fl)
-			return
+			return nil
 		}
 		fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
 	case code == http2.ErrCodeNo && s.resp.endRecv:
@@ -710,6 +768,7 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) {
 	if fin {
 		s.cleanup(fl)
 	}
+	return nil
 }
 
 // onGoAway stops new streams on u and replays the streams the upstream did not process

@@ -34,6 +34,7 @@ type Metrics struct {
 	detect    *prometheus.CounterVec
 	denials   *prometheus.CounterVec
 	refused   *prometheus.CounterVec
+	panics    *prometheus.CounterVec
 
 	routes sync.Map // routeKey -> *Route
 	// mu orders the creation of a Route with Forget, so a route is never cached with series
@@ -87,8 +88,12 @@ func New() *Metrics {
 			Name: "detour_protocol_detections_total",
 			Help: "Protocol detection results by direction, destination port and result (http1, http2, tls, opaque, timeout, skipped).",
 		}, []string{"direction", "port", "result"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_engine_panics_total",
+			Help: "Panics a forwarding engine recovered from (each ended one connection or dial), by direction and engine.",
+		}, []string{"direction", "engine"}),
 	}
-	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect, m.denials, m.refused,
+	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect, m.denials, m.refused, m.panics,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -207,6 +212,11 @@ func (m *Metrics) Denied(direction string, port uint16, peer string) {
 // Refused counts a client connection closed at accept for reason.
 func (m *Metrics) Refused(direction, reason string) {
 	m.refused.WithLabelValues(direction, reason).Inc()
+}
+
+// Panicked counts a panic an engine ("h2") recovered from.
+func (m *Metrics) Panicked(direction, engine string) {
+	m.panics.WithLabelValues(direction, engine).Inc()
 }
 
 // Detected counts one protocol detection result on a destination port.
