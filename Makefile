@@ -7,13 +7,17 @@ DEPS    := iptables=iptables iptables-legacy=iptables ip=iproute2 curl=curl h2lo
 # The benchmark's references, the same two hops in the same run: HAProxy (a C HTTP/2 proxy) and
 # socat (a byte relay: the least a userspace hop costs).
 BENCHDEPS := $(DEPS) haproxy=haproxy socat=socat
-TESTDEPS := $(DEPS) chromium=chromium
+# The test cluster's node: runc, and Debian's CNI plugins (a path: they are not commands).
+CLUSTERDEPS := runc=runc /usr/lib/cni/bridge=containernetworking-plugins
+TESTDEPS := $(DEPS) chromium=chromium $(CLUSTERDEPS)
 PKGS    := ./...
 TESTLOG := bin/integration.log
 
-.PHONY: build deps test demo bench lint clean generate
+.PHONY: build deps test demo bench lint clean generate k8s image cluster cluster-down
 
-# detour, and the StockKube example's stockdata and stockweb beside it (the demo runs them).
+# detour (the sidecar's binary: init, proxy, inject, install, demo), detour-controller (the
+# controller, which links client-go and so is kept out of the sidecar's binary), and the StockKube
+# example's stockdata and stockweb beside them (the demo runs them).
 # Static (no cgo): nothing needs libc, an init container or sidecar image needs no libc either,
 # and the proxy's RSS is 1.3 MiB smaller without libc's pages. grpcnotrace leaves out grpc-go's
 # x/net/trace (and html/template with it), which nothing here uses: 2.5 MB less binary. A proxy
@@ -21,14 +25,38 @@ TESTLOG := bin/integration.log
 # fault), so its RSS follows the binary's size: 2 MiB less.
 GOBUILD := CGO_ENABLED=0 $(GO) build -tags grpcnotrace
 build:
-	$(GOBUILD) -o bin/ ./cmd/detour ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb
+	$(GOBUILD) -o bin/ ./cmd/detour ./cmd/detour-controller ./examples/stockkube/cmd/stockdata ./examples/stockkube/cmd/stockweb ./internal/kubecluster/pause
+
+# Detour's image (Dockerfile), the StockKube images and the test cluster's pause image, built
+# with buildah on a Debian base made by debootstrap, as archives in bin/images/ (no daemon, no
+# registry).
+IMAGEDEPS := buildah=buildah debootstrap=debootstrap
+image: build
+	@scripts/deps.sh $(IMAGEDEPS)
+	@scripts/image.sh
 
 deps:
 	@scripts/deps.sh $(DEPS)
 
+# The pinned Kubernetes components of the test cluster (internal/kubecluster), built once into
+# a cache outside the repository: about 14 minutes cold, nothing to do warm.
+k8s:
+	@scripts/k8s-build.sh >/dev/null
+
+# A one-node Kubernetes cluster on this machine (internal/kubecluster), left running in the
+# background; it prints how to use it. `make cluster-down` removes it, also after a crash.
+cluster: build k8s image
+	@scripts/deps.sh $(CLUSTERDEPS)
+	@$(GO) build -o bin/kubecluster ./internal/kubecluster/cmd/kubecluster
+	@bin/kubecluster up --node --detach
+
+cluster-down:
+	@$(GO) build -o bin/kubecluster ./internal/kubecluster/cmd/kubecluster
+	@bin/kubecluster down
+
 # Unit tests and fuzz seed corpora everywhere, then the integration suite on real namespaces.
 # DETOUR_REQUIRE_ROOT=1 turns a would-be skip of a root test into a failure.
-test: build
+test: build k8s image
 	@scripts/deps.sh $(TESTDEPS)
 	DETOUR_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 10m $$($(GO) list $(PKGS) | grep -v /integration)
 	@mkdir -p bin

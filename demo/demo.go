@@ -34,7 +34,7 @@ type Options struct {
 	NoMesh   bool          // show only the cluster without Detour
 	Duration time.Duration // keep running this long after setting up; 0: until ctx ends
 	Port     uint16        // first loopback port of the forwarders, default 8000
-	Bin      string        // folder holding detour, stockdata and stockweb; default: this executable's
+	Bin      string        // folder holding detour, detour-controller, stockdata and stockweb; default: this executable's
 	// Balancer for StockData: round-robin (default here, so every page load shows the same
 	// even table) or p2c-ewma (the proxy's default, which favours whichever replica answers
 	// fastest at the moment, so its tables vary from load to load).
@@ -90,7 +90,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 		o.Bin = filepath.Dir(exe)
 	}
-	for _, b := range []string{"detour", "stockdata", "stockweb"} {
+	for _, b := range []string{"detour", "detour-controller", "stockdata", "stockweb"} {
 		if _, err := os.Stat(filepath.Join(o.Bin, b)); err != nil {
 			return fmt.Errorf("%s is missing from %s: build it with `make build`", b, o.Bin)
 		}
@@ -275,9 +275,9 @@ func (d *demo) mesh(ctx context.Context) error {
 // startController makes the trust domain's CA, one bootstrap token per pod, and runs the
 // controller in the node namespace.
 func (d *demo) startController(ctx context.Context, disc string, pods []*netns.Pod, tokens map[*netns.Pod]string) (string, error) {
-	detour := filepath.Join(d.o.Bin, "detour")
+	controller := filepath.Join(d.o.Bin, "detour-controller")
 	caDir := filepath.Join(d.procs.logs, "ca")
-	if out, err := exec.CommandContext(ctx, detour, "controller", "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, controller, "ca", "init", "--dir", caDir).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("ca init: %w: %s", err, out)
 	}
 	anchor, err := os.ReadFile(filepath.Join(caDir, "ca.crt"))
@@ -313,11 +313,11 @@ func (d *demo) startController(ctx context.Context, disc string, pods []*netns.P
 		return "", err
 	}
 	node := &netns.Pod{Name: "node", NS: d.topo.Node}
-	args := []string{"controller", "--source", "file:" + disc, "--listen", controllerAddr.String(), "--ca-dir", caDir, "--tokens", tokenFile}
+	args := []string{"--source", "file:" + disc, "--listen", controllerAddr.String(), "--ca-dir", caDir, "--tokens", tokenFile}
 	if d.o.CertTTL > 0 {
 		args = append(args, "--cert-ttl", d.o.CertTTL.String())
 	}
-	if _, err := d.procs.start(ctx, node, "controller", -1, detour, args...); err != nil {
+	if _, err := d.procs.start(ctx, node, "controller", -1, controller, args...); err != nil {
 		return "", err
 	}
 	if err := d.waitTCP(ctx, []*netns.Pod{{Name: "node", IPv4: controllerAddr.Addr()}}, controllerAddr.Port()); err != nil {
@@ -390,12 +390,13 @@ func (d *demo) show(ctx context.Context, title string) error {
 }
 
 // showTLS reads each StockData proxy's open connections and prints who calls, as its
-// certificate proved.
+// certificate proved. /debug/ answers on the pod's loopback only, so it connects from inside
+// the pod's namespace, as the debugging CLI does.
 func (d *demo) showTLS() (string, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: d.topo.Node.DialContext}}
 	var lines []string
 	for _, p := range d.stock {
-		resp, err := client.Get(fmt.Sprintf("http://%s/debug/connections", netip.AddrPortFrom(p.IPv4, adminPort)))
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: p.NS.DialContext}}
+		resp, err := client.Get(fmt.Sprintf("http://%s/debug/connections", netip.AddrPortFrom(loopback, adminPort)))
 		if err != nil {
 			return "", err
 		}
@@ -428,8 +429,8 @@ func (d *demo) showTLS() (string, error) {
 func (d *demo) forward() error {
 	return d.s.do("forwarding from the host's loopback into the pods (like kubectl port-forward)", func() (string, error) {
 		port := d.o.Port
-		add := func(name string, to netip.AddrPort, path string) error {
-			f, err := newForwarder(netip.AddrPortFrom(loopback, port), d.topo.Node, to)
+		add := func(name string, via *netns.NS, to netip.AddrPort, path string) error {
+			f, err := newForwarder(netip.AddrPortFrom(loopback, port), via, to)
 			if err != nil {
 				return fmt.Errorf("forwarding %s: %w", name, err)
 			}
@@ -438,12 +439,13 @@ func (d *demo) forward() error {
 			port++
 			return nil
 		}
-		if err := add("StockWeb page", netip.AddrPortFrom(d.web.IPv4, webPort), "/"); err != nil {
+		if err := add("StockWeb page", d.topo.Node, netip.AddrPortFrom(d.web.IPv4, webPort), "/"); err != nil {
 			return "", err
 		}
 		if !d.o.NoMesh {
 			for _, p := range append([]*netns.Pod{d.web}, d.stock...) {
-				if err := add(p.Name+" proxy metrics", netip.AddrPortFrom(p.IPv4, adminPort), "/metrics"); err != nil {
+				// From the pod's loopback, as kubectl port-forward connects: /debug/ answers there.
+				if err := add(p.Name+" proxy metrics", p.NS, netip.AddrPortFrom(loopback, adminPort), "/metrics"); err != nil {
 					return "", err
 				}
 			}

@@ -10,9 +10,10 @@ import (
 	"github.com/detourmesh/detour/netns"
 )
 
-// forwarder relays connections from a loopback port of the host into the node namespace,
-// towards a pod: what `kubectl port-forward` is to a cluster. Its listener is the only thing
-// the demo opens in the root namespace, and only on loopback.
+// forwarder relays connections from a loopback port of the host into a namespace (the node's,
+// or a pod's, where it connects to the pod's loopback as kubectl port-forward does), towards a
+// pod: what `kubectl port-forward` is to a cluster. Its listener is the only thing the demo
+// opens in the root namespace, and only on loopback.
 type forwarder struct {
 	addr  netip.AddrPort
 	label string

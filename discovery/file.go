@@ -14,8 +14,9 @@ import (
 // Source delivers discovery snapshots as they change: the discovery file (File), the Kubernetes
 // API (the controller's), the controller's Discovery service (the proxy's, proxy/resolve).
 type Source interface {
-	// Watch returns a channel that delivers the current snapshot at once and then every new
-	// one. It does not block. Each call starts one goroutine, owned by the source, that runs
+	// Watch returns a channel that delivers the current snapshot at once (a source that has
+	// none yet, such as a controller not reached, delivers its first when it comes) and then
+	// every new one. It does not block. Each call starts one goroutine, owned by the source, that runs
 	// until ctx is done and then closes the channel. The channel holds at most one snapshot: a
 	// consumer that falls behind receives the newest, never a backlog, so it may skip versions
 	// but never sees an old one after a newer one. Every snapshot delivered is valid; a source

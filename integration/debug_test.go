@@ -567,7 +567,7 @@ func TestDebugAgainstTheDemo(t *testing.T) {
 		healthy(t, web)
 	})
 
-	controller := processIn(t, "dt-demo-node", "controller", "--listen", "198.18.0.1:7086")
+	controller := processIn(t, "dt-demo-node", "--listen", "198.18.0.1:7086")
 	if controller == 0 {
 		t.Fatal("no controller process in dt-demo-node")
 	}

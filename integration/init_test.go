@@ -365,6 +365,36 @@ func TestInitTakesOutRulesItCannotProve(t *testing.T) {
 	}
 }
 
+// TestInitWithTheInitContainersCapabilities: detour init with only NET_ADMIN and NET_RAW, as the
+// injected detour-init runs, installs and proves the redirect; the one step that needs another
+// UID says it was skipped and why, instead of failing the pod.
+func TestInitWithTheInitContainersCapabilities(t *testing.T) {
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatal("setpriv (util-linux) is missing")
+	}
+	topo := nstest.Topology(t)
+	pod := addPod(t, topo, "capped")
+	r := detour(t, pod.NS, func(cmd *exec.Cmd) {
+		cmd.Args = append([]string{setpriv, "--bounding-set=-all,+net_admin,+net_raw", detourBin}, cmd.Args[1:]...)
+		cmd.Path = setpriv
+	}, "init", "-o", "json")
+	if r.err != nil {
+		t.Fatalf("init with NET_ADMIN and NET_RAW only: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
+	}
+	for _, want := range []string{`"name": "outbound",`, `"name": "own-address-to-inbound",`} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("init report lacks %s:\n%s", want, r.stdout)
+		}
+	}
+	if !regexp.MustCompile(`"name": "proxy-uid-exempt",\s*"status": "skipped",\s*"detail": "connecting as the proxy UID 2102 needs CAP_SETUID`).MatchString(r.stdout) {
+		t.Errorf("the proxy-UID step should be skipped for want of CAP_SETUID:\n%s", r.stdout)
+	}
+	if strings.Contains(r.stdout, `"status": "failed"`) {
+		t.Errorf("a step failed:\n%s", r.stdout)
+	}
+}
+
 func TestInitDryRunChangesNothing(t *testing.T) {
 	topo := nstest.Topology(t)
 	pod := addPod(t, topo, "pod")

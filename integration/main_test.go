@@ -18,8 +18,9 @@ import (
 	"github.com/detourmesh/detour/proxy/origdst"
 )
 
-// detourBin is the binary under test: $DETOUR_BIN, or one built for this run.
-var detourBin string
+// detourBin is the binary under test: $DETOUR_BIN, or one built for this run; controllerBin is
+// detour-controller beside it.
+var detourBin, controllerBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -41,7 +42,7 @@ func run(m *testing.M) int {
 		}
 		detourBin = filepath.Join(dir, "detour")
 		// The demo finds stockdata and stockweb beside detour.
-		build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", dir+"/", "../cmd/detour",
+		build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", dir+"/", "../cmd/detour", "../cmd/detour-controller",
 			"../examples/stockkube/cmd/stockdata", "../examples/stockkube/cmd/stockweb")
 		build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
 		build.Stdout, build.Stderr = os.Stdout, os.Stderr
@@ -50,6 +51,7 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
+	controllerBin = filepath.Join(filepath.Dir(detourBin), "detour-controller")
 	return m.Run()
 }
 

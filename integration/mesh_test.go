@@ -10,6 +10,9 @@ import (
 	"os"
 	"os/exec"
 
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"path/filepath"
 	"strings"
 	"testing"
@@ -72,6 +75,8 @@ func serveStockDataOn(t testing.TB, pod *netns.Pod, port uint16, id string, dela
 	}
 	g := grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
 	(&stockdata.Server{ID: id, Delay: delay}).Register(g)
+	// The gRPC health service a kubelet grpc probe calls.
+	healthpb.RegisterHealthServer(g, health.NewServer())
 	for _, ln := range lns {
 		go g.Serve(ln)
 	}
@@ -127,6 +132,14 @@ type meshPod struct {
 // for none) and extra flags, and waits until the proxy is ready.
 func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *meshPod {
 	t.Helper()
+	mp := startMesh(t, pod, discoveryPath, flags...)
+	mp.waitReady(t)
+	return mp
+}
+
+// startMesh is mesh without the wait for readiness.
+func startMesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *meshPod {
+	t.Helper()
 	mustDetour(t, pod.NS, "init")
 	args := []string{"proxy", "--log-level", "debug", "--drain-timeout", "200ms"}
 	if discoveryPath != "" {
@@ -138,9 +151,7 @@ func mesh(t testing.TB, pod *netns.Pod, discoveryPath string, flags ...string) *
 		cmd.Env = append(os.Environ(), strings.Fields(v)...)
 	}
 	netns.AsUID(cmd, proxyUID, proxyUID)
-	mp := startProxyIn(t, pod, cmd)
-	mp.waitReady(t)
-	return mp
+	return startProxyIn(t, pod, cmd)
 }
 
 // startProxyIn starts a proxy process (Detour's, or a reference proxy of the benchmark) in pod,
@@ -165,9 +176,17 @@ func startProxyIn(t testing.TB, pod *netns.Pod, cmd *exec.Cmd) *meshPod {
 	return mp
 }
 
+// admin GETs path from the proxy's admin port on the pod's loopback, as the debugging CLI does
+// from inside the pod's namespace (/debug/* answers nowhere else).
 func (m *meshPod) admin(t testing.TB, path string) (int, string) {
 	t.Helper()
-	resp, err := httpClientIn(m.NS).Get(fmt.Sprintf("http://%s/%s", netip.AddrPortFrom(m.IPv4, 7190), strings.TrimPrefix(path, "/")))
+	return adminAt(m.NS, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 7190), path)
+}
+
+// adminAt GETs path from an admin port at addr, from inside ns; status 0 and the error when no
+// response came.
+func adminAt(ns *netns.NS, addr netip.AddrPort, path string) (int, string) {
+	resp, err := httpClientIn(ns).Get(fmt.Sprintf("http://%s/%s", addr, strings.TrimPrefix(path, "/")))
 	if err != nil {
 		return 0, err.Error()
 	}
@@ -176,16 +195,19 @@ func (m *meshPod) admin(t testing.TB, path string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-func (m *meshPod) waitReady(t testing.TB) {
+func (m *meshPod) waitReady(t testing.TB) { m.waitAdmin(t, "/ready", 10*time.Second) }
+
+// waitAdmin waits up to timeout for path on the admin port to answer 200.
+func (m *meshPod) waitAdmin(t testing.TB, path string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for {
-		code, body := m.admin(t, "/ready")
+		code, body := m.admin(t, path)
 		if code == http.StatusOK {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("proxy in %s not ready: %d %s\n%s", m.Name, code, body, m.log)
+			t.Fatalf("proxy in %s: %s %d %s after %s\n%s", m.Name, path, code, body, timeout, m.log)
 		}
 		select {
 		case err := <-m.exited:
@@ -193,6 +215,22 @@ func (m *meshPod) waitReady(t testing.TB) {
 			t.Fatalf("proxy in %s exited: %v\n%s", m.Name, err, m.log)
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// waitDraining waits until /ready says the proxy is draining.
+func (m *meshPod) waitDraining(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := m.admin(t, "/ready")
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "draining") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/ready while draining: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

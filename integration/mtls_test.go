@@ -15,6 +15,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -67,7 +69,7 @@ func newMeshCA(t testing.TB, topo *netns.Topology, ttl time.Duration) *meshCA {
 	os.Chmod(dir, 0o755)
 	m.dir = dir
 	ca := filepath.Join(dir, "ca")
-	if out, err := exec.Command(detourBin, "controller", "ca", "init", "--dir", ca, "--trust-domain", "cluster.local").CombinedOutput(); err != nil {
+	if out, err := exec.Command(controllerBin, "ca", "init", "--dir", ca, "--trust-domain", "cluster.local").CombinedOutput(); err != nil {
 		t.Fatalf("ca init: %v\n%s", err, out)
 	}
 	// The trust anchor is public; the proxies read a copy.
@@ -114,7 +116,7 @@ func (m *meshCA) start(t testing.TB, yaml string) {
 		t.Fatal(err)
 	}
 	m.ctrlLog = &syncbuf.Buffer{}
-	m.ctrl = exec.Command(detourBin, "controller", "--source", "file:"+m.disc, "--listen", ":7086",
+	m.ctrl = exec.Command(controllerBin, "--source", "file:"+m.disc, "--listen", ":7086",
 		"--ca-dir", filepath.Join(m.dir, "ca"), "--tokens", tokens, "--cert-ttl", m.ttl.String())
 	m.ctrl.Stdout, m.ctrl.Stderr = m.ctrlLog, m.ctrlLog
 	if err := m.pod.NS.Start(m.ctrl); err != nil {
@@ -184,8 +186,18 @@ func TestMutualTLSBetweenMeshedPods(t *testing.T) {
 			i, vip(i).String(), netip.AddrPortFrom(server.IPv4, port).String(), identity)
 	}
 	clientFlags := ca.meshFlags(t, webID)
+	// The client is given its trust anchor as PEM text, as the injector does.
+	anchorPEM, err := os.ReadFile(ca.anchor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range clientFlags {
+		if clientFlags[i] == "--trust-anchor" {
+			clientFlags[i], clientFlags[i+1] = "--trust-anchor-pem", string(anchorPEM)
+		}
+	}
 	serverFlags := append(ca.meshFlags(t, stockID), "--port-policy", "8081=strict",
-		"--allow", "8082="+spiffeID("web", "someone-else"))
+		"--allow", "8082="+spiffeID("web", "someone-else"), "--probe-paths", "8081"+"/grpc.health.v1.Health/Check")
 	ca.start(t, "trustDomain: cluster.local\nservices:\n"+
 		svc(0, 8080, stockID)+svc(1, 8081, stockID)+svc(2, 8082, stockID)+svc(3, 8083, spiffeID("stocks", "impostor")))
 	srv := meshWithIdentity(t, server, serverFlags)
@@ -245,6 +257,18 @@ func TestMutualTLSBetweenMeshedPods(t *testing.T) {
 			t.Fatalf("mesh TLS to a strict port: %q, %v", got, err)
 		}
 	})
+	t.Run("a kubelet probe path reaches a strict port in plaintext, nothing else does", func(t *testing.T) {
+		cc := grpcClientIn(t, plain.NS, netip.AddrPortFrom(server.IPv4, 8081).String())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("plaintext gRPC health check of a strict port with it as a probe path: %v, %v", resp, err)
+		}
+		if _, err := stockpb.NewStockDataClient(cc).GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "ACME"}); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("plaintext call beside the probe path: %v, want PermissionDenied", err)
+		}
+	})
 	t.Run("an identity not on the allow-list is denied and counted", func(t *testing.T) {
 		_, err := call(client.NS, vip(2))
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), webID) {
@@ -264,45 +288,85 @@ func TestMutualTLSBetweenMeshedPods(t *testing.T) {
 	})
 }
 
-// steadyLoad makes GetQuote calls over cc, one at a time from `workers` callers, until stop
-// is closed or limit calls were made, and returns how many succeeded and the errors seen.
-func steadyLoad(cc stockpb.StockDataClient, workers int, limit int, stop <-chan struct{}) (ok int, errs []error) {
-	var mu sync.Mutex
+// steadyLoad is steady gRPC load: GetQuote calls over one client connection, one at a time from each
+// of a few callers, until stopped, or at most a bounded number of calls or time (whichever
+// ends first; the waits below then fail rather than pass on a load that has ended).
+type steadyLoad struct {
+	ok    atomic.Int64 // calls that succeeded so far
+	mu    sync.Mutex
+	errs  []error
+	stop  chan struct{}
+	ended chan struct{}
+}
+
+// startLoad starts workers callers on cc, making at most limit calls in all.
+func startLoad(t *testing.T, cc stockpb.StockDataClient, workers, limit int) *steadyLoad {
+	l := &steadyLoad{stop: make(chan struct{}), ended: make(chan struct{})}
+	var made atomic.Int64
+	deadline := time.Now().Add(2 * time.Minute)
 	var wg sync.WaitGroup
-	made := 0
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				mu.Lock()
-				if made >= limit {
-					mu.Unlock()
-					return
-				}
-				made++
-				mu.Unlock()
+			for made.Add(1) <= int64(limit) && time.Now().Before(deadline) {
 				select {
-				case <-stop:
+				case <-l.stop:
 					return
 				default:
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_, err := cc.GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "BOLT"})
 				cancel()
-				mu.Lock()
 				if err != nil {
-					errs = append(errs, err)
+					l.mu.Lock()
+					l.errs = append(l.errs, err)
+					l.mu.Unlock()
 				} else {
-					ok++
+					l.ok.Add(1)
 				}
-				mu.Unlock()
 				time.Sleep(2 * time.Millisecond)
 			}
 		}()
 	}
-	wg.Wait()
-	return ok, errs
+	go func() { wg.Wait(); close(l.ended) }()
+	t.Cleanup(func() { l.end() })
+	return l
+}
+
+// waitCalls waits until n more calls than mark have succeeded (mark: l.ok.Load() at the event
+// they must follow), failing the test if the load ends first or takes more than 30 s.
+func (l *steadyLoad) waitCalls(t *testing.T, mark int64, n int, what string) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for l.ok.Load() < mark+int64(n) {
+		select {
+		case <-l.ended:
+			if l.ok.Load() < mark+int64(n) {
+				t.Fatalf("the load ended with %d calls %s, want %d", l.ok.Load()-mark, what, n)
+			}
+		case <-deadline:
+			t.Fatalf("%d calls succeeded %s in 30 s, want %d (%d failed so far)", l.ok.Load()-mark, what, n, len(l.failures()))
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// end stops the load and waits for its callers.
+func (l *steadyLoad) end() (ok int64, errs []error) {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	<-l.ended
+	return l.ok.Load(), l.failures()
+}
+
+func (l *steadyLoad) failures() []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]error(nil), l.errs...)
 }
 
 // serial reads the serial of a proxy's current certificate from /debug/identity.
@@ -345,19 +409,21 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 	_, client, server, vip := meshedStockPair(t, 3*time.Second)
 	before := []string{serial(t, client), serial(t, server)}
 	cc := stockpb.NewStockDataClient(grpcClientIn(t, client.NS, vip.String()))
-	stop := make(chan struct{})
-	time.AfterFunc(5*time.Second, func() { close(stop) }) // past 70 % of two lifetimes
-	ok, errs := steadyLoad(cc, 4, 20000, stop)
-	if len(errs) > 0 {
-		t.Fatalf("%d of %d calls failed during rotation, first: %v", len(errs), ok+len(errs), errs[0])
-	}
-	after := []string{serial(t, client), serial(t, server)}
-	for i, side := range []string{"client", "server"} {
-		if before[i] == after[i] {
-			t.Errorf("the %s proxy's certificate was not renewed (serial %s)", side, before[i])
+	l := startLoad(t, cc, 4, 100000)
+	l.waitCalls(t, 0, 20, "before the renewals")
+	for i, m := range []*meshPod{client, server} {
+		for deadline := time.Now().Add(15 * time.Second); serial(t, m) == before[i]; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the %s proxy's certificate was not renewed (serial %s)", m.Name, before[i])
+			}
 		}
 	}
-	t.Logf("%d calls, serials %v -> %v", ok, before, after)
+	l.waitCalls(t, l.ok.Load(), 50, "after both proxies renewed")
+	ok, errs := l.end()
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d calls failed during rotation, first: %v", len(errs), ok+int64(len(errs)), errs[0])
+	}
+	t.Logf("%d calls, serials %v -> %v", ok, before, []string{serial(t, client), serial(t, server)})
 	// New handshakes use the new certificates: a fresh client connection still works.
 	fresh := stockpb.NewStockDataClient(grpcClientIn(t, client.NS, vip.String()))
 	if _, err := fresh.GetQuote(context.Background(), &stockpb.QuoteRequest{Symbol: "ACME"}); err != nil {
@@ -367,29 +433,24 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 
 // TestIssuerRotationUnderLoad: `detour controller ca rotate-issuer` under steady gRPC load takes
 // effect without restarting anything: the controller signs with the new issuer, both proxies
-// renew onto it, and no call fails.
+// renew onto it, and no call fails before, during or after.
 func TestIssuerRotationUnderLoad(t *testing.T) {
 	ca, client, server, vip := meshedStockPair(t, 3*time.Second)
 	oldIssuer := identityField(t, client, "issuer_sha256")
 	cc := stockpb.NewStockDataClient(grpcClientIn(t, client.NS, vip.String()))
-	stop := make(chan struct{})
-	var ok int
-	var errs []error
-	done := make(chan struct{})
-	go func() {
-		ok, errs = steadyLoad(cc, 4, 20000, stop)
-		close(done)
-	}()
-	time.Sleep(300 * time.Millisecond)
+	l := startLoad(t, cc, 4, 100000)
+	l.waitCalls(t, 0, 20, "before the rotation")
 	var report struct {
 		Issuer struct {
 			SHA256 string `json:"sha256"`
 		} `json:"issuer"`
 	}
+	// Through `detour controller`, which runs detour-controller beside it with the same arguments.
 	out := mustDetour(t, ca.pod.NS, "controller", "ca", "rotate-issuer", "--dir", filepath.Join(ca.dir, "ca"), "-o", "json")
 	if err := json.Unmarshal([]byte(out), &report); err != nil || report.Issuer.SHA256 == "" || report.Issuer.SHA256 == oldIssuer {
 		t.Fatalf("rotate-issuer printed %s (err %v); the old issuer was %s", out, err, oldIssuer)
 	}
+	rotated := l.ok.Load()
 	deadline := time.Now().Add(15 * time.Second)
 	for _, m := range []*meshPod{client, server} {
 		for identityField(t, m, "issuer_sha256") != report.Issuer.SHA256 {
@@ -402,13 +463,17 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 	if !strings.Contains(ca.ctrlLog.String(), "issuer rotated") {
 		t.Errorf("the controller did not log the rotation:\n%s", ca.ctrlLog)
 	}
-	time.Sleep(500 * time.Millisecond) // calls over connections made with the new certificates
-	close(stop)
-	<-done
-	if len(errs) > 0 {
-		t.Fatalf("%d of %d calls failed across the issuer rotation, first: %v", len(errs), ok+len(errs), errs[0])
+	renewed := l.ok.Load()
+	if renewed == rotated {
+		t.Errorf("no call succeeded while the proxies renewed onto the new issuer")
 	}
-	t.Logf("%d calls across the rotation; issuer %.16s… -> %.16s…", ok, oldIssuer, report.Issuer.SHA256)
+	l.waitCalls(t, renewed, 50, "after both proxies hold the new issuer's certificates")
+	ok, errs := l.end()
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d calls failed across the issuer rotation, first: %v", len(errs), ok+int64(len(errs)), errs[0])
+	}
+	t.Logf("%d calls across the rotation (%d before it, %d while the proxies renewed, %d after); issuer %.16s… -> %.16s…",
+		ok, rotated, renewed-rotated, ok-renewed, oldIssuer, report.Issuer.SHA256)
 }
 
 // TestControllerRestartUnderLoad: while the controller is away, calls go on with the last
@@ -416,17 +481,12 @@ func TestIssuerRotationUnderLoad(t *testing.T) {
 func TestControllerRestartUnderLoad(t *testing.T) {
 	ca, client, _, vip := meshedStockPair(t, time.Hour)
 	cc := stockpb.NewStockDataClient(grpcClientIn(t, client.NS, vip.String()))
-	stop := make(chan struct{})
-	var ok int
-	var errs []error
-	done := make(chan struct{})
-	go func() {
-		ok, errs = steadyLoad(cc, 4, 20000, stop)
-		close(done)
-	}()
-	time.Sleep(500 * time.Millisecond)
+	l := startLoad(t, cc, 4, 100000)
+	l.waitCalls(t, 0, 20, "before the controller stops")
 	ca.stop(t)
-	time.Sleep(1500 * time.Millisecond)
+	client.waitLog(t, "discovery stream from the controller lost") // the proxy knows it is away
+	away := l.ok.Load()
+	l.waitCalls(t, away, 50, "while the controller is away")
 	if code, body := client.admin(t, "/ready"); code != 200 {
 		t.Errorf("the proxy is not ready while the controller is away: %d %s", code, body)
 	}
@@ -442,12 +502,60 @@ func TestControllerRestartUnderLoad(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	close(stop)
-	<-done
+	back := l.ok.Load()
+	l.waitCalls(t, back, 50, "after the proxy reconnected")
+	ok, errs := l.end()
 	if len(errs) > 0 {
-		t.Fatalf("%d of %d calls failed across the controller restart, first: %v", len(errs), ok+len(errs), errs[0])
+		t.Fatalf("%d of %d calls failed across the controller restart, first: %v", len(errs), ok+int64(len(errs)), errs[0])
 	}
-	t.Logf("%d calls across the restart", ok)
+	t.Logf("%d calls across the restart (%d before it, %d while the controller was away, %d after)", ok, away, back-away, ok-back)
+}
+
+// TestStartsWhileTheControllerIsDown: a proxy whose controller is down when it starts does not
+// hold the pod's traffic hostage: it listens at once and relays what it does not know to its
+// original destination, says it is not ready while discovery is pending, and starts routing by
+// the mesh once the controller comes up.
+func TestStartsWhileTheControllerIsDown(t *testing.T) {
+	topo := nstestTopology(t)
+	ca := newMeshCA(t, topo, time.Hour)
+	c, s, outside := addPod(t, topo, "client"), addPod(t, topo, "server"), addPod(t, topo, "outside")
+	serveStockData(t, s, "server", 0)
+	serveTCP(t, outside, 9000, echo) // no meshed pod, no service: outside the mesh
+	vip := netip.MustParseAddrPort("198.19.0.10:80")
+	cf, sf := ca.meshFlags(t, spiffeID("web", "stockweb")), ca.meshFlags(t, spiffeID("stocks", "stockdata"))
+	client := startMesh(t, c, "", cf...)
+	server := startMesh(t, s, "", sf...)
+	// The controller is not running. The proxy answers its admin port once it listens.
+	client.waitAdmin(t, "/live", 10*time.Second)
+
+	if !echoes(t, c.NS, netip.AddrPortFrom(outside.IPv4, 9000)) {
+		t.Fatal("outbound TCP outside the mesh does not work while the controller is down")
+	}
+	if code, body := client.admin(t, "/ready"); code != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for discovery") {
+		t.Fatalf("/ready with the controller down: %d %s, want 503 waiting for discovery", code, body)
+	} else {
+		t.Logf("/ready with the controller down: %d %s", code, body)
+	}
+
+	ca.start(t, stockDiscoveryWithIdentity(vip, []*netns.Pod{s}, spiffeID("stocks", "stockdata")))
+	for _, m := range []*meshPod{client, server} {
+		m.waitAdmin(t, "/ready", 30*time.Second) // the proxies retry with backoff
+	}
+	// The VIP exists only in discovery: a call reaches the server through the mesh, with
+	// mutual TLS, or not at all.
+	cc := stockpb.NewStockDataClient(grpcClientIn(t, c.NS, vip.String()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := cc.GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "ACME"})
+	if err != nil || q.Server != "server" {
+		t.Fatalf("a call through the mesh once the controller is up: %v, %v", q, err)
+	}
+	if _, conns := server.admin(t, "/debug/connections"); !strings.Contains(conns, `"peer_identity": "`+spiffeID("web", "stockweb")+`"`) {
+		t.Errorf("the server proxy holds no mutual TLS connection from the client:\n%s", conns)
+	}
+	if !echoes(t, c.NS, netip.AddrPortFrom(outside.IPv4, 9000)) {
+		t.Fatal("outbound TCP outside the mesh stopped working once discovery arrived")
+	}
 }
 
 func mustRead(t *testing.T, path string) string {

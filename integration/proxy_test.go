@@ -188,7 +188,7 @@ func TestAdminAndMetrics(t *testing.T) {
 			`detour_protocol_detections_total{direction="outbound",port="80",result="http2"} 1`,
 		}},
 		{replicas[0], "/metrics", []string{
-			`detour_responses_total{authority="` + ep + `",classification="success",direction="inbound",endpoint="127.0.0.1:8080",grpc_status="0",peer_identity="",status_code="200",tls="false"} 5`,
+			`detour_responses_total{authority="` + ep + `",classification="success",direction="inbound",endpoint="` + ep + `",grpc_status="0",peer_identity="",status_code="200",tls="false"} 5`,
 		}},
 		{client, "/debug/endpoints", []string{`"name": "stockdata.stocks"`, `"address": "` + ep + `"`}},
 		{client, "/debug/connections", []string{`"direction": "outbound"`, `"service": "stockdata.stocks"`, `"protocol": "http2"`}},
@@ -213,32 +213,21 @@ func TestAdminAndMetrics(t *testing.T) {
 }
 
 // TestDrainOnSIGTERM: the inbound side stops taking connections, the outbound side keeps
-// serving until the drain timeout, then the proxy exits 0.
+// serving while a connection is open, until the drain timeout, then the proxy exits 0.
 func TestDrainOnSIGTERM(t *testing.T) {
 	topo := nstest.Topology(t)
 	pod, peer := addPod(t, topo, "pod"), addPod(t, topo, "peer")
 	serveTCP(t, peer, 9000, echo)
 	serveTCP(t, pod, 9000, echo)
 	m := mesh(t, pod, "", "--drain-timeout", "2s")
+	held := dial(t, pod.NS, netip.AddrPortFrom(peer.IPv4, 9000)) // open past the drain timeout
+	roundTrip(t, held)
 	m.proxy.Process.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(time.Second)
-	for {
-		code, body := m.admin(t, "/ready")
-		if code == http.StatusServiceUnavailable && strings.Contains(body, "draining") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/ready while draining: %d %s", code, body)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	m.waitDraining(t)
 	// Outbound still works during the drain.
 	c := dial(t, pod.NS, netip.AddrPortFrom(peer.IPv4, 9000))
-	c.Write([]byte("x"))
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	if _, err := c.Read(make([]byte, 1)); err != nil {
-		t.Fatalf("outbound during the drain: %v", err)
-	}
+	roundTrip(t, c)
+	c.Close()
 	// Inbound is refused.
 	var err error
 	peer.NS.Do(func() error {
@@ -260,6 +249,63 @@ func TestDrainOnSIGTERM(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the proxy did not exit after its drain timeout")
+	}
+}
+
+// TestDrainEndsWithTheLastConnection: a drain ends as soon as no client connection is left,
+// not at the drain timeout, so a pod's grace period never has to outlast it; an open outbound
+// connection is served until it ends.
+func TestDrainEndsWithTheLastConnection(t *testing.T) {
+	topo := nstest.Topology(t)
+	// The drain timeout is far beyond every wait below: an exit within them is the drain
+	// ending by itself.
+	const drain = "60s"
+	exit := func(t *testing.T, m *meshPod) {
+		t.Helper()
+		select {
+		case err := <-m.exited:
+			m.exited <- err
+			if err != nil {
+				t.Fatalf("proxy exit: %v\n%s", err, m.log)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the proxy did not exit with no connection left (drain timeout %s)", drain)
+		}
+	}
+	t.Run("SIGTERM with no connection exits at once", func(t *testing.T) {
+		m := mesh(t, addPod(t, topo, "idle"), "", "--drain-timeout", drain)
+		m.proxy.Process.Signal(syscall.SIGTERM)
+		exit(t, m)
+	})
+	t.Run("an open outbound connection is waited for, then the proxy exits", func(t *testing.T) {
+		pod, peer := addPod(t, topo, "busy"), addPod(t, topo, "peer")
+		serveTCP(t, peer, 9000, echo)
+		m := mesh(t, pod, "", "--drain-timeout", drain)
+		c := dial(t, pod.NS, netip.AddrPortFrom(peer.IPv4, 9000))
+		roundTrip(t, c)
+		m.proxy.Process.Signal(syscall.SIGTERM)
+		m.waitDraining(t)
+		roundTrip(t, c) // served after the drain began
+		select {
+		case err := <-m.exited:
+			t.Fatalf("the proxy exited (%v) while an outbound connection was open", err)
+		default:
+		}
+		c.Close()
+		exit(t, m)
+	})
+}
+
+// roundTrip sends a byte over c to an echo server and reads it back.
+func roundTrip(t testing.TB, c net.Conn) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("read the echo: %v", err)
 	}
 }
 
@@ -290,6 +336,134 @@ func TestShutdownEndpoint(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the proxy did not exit after /shutdown")
+	}
+}
+
+// TestAdminDebugIsForLoopback: /live, /ready and /metrics answer the node (the kubelet) and
+// other pods (Prometheus) at the pod address; /debug/* and /shutdown answer only callers on the
+// pod's loopback, where the debugging CLI enters the pod's namespace.
+func TestAdminDebugIsForLoopback(t *testing.T) {
+	topo := nstest.Topology(t)
+	pod, other := addPod(t, topo, "pod"), addPod(t, topo, "other")
+	mesh(t, pod, writeDiscovery(t, stockDiscovery(netip.MustParseAddrPort("198.19.0.10:80"), netip.MustParseAddrPort("[fd00:de71::10]:80"), []*netns.Pod{other})))
+	get := func(ns *netns.NS, host netip.Addr, path string) int {
+		t.Helper()
+		code, body := adminAt(ns, netip.AddrPortFrom(host, 7190), path)
+		if code == 0 {
+			t.Fatalf("GET %s from %s: %s", path, ns.Name, body)
+		}
+		return code
+	}
+	for _, from := range []struct {
+		name string
+		ns   *netns.NS
+		host netip.Addr
+	}{{"another pod", other.NS, pod.IPv4}, {"another pod over IPv6", other.NS, pod.IPv6}, {"the node", topo.Node, pod.IPv4}} {
+		t.Run("from "+from.name, func(t *testing.T) {
+			for _, path := range []string{"/live", "/ready", "/metrics"} {
+				if code := get(from.ns, from.host, path); code != http.StatusOK {
+					t.Errorf("%s: %d, want 200", path, code)
+				}
+			}
+			for _, path := range []string{"/debug/endpoints", "/debug/connections", "/debug/nonexistent"} {
+				if code := get(from.ns, from.host, path); code != http.StatusForbidden {
+					t.Errorf("%s: %d, want 403", path, code)
+				}
+			}
+		})
+	}
+	t.Run("from the pod's own address, not loopback", func(t *testing.T) {
+		if code := get(pod.NS, pod.IPv4, "/debug/endpoints"); code != http.StatusForbidden {
+			t.Errorf("/debug/endpoints: %d, want 403", code)
+		}
+	})
+	for _, lo := range []netip.Addr{loopback4, loopback6} {
+		t.Run("from loopback "+lo.String()+" in the pod", func(t *testing.T) {
+			for _, path := range []string{"/debug/endpoints", "/debug/connections", "/metrics", "/ready"} {
+				if code := get(pod.NS, lo, path); code != http.StatusOK {
+					t.Errorf("%s: %d, want 200", path, code)
+				}
+			}
+		})
+	}
+}
+
+// TestConnectionLimit: past --max-connections the proxy resets new connections at once,
+// counts them and logs once, and keeps serving the ones it holds; a freed place is taken again.
+func TestConnectionLimit(t *testing.T) {
+	topo := nstest.Topology(t)
+	pod, peer := addPod(t, topo, "pod"), addPod(t, topo, "peer")
+	serveTCP(t, peer, 9000, echo)
+	m := mesh(t, pod, "", "--max-connections", "3")
+	dst := netip.AddrPortFrom(peer.IPv4, 9000)
+	held := make([]net.Conn, 3)
+	for i := range held {
+		held[i] = dial(t, pod.NS, dst)
+		roundTrip(t, held[i])
+	}
+	const extra = 5
+	for i := range extra {
+		if echoes(t, pod.NS, dst) {
+			t.Fatalf("connection %d past the limit of 3 was served", i+1)
+		}
+	}
+	for _, c := range held {
+		roundTrip(t, c) // the connections within the limit are still served
+	}
+	_, metrics := m.admin(t, "/metrics")
+	if got := metricValue(metrics, `detour_tcp_connections_refused_total{direction="outbound",reason="limit"}`); got != extra {
+		t.Errorf("refused connections counted: %v, want %d", got, extra)
+	}
+	m.waitLog(t, "connections refused: the proxy serves its limit")
+	if n := strings.Count(m.log.String(), "connections refused"); n != 1 {
+		t.Errorf("%d log lines for %d refusals within 10 s, want 1", n, extra)
+	}
+	held[0].Close()
+	for deadline := time.Now().Add(5 * time.Second); !echoes(t, pod.NS, dst); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no connection served after one of the three ended")
+		}
+	}
+}
+
+// TestGoneEndpointsLeaveTheMetrics: the series of an endpoint that left discovery are deleted
+// after --metrics-retain, those of the endpoints still in it stay and keep counting.
+func TestGoneEndpointsLeaveTheMetrics(t *testing.T) {
+	c := newStockCluster(t, 2, nil)
+	path := writeDiscovery(t, stockDiscovery(c.vip4, c.vip6, c.replicas))
+	client := mesh(t, c.client, path, "--metrics-retain", "1s")
+	cc := grpcClientIn(t, c.client.NS, c.vip4.String())
+	got := callConcurrently(t, cc, 40)
+	if got[c.replicas[0].Name] == 0 || got[c.replicas[1].Name] == 0 {
+		t.Fatalf("calls before the rollout: %v", got)
+	}
+	gone, kept := netip.AddrPortFrom(c.replicas[1].IPv4, 8080), netip.AddrPortFrom(c.replicas[0].IPv4, 8080)
+	series := func(ep netip.AddrPort) int {
+		_, metrics := client.admin(t, "/metrics")
+		return strings.Count(metrics, `endpoint="`+ep.String()+`"`)
+	}
+	if series(gone) == 0 {
+		t.Fatal("no series of the endpoint about to go")
+	}
+	if err := os.WriteFile(path+".new", []byte(stockDiscovery(c.vip4, c.vip6, c.replicas[:1])), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); series(gone) > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the series of %s, gone from discovery, are still in /metrics", gone)
+		}
+	}
+	if n := callConcurrently(t, cc, 10); n[c.replicas[0].Name] != 10 {
+		t.Fatalf("calls after the rollout: %v", n)
+	}
+	// The endpoint that stayed kept its counter: monotonic across the rollout.
+	_, metrics := client.admin(t, "/metrics")
+	ok := fmt.Sprintf(`detour_responses_total{authority="stockdata.stocks",classification="success",direction="outbound",endpoint="%s",grpc_status="0",peer_identity="",status_code="200",tls="false"}`, kept)
+	if v := metricValue(metrics, ok); v != float64(got[c.replicas[0].Name]+10) {
+		t.Errorf("%s = %v, want %d", ok, v, got[c.replicas[0].Name]+10)
 	}
 }
 

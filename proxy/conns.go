@@ -200,3 +200,55 @@ func (t *connTable) doc(closed bool) []connDoc {
 	slices.SortFunc(out, func(a, b connDoc) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
+
+// liveConns counts the client connections being served, both directions, from accept to the
+// end of their handler, and says when none is left: a drain ends then rather than at its
+// timeout.
+type liveConns struct {
+	mu   sync.Mutex
+	n    int
+	none chan struct{} // closed while n == 0
+}
+
+func newLiveConns() *liveConns {
+	l := &liveConns{none: make(chan struct{})}
+	close(l.none)
+	return l
+}
+
+// tryAdd counts a new connection unless max are already served.
+func (l *liveConns) tryAdd(max int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n >= max {
+		return false
+	}
+	if l.n == 0 {
+		l.none = make(chan struct{})
+	}
+	l.n++
+	return true
+}
+
+func (l *liveConns) done() {
+	l.mu.Lock()
+	l.n--
+	if l.n == 0 {
+		close(l.none)
+	}
+	l.mu.Unlock()
+}
+
+// idle returns a channel closed once no connection is served (already closed if none is now).
+// A connection accepted after it closed gets a new one from the next call.
+func (l *liveConns) idle() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.none
+}
+
+func (l *liveConns) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
+}

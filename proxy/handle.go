@@ -166,12 +166,29 @@ func (p *Proxy) protocol(direction string, svc *service, dst netip.AddrPort, c *
 
 // outcome is how one request ended, in the terms the balancer and metrics need.
 type outcome struct {
-	status, grpcStatus  int // grpcStatus < 0: none
-	err                 error
-	upstream            bool          // the failure is the endpoint's fault
-	took                time.Duration // what the client waited
-	served              time.Duration // what the endpoint took: took less any wait for a connection
+	status, grpcStatus int // grpcStatus < 0: none
+	err                error
+	upstream           bool // the failure is the endpoint's fault
+	// took is the whole request, from its headers to the end of the response: what
+	// detour_response_latency_seconds records (its help says so). Unlike linkerd2-proxy's
+	// response_latency_ms, which stops at the response's first DATA (time to first byte), it
+	// includes the time a response streams.
+	took time.Duration
+	// served is the endpoint's latency the balancer learns (balance.Pick.Done): from the request
+	// going upstream to the response headers, or, if none came, to the end of the request (what
+	// the endpoint kept the caller waiting for them). Never a stream's whole life: one long
+	// server stream must not make a healthy endpoint look slow for minutes.
+	served              time.Duration
 	reqBytes, respBytes int64
+}
+
+// endpointLatency is outcome.served from a result's times: response headers after, the whole
+// request, and the part of it spent waiting for a connection.
+func endpointLatency(headers, duration, queued time.Duration) time.Duration {
+	if headers > 0 {
+		return headers
+	}
+	return duration - queued
 }
 
 // failed classifies a request as Linkerd does: an error, a 5xx, or a gRPC status other than OK.
@@ -213,23 +230,31 @@ func (p *Proxy) pickOutbound(dst netip.AddrPort) (picked, error) {
 	}}, nil
 }
 
-// pickInbound sends every request to the application on loopback, at the original port, once
-// the policy lets the client (peer: its identity, "" for plaintext) reach that port; denied
-// says why not.
-func (p *Proxy) pickInbound(dst netip.AddrPort, peer string) (pk picked, denied string) {
-	app := appAddr(dst)
+// pickInbound sends every request to the application at the address the client dialled (see
+// appAddr), once the policy lets the client (peer: its identity, "" for plaintext) send it
+// (method and path: kubelet probes are let through in plaintext); denied says why not.
+func (p *Proxy) pickInbound(dst netip.AddrPort, peer, method, path string) (pk picked, denied string) {
+	app := p.appAddr(dst)
 	m := p.metrics.Route(metrics.Inbound, dst.String(), app, peer)
 	pk = picked{addr: app, peer: peer, done: func(o outcome) { m.Observe(o.status, o.grpcStatus, o.failed(), o.took) }}
-	if ok, why := p.cfg.Policy.DecideString(dst.Port(), peer); !ok {
+	if ok, why := p.cfg.Policy.DecideRequest(dst.Port(), peer, method, path); !ok {
 		p.denied(dst.Port(), peer, why)
 		return pk, why
 	}
 	return pk, ""
 }
 
-// appAddr is where the application listens for what arrived at dst.
-func appAddr(dst netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
+// appAddr is where the application listens for what arrived at dst: dst itself, the pod address
+// the client dialled, as if the proxy were not there. So a port the application bound to
+// loopback stays private to the pod, as Istio forwards since 1.10. The proxy's own connection to
+// dst is not redirected back into it: init's rules let the proxy's UID through first. A port in
+// Config.InboundLoopbackPorts is the exception, for applications that listen on loopback only
+// and are meant to be reached: it goes to 127.0.0.1 whichever family the client used.
+func (p *Proxy) appAddr(dst netip.AddrPort) netip.AddrPort {
+	if p.loopbackPorts[dst.Port()] {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port())
+	}
+	return dst
 }
 
 // denied counts a refusal by policy and logs it, at most once a second per port and peer.
@@ -248,12 +273,14 @@ func (p *Proxy) denied(port uint16, peer, why string) {
 }
 
 func h2Outcome(r h2.Result) outcome {
-	return outcome{status: r.Status, grpcStatus: r.GRPCStatus, err: r.Err, upstream: r.Upstream, took: r.Duration, served: r.Duration - r.Queued,
+	return outcome{status: r.Status, grpcStatus: r.GRPCStatus, err: r.Err, upstream: r.Upstream,
+		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued),
 		reqBytes: r.ReqBytes, respBytes: r.RespBytes}
 }
 
 func h1Outcome(r http1.Result) outcome {
-	return outcome{status: r.Status, grpcStatus: -1, err: r.Err, upstream: r.Upstream, took: r.Duration, served: r.Duration,
+	return outcome{status: r.Status, grpcStatus: -1, err: r.Err, upstream: r.Upstream,
+		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued),
 		reqBytes: r.ReqBytes, respBytes: r.RespBytes}
 }
 
@@ -277,7 +304,7 @@ func (p *Proxy) routeH2Outbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error
 }
 
 func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error) {
-	pk, denied := p.pickInbound(dst, h.Conn.Peer)
+	pk, denied := p.pickInbound(dst, h.Conn.Peer, h.Method, h.Path)
 	if p.tap.Active() {
 		pk = p.tapped(pk, h2TapEvent(metrics.Inbound, dst, h), nil)
 	}
@@ -305,7 +332,7 @@ func (p *Proxy) routeH1Outbound(dst netip.AddrPort, r *http.Request) (http1.Rout
 }
 
 func (p *Proxy) routeH1Inbound(dst netip.AddrPort, r *http.Request) (http1.Route, error) {
-	pk, denied := p.pickInbound(dst, http1.ConnInfoOf(r).Peer)
+	pk, denied := p.pickInbound(dst, http1.ConnInfoOf(r).Peer, r.Method, r.URL.Path)
 	if p.tap.Active() {
 		pk = p.tapped(pk, h1TapEvent(metrics.Inbound, dst, r), nil)
 	}

@@ -44,11 +44,16 @@ type Config struct {
 	Discovery discovery.Source
 	// OpaquePorts skip detection and are relayed as TCP, inbound and outbound.
 	OpaquePorts []uint16
+	// InboundLoopbackPorts are inbound ports forwarded to the application on 127.0.0.1 instead
+	// of the pod address the client dialled: for applications that listen on loopback only and
+	// are meant to be reached from other pods. Every other port's loopback stays private.
+	InboundLoopbackPorts []uint16
 	// DetectTimeout bounds the wait for a client's first bytes; default 1 s. A client still
 	// silent then is relayed as opaque TCP, and the first such timeout per port is logged.
 	DetectTimeout time.Duration
 	// DrainTimeout is how long the outbound side keeps serving after shutdown begins, while
-	// the inbound side drains; default 30 s.
+	// the inbound side drains, at most; the drain ends sooner when no client connection is
+	// left. Default 30 s.
 	DrainTimeout time.Duration
 	// ResolveTimeout bounds the wait of the first connection to a service whose endpoints
 	// discovery has not given yet (a discovery.Subscriber resolves them on first use); default
@@ -57,6 +62,16 @@ type Config struct {
 	// to its original destination instead: that would leave the mesh (and its mutual TLS).
 	ResolveTimeout time.Duration
 	Logger         *slog.Logger
+
+	// MetricsRetain is how long the metric series of an endpoint gone from discovery are kept
+	// (so a scrape sees their last values) before they are deleted: every rollout's pod
+	// addresses would otherwise stay in /metrics for good. Default 10 minutes, as linkerd2-proxy
+	// keeps idle series.
+	MetricsRetain time.Duration
+	// MaxConnections caps the client connections served at once, both directions together;
+	// past it a new one is closed at accept (reset), counted and logged at most every 10 s.
+	// Zero: DefaultMaxConnections().
+	MaxConnections int
 
 	// Identity is the proxy's workload identity for mutual TLS with other meshed proxies. Nil
 	// means none: the proxy refuses to reach endpoints discovery says are meshed (it never
@@ -87,6 +102,7 @@ type Proxy struct {
 	// subscriber is cfg.Discovery when it resolves services on use (the controller's client).
 	subscriber discovery.Subscriber
 	conns      *connTable
+	live       *liveConns
 	local      *localAddrs
 	h2out      *h2.Server
 	h2in       *h2.Server
@@ -97,9 +113,19 @@ type Proxy struct {
 	// discovery says it is meshed, plain TCP otherwise.
 	dialMesh  func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
 	serverTLS *tls.Config // nil without an identity
-	denyLog   sync.Map    // "port peer" -> time of the last denial logged
+	// loopbackPorts is cfg.InboundLoopbackPorts as a set: looked up per inbound connection.
+	loopbackPorts map[uint16]bool
+	denyLog       sync.Map // "port peer" -> time of the last denial logged
+
+	// gone holds the endpoints that left discovery and since when, until their metric series
+	// are forgotten. goneMu also orders that forgetting with an endpoint coming back.
+	goneMu sync.Mutex
+	gone   map[netip.AddrPort]time.Time
+	// refusedLog rate-limits the log line of connections refused at accept.
+	refusedLog sometimes
 
 	ready         atomic.Bool
+	discovered    atomic.Bool // a discovery snapshot is in force
 	draining      atomic.Bool
 	stop          chan struct{} // closed when shutdown begins
 	stopOnce      sync.Once
@@ -125,16 +151,30 @@ func New(cfg Config) *Proxy {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MetricsRetain <= 0 {
+		cfg.MetricsRetain = 10 * time.Minute
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections()
+	}
 	p := &Proxy{
 		cfg:     cfg,
 		log:     cfg.Logger,
 		metrics: metrics.New(),
 		routes:  newRoutes(balance.Options{}),
 		conns:   newConnTable(),
+		live:    newLiveConns(),
 		local:   &localAddrs{},
 		dialer:  net.Dialer{Timeout: 5 * time.Second},
 		stop:    make(chan struct{}),
 		started: time.Now(),
+
+		loopbackPorts: map[uint16]bool{},
+		gone:          map[netip.AddrPort]time.Time{},
+		refusedLog:    sometimes{every: 10 * time.Second},
+	}
+	for _, port := range cfg.InboundLoopbackPorts {
+		p.loopbackPorts[port] = true
 	}
 	p.subscriber, _ = cfg.Discovery.(discovery.Subscriber)
 	dialH2, dialH1 := p.plainOnly, p.plainOnly
@@ -145,8 +185,10 @@ func New(cfg Config) *Proxy {
 		dialH1 = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNHTTP1)
 		p.dialMesh = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNTCP)
 	}
-	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Outbound), Dial: dialH2, Logger: cfg.Logger})
-	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger, MaxConnsPerEndpoint: 1})
+	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Outbound), Dial: dialH2, Logger: cfg.Logger,
+		OnPanic: func(h2.Panic) { p.metrics.Panicked(metrics.Outbound, "h2") }})
+	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger, MaxConnsPerEndpoint: 1,
+		OnPanic: func(h2.Panic) { p.metrics.Panicked(metrics.Inbound, "h2") }})
 	p.h1out = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Outbound), Dial: dialH1, Logger: cfg.Logger})
 	p.h1in = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Inbound), Logger: cfg.Logger})
 	return p
@@ -164,8 +206,9 @@ type listener struct {
 }
 
 // Run listens, serves until ctx ends or Shutdown is called, then drains: the inbound side stops
-// accepting and sends GOAWAY at once, the outbound side keeps serving the app until the drain
-// timeout. It returns nil after a clean drain.
+// accepting and sends GOAWAY at once, the outbound side keeps serving the app until no client
+// connection is left (inbound or outbound) or the drain timeout passes, whichever comes first.
+// It returns nil after a clean drain.
 func (p *Proxy) Run(ctx context.Context) error {
 	var outbound, inbound []net.Listener
 	closeAll := func() {
@@ -211,10 +254,18 @@ func (p *Proxy) Run(ctx context.Context) error {
 		})
 	}
 	if p.cfg.Discovery != nil {
+		// A source that holds a snapshot now (the file) is in force before the first accept. One
+		// that does not yet (a controller not reachable) must not hold the pod's traffic back,
+		// since init's rules already capture all of it: until it delivers, every destination is
+		// unknown and relayed to its original address, and /ready says discovery is pending.
 		snaps := p.cfg.Discovery.Watch(serveCtx)
-		first, ok := <-snaps
-		if ok {
-			p.update(first)
+		select {
+		case first, ok := <-snaps:
+			if ok {
+				p.update(first)
+			}
+		default:
+			p.log.Warn("discovery pending: relaying every destination to its original address until the first snapshot")
 		}
 		g.Go(func() error {
 			for s := range snaps {
@@ -223,6 +274,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 			return nil
 		})
+		g.Go(func() error { p.pruneGone(serveCtx); return nil })
 	} else {
 		p.routes.update(discovery.NewSnapshot("cluster.local", "none", nil))
 	}
@@ -231,7 +283,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		g.Go(func() error { return p.accept(serveCtx, l, &conns) })
 	}
 	p.ready.Store(true)
-	p.log.Info("proxy ready", "outbound", p.cfg.OutboundPort, "inbound", p.cfg.InboundPort, "admin", p.cfg.AdminPort)
+	p.log.Info("proxy ready", "outbound", p.cfg.OutboundPort, "inbound", p.cfg.InboundPort, "admin", p.cfg.AdminPort,
+		"max_connections", p.cfg.MaxConnections)
 
 	select {
 	case <-ctx.Done():
@@ -250,7 +303,16 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err := drain.Wait(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		p.log.Warn("draining inbound", "err", err)
 	}
-	<-drainCtx.Done()
+	// Waiting out the timeout with nothing open would only race the SIGKILL at the end of the
+	// pod's grace period. An app still running may open a connection after this: as with
+	// Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS it is refused, which a native sidecar (stopped
+	// after the app) never sees.
+	select {
+	case <-p.live.idle():
+		p.log.Info("drain done: no connection left")
+	case <-drainCtx.Done():
+		p.log.Info("drain timeout: closing the connections left", "connections", p.live.count())
+	}
 
 	for _, l := range outbound {
 		l.Close()
@@ -271,13 +333,32 @@ func (p *Proxy) Run(ctx context.Context) error {
 // update installs a discovery snapshot and opens connections ahead of time to the endpoints of
 // services declared HTTP/2 that are new or changed, so no endpoint of a burst waits for a dial
 // its peers did not. With a discovery.Subscriber those are the services in use: the proxy never
-// dials the endpoints of a service it does not route to.
+// dials the endpoints of a service it does not route to. Endpoints that left discovery (or a
+// service the proxy stopped using) lose their pooled connections now and their metric series
+// after MetricsRetain (pruneGone).
 func (p *Proxy) update(s *discovery.Snapshot) {
+	p.goneMu.Lock()
+	old := p.routes.snapshot()
 	// Pooled connections were checked against what their endpoint had to prove then.
 	changed, reidentified, fresh := p.routes.update(s)
+	retire := map[netip.AddrPort]bool{}
 	now := time.Now()
 	p.updated.Store(&now)
 	for _, addr := range changed {
+		retire[addr] = true
+	}
+	current := endpointsOf(s)
+	for addr := range endpointsOf(old) {
+		if !current[addr] {
+			p.gone[addr] = now
+			retire[addr] = true
+		}
+	}
+	for addr := range current {
+		delete(p.gone, addr) // back before its series were forgotten: they go on
+	}
+	p.goneMu.Unlock()
+	for addr := range retire {
 		p.h2out.Retire(addr)
 		p.h1out.Retire(addr)
 	}
@@ -288,6 +369,47 @@ func (p *Proxy) update(s *discovery.Snapshot) {
 		if svc.Protocol == discovery.ProtocolHTTP2 {
 			p.warm(svc)
 		}
+	}
+	p.discovered.Store(true)
+}
+
+// endpointsOf is the set of every service's endpoint addresses in s (nil: none).
+func endpointsOf(s *discovery.Snapshot) map[netip.AddrPort]bool {
+	set := map[netip.AddrPort]bool{}
+	if s == nil {
+		return set
+	}
+	for _, svc := range s.Services() {
+		for _, e := range svc.Endpoints {
+			set[e.Addr] = true
+		}
+	}
+	return set
+}
+
+// pruneGone forgets the outbound metric series of endpoints gone from discovery for longer
+// than MetricsRetain, until ctx ends. Counters stay monotonic while an endpoint is in
+// discovery, and for the retention after it left, so a scrape sees their last values;
+// Prometheus then marks the series stale, as it does for linkerd2-proxy's idle ones.
+func (p *Proxy) pruneGone(ctx context.Context) {
+	tick := min(max(p.cfg.MetricsRetain/4, 100*time.Millisecond), time.Minute)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.goneMu.Lock()
+		now := time.Now()
+		for addr, since := range p.gone {
+			if now.Sub(since) >= p.cfg.MetricsRetain {
+				p.metrics.Forget(metrics.Outbound, addr)
+				delete(p.gone, addr)
+			}
+		}
+		p.goneMu.Unlock()
 	}
 }
 
@@ -311,6 +433,12 @@ func (p *Proxy) readiness() error {
 		return errors.New("draining")
 	case !p.ready.Load():
 		return errors.New("starting")
+	case p.cfg.Discovery != nil && !p.discovered.Load():
+		// A source that can say why (the controller's client) does.
+		if src, ok := p.cfg.Discovery.(interface{ Err() error }); ok && src.Err() != nil {
+			return fmt.Errorf("waiting for discovery: %w", src.Err())
+		}
+		return errors.New("waiting for discovery")
 	}
 	if p.cfg.Identity != nil {
 		if _, err := p.cfg.Identity.Certificate(); err != nil {
@@ -355,6 +483,8 @@ func listenBoth(port uint16) ([]net.Listener, error) {
 }
 
 func (p *Proxy) accept(ctx context.Context, l listener, conns *sync.WaitGroup) error {
+	var failed sometimes
+	failed.every = 10 * time.Second
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -365,14 +495,57 @@ func (p *Proxy) accept(ctx context.Context, l listener, conns *sync.WaitGroup) e
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			p.log.Warn("accept", "direction", l.direction, "err", err)
+			if n, ok := failed.due(); ok {
+				p.log.Warn("accept failed", "direction", l.direction, "err", err, "times", n)
+			}
 			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: do not spin
+			continue
+		}
+		if !p.live.tryAdd(p.cfg.MaxConnections) {
+			p.refuseAtLimit(c.(*net.TCPConn), l.direction)
 			continue
 		}
 		conns.Add(1)
 		go func() {
 			defer conns.Done()
+			defer p.live.done()
 			p.handle(ctx, c.(*net.TCPConn), l.direction)
 		}()
 	}
+}
+
+// refuseAtLimit closes a connection accepted past MaxConnections with a reset, so its client
+// fails at once instead of waiting on a connection nobody serves, counts it, and logs at most
+// one line every 10 s. Accepting it (rather than leaving it in the backlog) is what keeps the
+// listener from spinning on a connection it will not take.
+func (p *Proxy) refuseAtLimit(c *net.TCPConn, direction string) {
+	c.SetLinger(0)
+	c.Close()
+	p.metrics.Refused(direction, "limit")
+	if n, ok := p.refusedLog.due(); ok {
+		p.log.Warn("connections refused: the proxy serves its limit of connections (--max-connections)",
+			"max_connections", p.cfg.MaxConnections, "direction", direction, "refused", n)
+	}
+}
+
+// sometimes lets an event through at most once per period and counts what it held back.
+type sometimes struct {
+	every time.Duration
+	mu    sync.Mutex
+	last  time.Time
+	held  int
+}
+
+// due reports whether the event may be logged now, and how many occurred since the last one
+// that was (this one included).
+func (s *sometimes) due() (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.held++
+	if now := time.Now(); s.last.IsZero() || now.Sub(s.last) >= s.every {
+		n := s.held
+		s.last, s.held = now, 0
+		return n, true
+	}
+	return 0, false
 }

@@ -150,6 +150,14 @@ func authority(s *discovery.Service) string {
 
 func (r *routes) lookup(dst netip.AddrPort) *service { return r.current.Load().lookup(dst) }
 
+// snapshot is the discovery snapshot in force, nil before the first.
+func (r *routes) snapshot() *discovery.Snapshot {
+	if t := r.current.Load(); t != nil {
+		return t.snap
+	}
+	return nil
+}
+
 // identity says whether the endpoint at addr is meshed and, if so, who it must prove to be.
 func (r *routes) identity(addr netip.AddrPort) (spiffeid.ID, bool) {
 	t := r.current.Load()

@@ -96,6 +96,20 @@ func TestRefuse(t *testing.T) {
 	}
 }
 
+func TestInboundGoesToTheAddressDialled(t *testing.T) {
+	p := New(Config{InboundLoopbackPorts: []uint16{6379}})
+	for _, tt := range []struct{ dst, want string }{
+		{"198.18.0.9:8080", "198.18.0.9:8080"},
+		{"[fd00:de70::9]:8080", "[fd00:de70::9]:8080"},
+		{"198.18.0.9:6379", "127.0.0.1:6379"},
+		{"[fd00:de70::9]:6379", "127.0.0.1:6379"},
+	} {
+		if got := p.appAddr(netip.MustParseAddrPort(tt.dst)); got.String() != tt.want {
+			t.Errorf("inbound to %s goes to %s, want %s", tt.dst, got, tt.want)
+		}
+	}
+}
+
 func TestUpdateReportsEndpointsWhosePeerChanged(t *testing.T) {
 	const meshed = `trustDomain: cluster.local
 services:

@@ -86,7 +86,7 @@ func (p *Proxy) serveMesh(ctx context.Context, c net.Conn, client, dst netip.Add
 
 // relayTCP relays a connection byte for byte: to its original destination, to an endpoint of
 // its service picked per connection (over mesh TLS when it is meshed), or, inbound, to the
-// application on loopback once the policy lets peer ("" for plaintext) reach the port.
+// application (appAddr) once the policy lets peer ("" for plaintext) reach the port.
 func (p *Proxy) relayTCP(ctx context.Context, direction string, svc *service, dst netip.AddrPort, c net.Conn, peer string) {
 	target := dst
 	dial := p.dialMesh
@@ -95,7 +95,7 @@ func (p *Proxy) relayTCP(ctx context.Context, direction string, svc *service, ds
 			p.denied(dst.Port(), peer, why)
 			return
 		}
-		target = appAddr(dst)
+		target = p.appAddr(dst)
 		dial = func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
 			return p.dialer.DialContext(ctx, "tcp", a.String())
 		}

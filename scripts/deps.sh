@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Detour's make targets need, only those missing, and says which.
-# Usage: scripts/deps.sh COMMAND=PACKAGE ...
+# Usage: scripts/deps.sh COMMAND=PACKAGE ...  (COMMAND may be a path, for packages of no command)
 set -euo pipefail
 missing=()
 for pair in "$@"; do
   cmd=${pair%%=*} pkg=${pair#*=}
-  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+  case $cmd in
+  /*) [ -e "$cmd" ] || missing+=("$pkg") ;;
+  *) command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg") ;;
+  esac
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -20,6 +20,13 @@ func LoadTrustAnchors(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading trust anchors: %w", err)
 	}
+	return ParseTrustAnchors(data, path)
+}
+
+// ParseTrustAnchors reads the trust anchors in PEM data (one or more CERTIFICATE blocks); source
+// names where data came from in errors (a file, an environment variable).
+func ParseTrustAnchors(data []byte, source string) ([]*x509.Certificate, error) {
+	path := source
 	var certs []*x509.Certificate
 	for {
 		var b *pem.Block

@@ -1,307 +1,58 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
-	"strings"
-	"text/tabwriter"
-	"time"
+	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
-
-	"github.com/detourmesh/detour/api/discoverypb"
-	"github.com/detourmesh/detour/api/identitypb"
-	"github.com/detourmesh/detour/controller/ca"
-	"github.com/detourmesh/detour/controller/destination"
-	"github.com/detourmesh/detour/controller/identity"
-	"github.com/detourmesh/detour/discovery"
-	"github.com/detourmesh/detour/spiffe"
 )
 
-type controllerFlags struct {
-	source, listen, caDir, tokens string
-	certTTL                       time.Duration
-	proofLimit                    int
-	output, logLevel              string
-}
+// controllerBinary is the name of the controller's binary, which holds everything that needs
+// client-go (the controller, its CA tools and the cluster checks).
+const controllerBinary = "detour-controller"
 
+// newControllerCommand runs detour-controller with the same arguments: the controller and its
+// tools live in a binary of their own so that client-go stays out of the sidecar's.
 func newControllerCommand() *cobra.Command {
-	var f controllerFlags
-	cmd := &cobra.Command{
-		Use:   "controller",
-		Short: "Run the controller: discovery and workload certificates for the proxies, over gRPC with TLS",
-		Long: `controller serves Discovery.Stream (the services of --source: every proxy learns the table of
-service addresses, and the endpoints of the services it uses, as deltas) and Identity.Certify
-(workload certificates from the CA in --ca-dir, for proxies that prove their identity with a token
-from --tokens) on one gRPC port. The port serves TLS with a certificate the controller issues itself for
-spiffe://<trust-domain>/ns/detour/sa/controller; proxies verify it against the CA's ca.crt.
-Stream serves only callers that prove an identity: a workload certificate of the CA on the TLS
-connection, or a token from --tokens as gRPC metadata "authorization: Bearer <token>" (what
-detour proxy sends from its --identity-token file).
-Make the CA first with "detour controller ca init"; a new issuer made later with "detour controller ca
-rotate-issuer" is picked up from --ca-dir without a restart. The token file has one "TOKEN SPIFFE-ID" per line.
--o selects the log format. Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_CA_DIR.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd); err != nil {
-				return err
-			}
-			return runController(cmd.Context(), f)
+	return &cobra.Command{
+		Use:                "controller",
+		Short:              "Run the controller (detour-controller, found beside detour or on PATH) with these arguments",
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return execController(args)
 		},
 	}
-	fl := cmd.Flags()
-	fl.StringVar(&f.source, "source", "", "where services come from: file:PATH (a discovery file, followed as it changes)")
-	fl.StringVar(&f.listen, "listen", ":7086", "gRPC address for discovery and identity")
-	fl.StringVar(&f.caDir, "ca-dir", "", "directory of the CA made by \"detour controller ca init\"")
-	fl.StringVar(&f.tokens, "tokens", "", "bootstrap token file: one \"TOKEN SPIFFE-ID\" per line")
-	fl.DurationVar(&f.certTTL, "cert-ttl", identity.DefaultTTL, "lifetime of the workload certificates issued")
-	fl.IntVar(&f.proofLimit, "failed-proof-limit", 10, "failed proofs of identity (no, bad or malformed credentials) one address may make in a minute before it is refused until the minute ends; pods behind one address (source NAT, host network) share the count")
-	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
-	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	cmd.AddCommand(newControllerCACommand())
-	return cmd
 }
 
-func runController(ctx context.Context, f controllerFlags) error {
-	log, err := serviceLogger(f.output, f.logLevel)
+// execController replaces this process with detour-controller args..., so signals and the exit
+// status are the controller's own.
+func execController(args []string) error {
+	path, err := findController()
 	if err != nil {
 		return err
 	}
-	if f.caDir == "" || f.tokens == "" {
-		return errors.New("--ca-dir and --tokens are required (make a CA with: detour controller ca init --dir DIR)")
-	}
-	if f.proofLimit < 1 {
-		return fmt.Errorf("--failed-proof-limit %d: want at least 1", f.proofLimit)
-	}
-	if f.certTTL < time.Second {
-		return fmt.Errorf("--cert-ttl %s: want at least 1s", f.certTTL)
-	}
-	authority, err := ca.Load(f.caDir)
-	if err != nil {
-		return fmt.Errorf("--ca-dir: %w (make one with: detour controller ca init --dir %s)", err, f.caDir)
-	}
-	td := authority.TrustDomain()
-	tokens, err := identity.LoadTokens(f.tokens, td)
-	if err != nil {
-		return fmt.Errorf("--tokens: %w", err)
-	}
-	var src discovery.Source
-	switch kind, arg, _ := strings.Cut(f.source, ":"); {
-	case kind == "file" && arg != "":
-		file, err := discovery.NewFile(arg, discovery.FileOptions{Logger: log})
-		if err != nil {
-			return fmt.Errorf("--source: %w", err)
+	return syscall.Exec(path, append([]string{path}, args...), os.Environ())
+}
+
+// findController looks for detour-controller beside this executable first (bin/ of make build,
+// one image), then on PATH.
+func findController() (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), controllerBinary)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p, nil
 		}
-		src = file
-	default:
-		return fmt.Errorf("--source %q: want file:PATH", f.source)
 	}
-	tlsConfig, err := authority.ServerTLS(spiffe.ControllerID(td), f.certTTL)
-	if err != nil {
-		return fmt.Errorf("issuing the controller's own certificate: %w", err)
+	p, err := exec.LookPath(controllerBinary)
+	if err == nil {
+		return p, nil
 	}
-	lis, err := net.Listen("tcp", f.listen)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
+	if errors.Is(err, exec.ErrNotFound) {
+		return "", fmt.Errorf("%s not found beside detour or on PATH: it holds the controller and the cluster checks; build it with make build (bin/%s)", controllerBinary, controllerBinary)
 	}
-	srv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsConfig)),
-		// Proxies ping every 30 s to notice a lost controller; allow that, refuse floods.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
-	)
-	// One throttle for both services: an address that keeps failing to prove an identity is
-	// refused for a while, whichever service it calls.
-	verifier := identity.NewThrottle(tokens, f.proofLimit, time.Minute, log)
-	disc := destination.NewServer(destination.Config{
-		Source: src, Auth: identity.NewAuthenticator(authority, verifier), Logger: log,
-	})
-	discoverypb.RegisterDiscoveryServer(srv, disc)
-	identitypb.RegisterIdentityServer(srv, identity.NewServer(identity.Config{
-		CA: authority, Verifier: verifier, TTL: f.certTTL, Logger: log,
-	}))
-
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return disc.Run(gctx) })
-	g.Go(func() error { authority.FollowIssuer(gctx, f.caDir, 2*time.Second, log); return nil })
-	g.Go(func() error {
-		if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("serving gRPC: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		// disc.Run has returned or is returning, which ends the streams; unary calls finish.
-		stopped := make(chan struct{})
-		go func() { srv.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-time.After(5 * time.Second):
-			srv.Stop()
-		}
-		return nil
-	})
-	log.Info("controller serving", "listen", lis.Addr().String(), "trust_domain", td.Name(),
-		"trust_anchor_sha256", spiffe.Fingerprint(authority.TrustAnchor().Raw), "tokens", tokens.Len(),
-		"cert_ttl", f.certTTL.String())
-	return g.Wait()
-}
-
-type caInitFlags struct {
-	dir, trustDomain, output string
-}
-
-func newControllerCACommand() *cobra.Command {
-	caCmd := &cobra.Command{
-		Use:   "ca",
-		Short: "Manage the controller's certificate authority",
-		Args:  cobra.NoArgs,
-	}
-	var f caInitFlags
-	initCmd := &cobra.Command{
-		Use:   "init",
-		Short: "Create the trust domain's CA: a trust anchor and an issuer, ECDSA P-256",
-		Long: `init writes ca.crt and ca.key (the self-signed trust anchor) and issuer.crt and
-issuer.key (the intermediate that signs workload certificates) into --dir. Keys are 0600. It never
-overwrites an existing CA. Give proxies ca.crt as their trust anchor; keep the keys secret.
-Every flag can also be set as DETOUR_<FLAG_NAME>.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd); err != nil {
-				return err
-			}
-			return runCAInit(cmd.OutOrStdout(), f)
-		},
-	}
-	fl := initCmd.Flags()
-	fl.StringVar(&f.dir, "dir", "", "directory for the CA files (created 0700 if missing)")
-	fl.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "the trust domain, e.g. cluster.local")
-	fl.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
-	var rf caRotateFlags
-	rotateCmd := &cobra.Command{
-		Use:   "rotate-issuer",
-		Short: "Replace the issuer with a new key and certificate under the same trust anchor",
-		Long: `rotate-issuer makes a new issuer (issuer.crt, issuer.key) in --dir, signed by the trust anchor,
-whose key ca.key must be in --dir for it. Proxies need nothing: they trust the anchor, which does
-not change. A controller serving --dir reloads the issuer within seconds and signs every later
-certificate with it; certificates of the old issuer stay valid until they expire, and proxies
-renew theirs at 70 % of their life. Every flag can also be set as DETOUR_<FLAG_NAME>.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd); err != nil {
-				return err
-			}
-			return runCARotateIssuer(cmd.OutOrStdout(), rf)
-		},
-	}
-	rotateCmd.Flags().StringVar(&rf.dir, "dir", "", "the CA directory (controller --ca-dir), holding ca.key")
-	rotateCmd.Flags().StringVarP(&rf.output, "output", "o", "text", "output format: text or json")
-	caCmd.AddCommand(initCmd, rotateCmd)
-	return caCmd
-}
-
-// caReport is the -o json document of ca init.
-type caReport struct {
-	TrustDomain string     `json:"trust_domain"`
-	Dir         string     `json:"dir"`
-	TrustAnchor caCertInfo `json:"trust_anchor"`
-	Issuer      caCertInfo `json:"issuer"`
-}
-
-type caCertInfo struct {
-	Path        string    `json:"path"`
-	SHA256      string    `json:"sha256"`
-	NotAfter    time.Time `json:"not_after"`
-	KeyPath     string    `json:"key_path"`
-	Description string    `json:"description"`
-}
-
-func runCAInit(w io.Writer, f caInitFlags) error {
-	if err := outputFormat(f.output); err != nil {
-		return err
-	}
-	if f.dir == "" {
-		return errors.New("--dir is required: where to write the CA")
-	}
-	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
-	if err != nil {
-		return fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)
-	}
-	authority, err := ca.Init(f.dir, td)
-	if err != nil {
-		return err
-	}
-	dir, _ := filepath.Abs(f.dir)
-	return writeCAReport(w, f.output, dir, authority,
-		fmt.Sprintf("CA for trust domain %s created in %s", td.Name(), dir),
-		fmt.Sprintf("Give proxies %s as their trust anchor. Keep %s and %s secret.",
-			filepath.Join(dir, ca.AnchorCertFile), ca.AnchorKeyFile, ca.IssuerKeyFile))
-}
-
-type caRotateFlags struct{ dir, output string }
-
-func runCARotateIssuer(w io.Writer, f caRotateFlags) error {
-	if err := outputFormat(f.output); err != nil {
-		return err
-	}
-	if f.dir == "" {
-		return errors.New("--dir is required: the CA directory (controller --ca-dir)")
-	}
-	authority, err := ca.RotateIssuer(f.dir)
-	if err != nil {
-		return err
-	}
-	dir, _ := filepath.Abs(f.dir)
-	return writeCAReport(w, f.output, dir, authority,
-		fmt.Sprintf("New issuer for trust domain %s in %s", authority.TrustDomain().Name(), dir),
-		fmt.Sprintf("Proxies keep trusting %s; a controller on this directory signs with the new issuer within seconds,\n"+
-			"and certificates of the old issuer stay valid until they expire. Take %s offline again.",
-			filepath.Join(dir, ca.AnchorCertFile), ca.AnchorKeyFile))
-}
-
-// writeCAReport prints the CA in dir (absolute): a table between title and footer, or the
-// caReport document for -o json.
-func writeCAReport(w io.Writer, output, dir string, authority *ca.CA, title, footer string) error {
-	r := caReport{
-		TrustDomain: authority.TrustDomain().Name(),
-		Dir:         dir,
-		TrustAnchor: caCertInfo{
-			Path: filepath.Join(dir, ca.AnchorCertFile), KeyPath: filepath.Join(dir, ca.AnchorKeyFile),
-			SHA256: spiffe.Fingerprint(authority.TrustAnchor().Raw), NotAfter: authority.TrustAnchor().NotAfter.UTC(),
-			Description: "give to every proxy (--trust-anchor)",
-		},
-		Issuer: caCertInfo{
-			Path: filepath.Join(dir, ca.IssuerCertFile), KeyPath: filepath.Join(dir, ca.IssuerKeyFile),
-			SHA256: spiffe.Fingerprint(authority.Issuer().Raw), NotAfter: authority.Issuer().NotAfter.UTC(),
-			Description: "signs workload certificates (controller --ca-dir)",
-		},
-	}
-	if output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
-	}
-	fmt.Fprintf(w, "%s\n\n", title)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ROLE\tCERTIFICATE\tEXPIRES\tSHA-256")
-	for _, c := range []struct {
-		role string
-		info caCertInfo
-	}{{"trust anchor", r.TrustAnchor}, {"issuer", r.Issuer}} {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s…\n", c.role, filepath.Base(c.info.Path), c.info.NotAfter.Format("2006-01-02"), c.info.SHA256[:16])
-	}
-	tw.Flush()
-	fmt.Fprintf(w, "\n%s\n", footer)
-	return nil
+	return "", fmt.Errorf("looking for %s: %w", controllerBinary, err)
 }

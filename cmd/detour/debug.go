@@ -9,6 +9,7 @@ import (
 
 	"github.com/detourmesh/detour/debug/commands"
 	"github.com/detourmesh/detour/debug/pods"
+	"github.com/detourmesh/detour/internal/cmdline"
 )
 
 func newDebugCommand() *cobra.Command {
@@ -24,7 +25,7 @@ Every command prints a table, or JSON with -o json.`,
 	}
 	cmd.PersistentFlags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	env := func(c *cobra.Command) (commands.Env, error) {
-		if err := outputFormat(output); err != nil {
+		if err := cmdline.OutputFormat(output); err != nil {
 			return commands.Env{}, err
 		}
 		if os.Geteuid() != 0 {
@@ -35,7 +36,7 @@ Every command prints a table, or JSON with -o json.`,
 	// failed turns a report that found failures into exit status 1; it was printed already.
 	failed := func(err error) error {
 		if errors.Is(err, commands.ErrFailed) {
-			return exitError{1}
+			return cmdline.ExitError{Code: 1}
 		}
 		return err
 	}

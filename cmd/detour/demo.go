@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/detourmesh/detour/demo"
+	"github.com/detourmesh/detour/internal/cmdline"
 )
 
 func newDemoCommand() *cobra.Command {
@@ -22,7 +23,7 @@ Detour's init and proxy in every pod (every replica serves its share). It then k
 with forwarders from the host's loopback; Ctrl-C removes everything it made.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := outputFormat(output); err != nil {
+			if err := cmdline.OutputFormat(output); err != nil {
 				return err
 			}
 			o.Out, o.JSON = cmd.OutOrStdout(), output == "json"

@@ -13,6 +13,7 @@ import (
 	"github.com/detourmesh/detour/init/apply"
 	"github.com/detourmesh/detour/init/plan"
 	"github.com/detourmesh/detour/init/verify"
+	"github.com/detourmesh/detour/internal/cmdline"
 )
 
 type initFlags struct {
@@ -37,7 +38,7 @@ transaction per family, then proves them with real connections. --remove takes t
 Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_PROXY_UID=2102.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd); err != nil {
+			if err := cmdline.BindEnv(cmd); err != nil {
 				return err
 			}
 			return runInit(cmd.OutOrStdout(), f)
@@ -89,7 +90,7 @@ type initReport struct {
 }
 
 func runInit(w io.Writer, f initFlags) error {
-	if err := outputFormat(f.output); err != nil {
+	if err := cmdline.OutputFormat(f.output); err != nil {
 		return err
 	}
 	modes := 0
@@ -160,7 +161,7 @@ func runInit(w io.Writer, f initFlags) error {
 			return werr
 		}
 		if err != nil {
-			return exitError{1}
+			return cmdline.ExitError{Code: 1}
 		}
 		return nil
 	}

@@ -1,5 +1,8 @@
-// Command detour is the one binary of the Detour service mesh: init, proxy, demo and the tools
-// around them are its subcommands. This package holds flags and wiring only.
+// Command detour is the binary of the Detour sidecar and the tools around it: init, proxy,
+// inject, install and demo are its subcommands. It never links client-go or the Kubernetes API
+// types (a proxy's RSS follows its binary's size): what needs the cluster's API lives in
+// detour-controller, which `detour controller` and `detour check` run. This package holds flags
+// and wiring only.
 package main
 
 import (
@@ -10,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/detourmesh/detour/internal/cmdline"
 )
 
 func main() {
@@ -17,37 +22,15 @@ func main() {
 	err := newRootCommand().ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		var ee exitError
+		var ee cmdline.ExitError
 		if errors.As(err, &ee) {
-			os.Exit(ee.code)
+			os.Exit(ee.Code)
 		}
 		fmt.Fprintln(os.Stderr, "detour:", err)
 		os.Exit(1)
 	}
 }
 
-// exitError carries an exit code for a failure that has already been reported to the user.
-type exitError struct{ code int }
-
-func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
-
 func newLogger(level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-}
-
-// serviceLogger is the log of a long-running command (proxy, controller): -o text or json,
-// at --log-level.
-func serviceLogger(output, levelText string) (*slog.Logger, error) {
-	if err := outputFormat(output); err != nil {
-		return nil, err
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(levelText)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", levelText)
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if output == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 }

@@ -10,6 +10,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -315,5 +316,43 @@ func TestServerTLSRenewsItsCertificate(t *testing.T) {
 	}
 	if renewed == first || renewed.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 {
 		t.Errorf("certificate not renewed after 70 %% of its life")
+	}
+}
+
+// TestServingTLS: the webhook's certificate verifies by host name against the trust anchor
+// alone (what the API server does with caBundle), and carries no SPIFFE ID.
+func TestServingTLS(t *testing.T) {
+	c, err := Init(t.TempDir(), spiffeid.RequireTrustDomainFromString("cluster.local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := c.ServingTLS([]string{"detour-controller.detour.svc"}, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := cfg.GetCertificate(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(c.TrustAnchor())
+	inter := x509.NewCertPool()
+	for _, der := range cert.Certificate[1:] {
+		ic, _ := x509.ParseCertificate(der)
+		inter.AddCert(ic)
+	}
+	for _, name := range []string{"detour-controller.detour.svc", "127.0.0.1"} {
+		if _, err := cert.Leaf.Verify(x509.VerifyOptions{DNSName: name, Roots: roots, Intermediates: inter}); err != nil {
+			t.Errorf("verifying for %s: %v", name, err)
+		}
+	}
+	if _, err := cert.Leaf.Verify(x509.VerifyOptions{DNSName: "other.detour.svc", Roots: roots, Intermediates: inter}); err == nil {
+		t.Error("the certificate verified for a name it does not carry")
+	}
+	if len(cert.Leaf.URIs) != 0 {
+		t.Errorf("serving certificate carries URIs %v", cert.Leaf.URIs)
+	}
+	if _, err := c.ServingTLS(nil, nil, time.Hour); err == nil {
+		t.Error("a serving certificate without names was made")
 	}
 }

@@ -46,6 +46,8 @@ type selfIssued struct {
 	ca  *CA
 	id  spiffeid.ID
 	ttl time.Duration
+	// issue makes a new certificate; nil: a SPIFFE certificate for id.
+	issue func() (*tls.Certificate, error)
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
@@ -59,7 +61,11 @@ func (s *selfIssued) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if s.cert != nil && now.Before(s.renewAt) {
 		return s.cert, nil
 	}
-	cert, err := s.ca.issueTLS(s.id, s.ttl)
+	issue := s.issue
+	if issue == nil {
+		issue = func() (*tls.Certificate, error) { return s.ca.issueTLS(s.id, s.ttl) }
+	}
+	cert, err := issue()
 	if err != nil {
 		if s.cert != nil && now.Before(s.cert.Leaf.NotAfter) {
 			return s.cert, nil // keep the valid one; the next handshake tries again

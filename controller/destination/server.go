@@ -22,11 +22,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/detourmesh/detour/api/discoverypb"
+	"github.com/detourmesh/detour/controller/identity"
 	"github.com/detourmesh/detour/discovery"
 )
 
@@ -48,8 +50,9 @@ const maxSentKept = 32
 type Authenticator interface {
 	// Authenticate returns the identity the caller proved, or a gRPC status error that Stream
 	// returns as it is: codes.Unauthenticated, saying what to present, for a caller that proved
-	// none.
-	Authenticate(ctx context.Context) (spiffeid.ID, error)
+	// none. claimed is the identity the request names ("" for none): failed proofs are
+	// throttled per claim, so a bad client does not lock out honest ones behind its address.
+	Authenticate(ctx context.Context, claimed string) (spiffeid.ID, error)
 }
 
 // Config configures a Server. Source and Auth are required.
@@ -181,7 +184,12 @@ func (s *Server) Stream(ss discoverypb.Discovery_StreamServer) error {
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		addr = p.Addr.String()
 	}
-	id, err := s.authenticate(ctx)
+	// The claim comes as metadata: the request is read only once the caller is known.
+	claimed := ""
+	if v := metadata.ValueFromIncomingContext(ctx, identity.ClaimKey); len(v) == 1 {
+		claimed = v[0]
+	}
+	id, err := s.authenticate(ctx, claimed)
 	if err != nil {
 		switch status.Code(err) {
 		case codes.Canceled, codes.DeadlineExceeded: // the caller left; nothing was refused
@@ -270,11 +278,11 @@ func (s *Server) Stream(ss discoverypb.Discovery_StreamServer) error {
 	}
 }
 
-func (s *Server) authenticate(ctx context.Context) (spiffeid.ID, error) {
+func (s *Server) authenticate(ctx context.Context, claimed string) (spiffeid.ID, error) {
 	if s.auth == nil {
 		return spiffeid.ID{}, status.Error(codes.Internal, "the controller has no way to authenticate callers")
 	}
-	return s.auth.Authenticate(ctx)
+	return s.auth.Authenticate(ctx, claimed)
 }
 
 func (s *Server) remove(c *stream) {

@@ -22,8 +22,13 @@ import (
 // "Bearer <token>" (RFC 6750 §2.1).
 const AuthorizationKey = "authorization"
 
+// ClaimKey is the gRPC metadata key that carries the identity a caller claims on a call whose
+// request is read only after the caller is authenticated (Discovery.Stream), so that failed
+// proofs are counted per claimed identity there too.
+const ClaimKey = "detour-identity"
+
 // Authenticator tells who calls an RPC on the controller's port, for the services that take no
-// token in their request (Discovery.Watch). A caller proves its identity with a workload
+// token in their request (Discovery.Stream). A caller proves its identity with a workload
 // certificate of the CA on its TLS connection, or with a bootstrap token in its metadata. It is
 // safe for concurrent use.
 type Authenticator struct {
@@ -42,12 +47,15 @@ func NewAuthenticator(authority *ca.CA, v Verifier) *Authenticator {
 	}
 }
 
-// Authenticate returns the identity the caller of ctx's RPC proved. A client certificate, when
-// presented, decides alone: an invalid one is refused even beside a good token, so a broken
-// certificate shows at once instead of being masked until the token is rotated away. Refusals
-// are codes.Unauthenticated errors saying what to present; a Verifier that cannot answer gives
-// codes.Unavailable. No error contains the token.
-func (a *Authenticator) Authenticate(ctx context.Context) (spiffeid.ID, error) {
+// Authenticate returns the identity the caller of ctx's RPC proved. claimed is the identity the
+// caller says it has ("" if it names none): the throttle counts failures per claim (see
+// Throttle), and the caller of Authenticate checks the proven identity against it. A client
+// certificate, when presented, decides alone: an invalid one is refused even beside a good
+// token, so a broken certificate shows at once instead of being masked until the token is
+// rotated away. Refusals are codes.Unauthenticated errors saying what to present; a Verifier
+// that cannot answer gives codes.Unavailable. No error contains the token.
+func (a *Authenticator) Authenticate(ctx context.Context, claimed string) (spiffeid.ID, error) {
+	ctx = withClaim(ctx, claimed)
 	fc, counts := a.verifier.(failureCounter)
 	if counts {
 		if err := fc.Refused(ctx); err != nil {
@@ -55,18 +63,23 @@ func (a *Authenticator) Authenticate(ctx context.Context) (spiffeid.ID, error) {
 		}
 	}
 	id, verified, err := a.authenticate(ctx)
-	if counts && !verified && status.Code(err) == codes.Unauthenticated {
-		fc.Failed(ctx) // a token the Verifier refused is counted by the Verifier itself
+	switch {
+	case !counts || verified: // the Verifier counted the token, good or bad, itself
+	case status.Code(err) == codes.Unauthenticated:
+		fc.Failed(ctx)
+	case err == nil:
+		fc.Proved(ctx, id) // a valid workload certificate
 	}
 	return id, err
 }
 
 // failureCounter is a Verifier that also throttles failed proofs made without it (Throttle), so
 // a caller sending no credential, a malformed one or a bad certificate is refused like one
-// sending bad tokens.
+// sending bad tokens, and a valid certificate earns standing like a good token.
 type failureCounter interface {
 	Refused(ctx context.Context) error
 	Failed(ctx context.Context)
+	Proved(ctx context.Context, id spiffeid.ID)
 }
 
 // authenticate is Authenticate without the throttle; verified says whether the Verifier was asked.

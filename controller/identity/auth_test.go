@@ -2,14 +2,18 @@ package identity
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -71,7 +75,7 @@ func TestAuthenticatorRefusesWhatItCannotTrust(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			id, err := NewAuthenticator(c, tt.verifier).Authenticate(tt.ctx)
+			id, err := NewAuthenticator(c, tt.verifier).Authenticate(tt.ctx, "")
 			st := status.Convert(err)
 			if err == nil || st.Code() != tt.wantCode || !strings.Contains(st.Message(), tt.wantMsg) {
 				t.Fatalf("Authenticate = %s, %v; want %s containing %q", id, err, tt.wantCode, tt.wantMsg)
@@ -81,45 +85,81 @@ func TestAuthenticatorRefusesWhatItCannotTrust(t *testing.T) {
 			}
 		})
 	}
-	id, err := NewAuthenticator(c, testTokens(t)).Authenticate(withAuth(context.Background(), "Bearer "+stockwebToken))
+	id, err := NewAuthenticator(c, testTokens(t)).Authenticate(withAuth(context.Background(), "Bearer "+stockwebToken), "")
 	if err != nil || id != stockweb {
 		t.Fatalf("a good token: %s, %v", id, err)
 	}
 }
 
-// TestAuthenticatorThrottlesEveryKindOfFailedProof: missing credentials count like bad tokens,
-// and a bad token counts once.
+// TestAuthenticatorThrottlesEveryKindOfFailedProof: missing and malformed credentials count
+// like bad tokens, per claimed identity, a bad token counts once, and a valid workload
+// certificate forgives its identity's failures like a good token.
 func TestAuthenticatorThrottlesEveryKindOfFailedProof(t *testing.T) {
 	c := testCA(t)
-	from := func(ip byte, values ...string) context.Context {
+	md := func(values ...string) context.Context {
 		md := metadata.MD{}
 		for _, v := range values {
 			md.Append(AuthorizationKey, v)
 		}
-		return peer.NewContext(metadata.NewIncomingContext(context.Background(), md),
-			&peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(198, 18, 0, ip), Port: 40000}})
+		return metadata.NewIncomingContext(context.Background(), md)
+	}
+	from := func(ip byte, ctx context.Context) context.Context {
+		return peer.NewContext(ctx, &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(198, 18, 0, ip), Port: 40000}})
+	}
+	leaf, chain, err := c.Sign(csr(t), stockweb, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := []*x509.Certificate{leaf}
+	for _, der := range chain {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs = append(certs, cert)
+	}
+	withCert := func(ip byte) context.Context {
+		return peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(198, 18, 0, ip), Port: 40000},
+			AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{PeerCertificates: certs}}})
 	}
 	auth := NewAuthenticator(c, NewThrottle(testTokens(t), 3, time.Minute, quietLogger()))
 	code := func(ctx context.Context) codes.Code {
-		_, err := auth.Authenticate(ctx)
+		_, err := auth.Authenticate(ctx, stockweb.String())
 		return status.Code(err)
 	}
-	if got := code(from(9)); got != codes.Unauthenticated {
-		t.Fatalf("no credential: %v", got)
+	for i, ctx := range []context.Context{from(9, md()), from(9, md("Bearer not-a-token-of-this-controller"))} {
+		if got := code(ctx); got != codes.Unauthenticated {
+			t.Fatalf("failure %d: %v", i+1, got)
+		}
 	}
-	if got := code(from(9, "Bearer not-a-token-of-this-controller")); got != codes.Unauthenticated {
-		t.Fatalf("a bad token: %v", got)
+	if got := code(withCert(9)); got != codes.OK {
+		t.Fatalf("a valid certificate after two failures (limit 3): %v", got)
 	}
-	if got := code(from(9, "Bearer "+stockwebToken)); got != codes.OK {
-		t.Fatalf("a good token after two failures (limit 3; a bad token counts once): %v", got)
+	// Forgiven: three more failures are needed to reach the limit again.
+	for i, ctx := range []context.Context{from(9, md("Basic xyz")), from(9, md()), from(9, md("Bearer not-a-token-of-this-controller"))} {
+		if got := code(ctx); got != codes.Unauthenticated {
+			t.Fatalf("failure %d after the certificate: %v, want counted, not refused", i+1, got)
+		}
 	}
-	if got := code(from(9, "Basic xyz")); got != codes.Unauthenticated {
-		t.Fatalf("a malformed credential: %v", got)
-	}
-	if got := code(from(9, "Bearer "+stockwebToken)); got != codes.ResourceExhausted {
+	if got := code(from(9, md("Bearer "+stockwebToken))); got != codes.ResourceExhausted {
 		t.Fatalf("a good token after three failures: %v, want ResourceExhausted", got)
 	}
-	if got := code(from(10, "Bearer "+stockwebToken)); got != codes.OK {
+	if got := code(from(10, md("Bearer "+stockwebToken))); got != codes.OK {
 		t.Fatalf("another address: %v", got)
 	}
+}
+
+// csr is a certificate signing request of a fresh P-256 key.
+func csr(t *testing.T) *x509.CertificateRequest {
+	t.Helper()
+	r, err := x509.ParseCertificateRequest(csrDER(t, p256(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// peerContext is a context whose gRPC peer is the TCP address addr.
+func peerContext(addr string) context.Context {
+	return peer.NewContext(context.Background(), &peer.Peer{Addr: net.TCPAddrFromAddrPort(netip.MustParseAddrPort(addr))})
 }

@@ -71,7 +71,7 @@ func (s *Server) Certify(ctx context.Context, req *identitypb.CertifyRequest) (*
 	if len(req.GetToken()) > maxTokenLength {
 		return nil, status.Errorf(codes.InvalidArgument, "the token is longer than %d bytes", maxTokenLength)
 	}
-	proven, err := s.cfg.Verifier.Verify(ctx, req.GetToken())
+	proven, err := s.cfg.Verifier.Verify(withClaim(ctx, id.String()), req.GetToken())
 	if err != nil {
 		if errors.Is(err, ErrUnproven) {
 			log.Warn("certificate refused: token proves no identity", "id", id.String())

@@ -24,5 +24,10 @@ func dial(network string, dst netip.AddrPort, uid int) (net.Conn, error) {
 		return nil, fmt.Errorf("taking UID %d: %w", uid, err)
 	}
 	defer unix.Setfsuid(os.Geteuid())
+	// setfsuid(2) reports no error when it refuses (without CAP_SETUID, as in an init container
+	// given NET_ADMIN and NET_RAW only); an invalid UID makes it return the fsuid in force.
+	if cur, _ := unix.SetfsuidRetUid(-1); cur != uid {
+		return nil, errNoSetuid
+	}
 	return d.Dial(network, dst.String())
 }

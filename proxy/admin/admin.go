@@ -1,6 +1,10 @@
 // Package admin serves the proxy's admin port (7190): liveness, readiness, Prometheus metrics,
 // the JSON debug endpoints the debugging CLI reads, and /shutdown for Jobs. The port is never
-// redirected by init, so an operator on the node can always reach it.
+// redirected by init. /live, /ready and /metrics answer anyone who reaches the pod (the kubelet,
+// Prometheus); /debug/* and /shutdown answer callers on the pod's loopback only, because they
+// show the mesh's topology (which the controller serves only to proven identities) and stop
+// the proxy. The debugging CLI and kubectl port-forward enter the pod's namespace and connect
+// from loopback, so they still reach them.
 package admin
 
 import (
@@ -43,19 +47,19 @@ func Handler(c Config) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"ready": true})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(c.Registry, promhttp.HandlerOpts{}))
+
+	// Everything under /debug/, a path that does not exist included (a caller from elsewhere
+	// learns nothing, not even which documents there are), and /shutdown.
+	local := http.NewServeMux()
 	for name, fn := range c.Debug {
-		mux.HandleFunc("GET /debug/"+name, func(w http.ResponseWriter, r *http.Request) {
+		local.HandleFunc("GET /debug/"+name, func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, fn(r))
 		})
 	}
 	for name, h := range c.Streams {
-		mux.Handle("GET /debug/"+name, h)
+		local.Handle("GET /debug/"+name, h)
 	}
-	mux.HandleFunc("POST /shutdown", func(w http.ResponseWriter, r *http.Request) {
-		if !fromLoopback(r) {
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": "/shutdown is accepted from loopback only"})
-			return
-		}
+	local.HandleFunc("POST /shutdown", func(w http.ResponseWriter, r *http.Request) {
 		if c.Shutdown == nil {
 			writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "shutdown is not wired"})
 			return
@@ -64,7 +68,22 @@ func Handler(c Config) http.Handler {
 		c.Shutdown()
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "draining"})
 	})
+	mux.Handle("/debug/", loopbackOnly(local))
+	mux.Handle("/shutdown", loopbackOnly(local))
 	return mux
+}
+
+// loopbackOnly serves h to callers on loopback and 403 to everyone else, the pod's own
+// addresses included: a connection from another pod or the node never comes from loopback.
+func loopbackOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !fromLoopback(r) {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": r.URL.Path +
+				" answers on the pod's loopback only: use the debugging CLI on the node or kubectl port-forward, which connect from inside the pod"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func fromLoopback(r *http.Request) bool {

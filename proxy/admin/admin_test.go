@@ -49,7 +49,13 @@ func TestAdminEndpoints(t *testing.T) {
 		{"ready says why not", "GET", "/ready", "198.18.0.2:5000", nil, 503, `"reason": "discovery not loaded yet"`},
 		{"ready once ready", "GET", "/ready", "198.18.0.2:5000", func() { ready.Store(true) }, 200, `"ready": true`},
 		{"metrics in Prometheus text", "GET", "/metrics", "198.18.0.2:5000", nil, 200, "detour_test_total 3"},
-		{"debug endpoints are JSON", "GET", "/debug/endpoints", "198.18.0.2:5000", nil, 200, `"198.18.0.11:8080"`},
+		{"metrics answer another pod", "GET", "/metrics", "198.18.0.2:5000", nil, 200, "detour_test_total 3"},
+		{"debug endpoints are JSON, on loopback", "GET", "/debug/endpoints", "127.0.0.1:5000", nil, 200, `"198.18.0.11:8080"`},
+		{"debug endpoints on IPv6 loopback", "GET", "/debug/endpoints", "[::1]:5000", nil, 200, `"198.18.0.11:8080"`},
+		{"debug endpoints are refused to another pod", "GET", "/debug/endpoints", "198.18.0.2:5000", nil, 403, "loopback only"},
+		{"debug endpoints are refused to an IPv4-mapped pod address", "GET", "/debug/endpoints", "[::ffff:198.18.0.2]:5000", nil, 403, "loopback only"},
+		{"a debug path that does not exist is refused alike", "GET", "/debug/secret", "198.18.0.2:5000", nil, 403, "loopback only"},
+		{"a debug path that does not exist, on loopback", "GET", "/debug/secret", "127.0.0.1:5000", nil, 404, ""},
 		{"shutdown from another pod is refused", "POST", "/shutdown", "198.18.0.2:5000", nil, 403, "loopback only"},
 		{"shutdown from loopback drains", "POST", "/shutdown", "127.0.0.1:5000", nil, 202, "draining"},
 		{"shutdown from IPv6 loopback drains", "POST", "/shutdown", "[::1]:5000", nil, 202, "draining"},
@@ -64,7 +70,7 @@ func TestAdminEndpoints(t *testing.T) {
 			if w.Code != tt.status || !strings.Contains(w.Body.String(), tt.body) {
 				t.Fatalf("%s %s: %d %q, want %d with %q", tt.method, tt.path, w.Code, w.Body, tt.status, tt.body)
 			}
-			if strings.HasPrefix(tt.path, "/debug") || tt.path == "/ready" {
+			if (strings.HasPrefix(tt.path, "/debug") && w.Code != 404) || tt.path == "/ready" {
 				var v any
 				if err := json.Unmarshal(w.Body.Bytes(), &v); err != nil {
 					t.Fatalf("not JSON: %v", err)

@@ -13,7 +13,8 @@ import (
 )
 
 // Head is the request a Router sees: the pseudo-headers and the regular header fields of a new
-// stream, already validated (RFC 9113 §8.2, §8.3) and with connection-specific fields removed.
+// stream, already validated (RFC 9113 §8.1.1, §8.2, §8.3): a malformed request, one with a
+// connection-specific field among them, never reaches the Router.
 type Head struct {
 	Method, Scheme, Authority, Path string
 	// Header holds the regular fields in wire order, names lowercase. The Router must not modify
@@ -142,9 +143,15 @@ type Result struct {
 	// Duration runs from the request HEADERS to the end of the stream.
 	Duration time.Duration
 	// Queued is the part of Duration spent waiting for an upstream connection (a dial) or a
-	// stream slot before the request went upstream; all of it if it never did. A balancer
-	// should judge the endpoint by Duration - Queued: a dial is not the endpoint's latency.
+	// stream slot before the request went upstream; all of it if it never did.
 	Queued time.Duration
+	// Headers runs from the request HEADERS going upstream to the upstream's final response
+	// headers; 0 if none arrived. It is the endpoint's latency a balancer should learn
+	// (balance.Pick.Done): the rest of a stream's life is how long the call streams, which says
+	// nothing about the endpoint (a healthy one serving a minute's server stream is not a minute
+	// slow). Without response headers, Duration - Queued is how long the endpoint kept the
+	// caller waiting for them.
+	Headers time.Duration
 	// ReqBytes and RespBytes count DATA payload bytes received from the client and the upstream.
 	ReqBytes, RespBytes int64
 	// Retries counts replays of the request on a fresh upstream connection after the upstream
@@ -183,10 +190,13 @@ type Config struct {
 	// UpstreamKeepalive pings an upstream connection that has streams but has been silent this
 	// long; no answer within another UpstreamKeepalive closes it. Default 30 s.
 	UpstreamKeepalive time.Duration
-	// DialTimeout bounds one upstream dial. Default 5 s.
+	// DialTimeout bounds one upstream dial, and then again the wait for the upstream's first
+	// SETTINGS frame: a new connection takes no stream before they arrive, and one that does
+	// not get them in time fails the streams waiting for it like a failed dial. Default 5 s.
 	DialTimeout time.Duration
-	// WriteTimeout closes a connection whose socket write has been blocked this long (a peer that
-	// stopped reading must not stall the goroutines that write to it). Default 15 s.
+	// WriteTimeout closes a connection whose queued output the socket has not taken any of for
+	// this long: a peer that stopped reading. (It stalls no other connection meanwhile: what it
+	// does not take waits in its own bounded output queue.) Default 15 s.
 	WriteTimeout time.Duration
 
 	// MaxConnsPerEndpoint bounds pooled connections per upstream endpoint. Default 4.
@@ -206,6 +216,11 @@ type Config struct {
 	// Defaults 100/s and 200.
 	ResetRate  float64
 	ResetBurst int
+
+	// OnPanic, if set, is told of every panic the engine recovered from (see Panic), after it
+	// was logged with its stack and before the connection it happened on is torn down. It is
+	// called on the goroutine that panicked and must not block; the proxy counts with it.
+	OnPanic func(Panic)
 }
 
 func (c *Config) setDefaults() {

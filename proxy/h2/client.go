@@ -29,10 +29,12 @@ type clientConn struct {
 	dec  *hdec
 	fl   flusher // the read goroutine's
 
-	// Guarded by conn.mu.
-	maxID     uint32 // highest client stream id seen
-	goaway    bool   // GOAWAY sent: no new streams
-	idleSince int64  // srv clock when the last stream ended
+	// Guarded by conn.mu. maxID is written only by the read goroutine, which may read it
+	// without the lock.
+	maxID     uint32        // highest client stream id seen
+	closed    closedStreams // what frames on closed streams deserve (streamstate.go)
+	goaway    bool          // GOAWAY sent: no new streams
+	idleSince int64         // srv clock when the last stream ended
 
 	replayBytes atomic.Int64 // request bytes all streams keep for replay
 
@@ -53,12 +55,13 @@ func newClientConn(srv *Server, nc net.Conn, dst netip.AddrPort) *clientConn {
 	return cc
 }
 
+// serve runs the connection's read loop; the caller tears the connection down after it
+// (Server.guard).
 func (cc *clientConn) serve() error {
-	defer cc.teardown()
 	cfg := &cc.srv.cfg
 	cc.nc.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	var pre [len(clientPreface)]byte
-	if _, err := io.ReadFull(cc.br, pre[:]); err != nil {
+	if _, err := io.ReadFull(&cc.rd, pre[:]); err != nil {
 		return fmt.Errorf("reading HTTP/2 client preface: %w", err)
 	}
 	if string(pre[:]) != clientPreface {
@@ -78,16 +81,19 @@ func (cc *clientConn) serve() error {
 
 	batch := 0
 	for {
-		f, err := cc.fr.ReadFrame()
+		f, err := cc.readFrame()
 		if err != nil {
 			var se http2.StreamError
-			if errors.As(err, &se) {
-				cc.streamError(se.StreamID, se.Code)
-				continue
+			if !errors.As(err, &se) || !cc.gotSettings {
+				return cc.connFail(err)
 			}
-			return cc.connFail(err)
+			// Answered like any other frame's error, and flushed with them below.
+			if err = cc.onStreamError(se); err != nil {
+				return cc.connFail(err)
+			}
+			f = nil
 		}
-		if !cc.gotSettings {
+		if f != nil && !cc.gotSettings {
 			sf, ok := f.(*http2.SettingsFrame)
 			if !ok || sf.IsAck() {
 				return cc.connFail(connError{http2.ErrCodeProtocol, "first frame is not SETTINGS"})
@@ -103,9 +109,15 @@ func (cc *clientConn) serve() error {
 		case *http2.SettingsFrame:
 			err = cc.applySettings(f, &cc.fl, nil)
 		case *http2.WindowUpdateFrame:
-			err = cc.onWindowUpdate(f, &cc.fl)
+			if f.StreamID > cc.maxID {
+				err = errIdle("WINDOW_UPDATE") // RFC 9113 §5.1
+			} else {
+				err = cc.onWindowUpdate(f, &cc.fl)
+			}
 		case *http2.RSTStreamFrame:
 			err = cc.onRST(f)
+		case *http2.PriorityFrame:
+			err = cc.onPriority(f)
 		case *http2.PingFrame:
 			if !f.IsAck() {
 				cc.wmu.Lock()
@@ -114,7 +126,15 @@ func (cc *clientConn) serve() error {
 				cc.fl.add(&cc.conn)
 			}
 		case *http2.GoAwayFrame:
+			// RFC 9113 §6.8: the client is going away; like x/net, answer with a graceful
+			// shutdown, so the connection closes as soon as its last stream ends.
 			cc.peerGoAway = true
+			if f.ErrCode != http2.ErrCodeNo {
+				cc.fl.flush()
+				return nil
+			}
+			cc.fl.flush()
+			cc.startGoAway(http2.ErrCodeNo, "")
 		case *http2.PushPromiseFrame:
 			err = connError{http2.ErrCodeProtocol, "PUSH_PROMISE from a client"}
 		}
@@ -157,13 +177,14 @@ func (cc *clientConn) connFail(err error) error {
 		}
 		return fmt.Errorf("reading from client: %w", err)
 	}
+	// The GOAWAY is buffered under mu with goaway set, so a stream that ends meanwhile and
+	// finds the connection going away (removeStream) flushes it before shutting the socket.
 	cc.mu.Lock()
 	cc.goaway = true
-	last := cc.maxID
-	cc.mu.Unlock()
 	cc.wmu.Lock()
-	cc.frameGoAway(last, code, reason)
+	cc.frameGoAway(cc.maxID, code, reason)
 	cc.wmu.Unlock()
+	cc.mu.Unlock()
 	cc.fl.add(&cc.conn)
 	cc.fl.flush()
 	cc.srv.cfg.Logger.Debug("closing client connection", "remote", cc.nc.RemoteAddr(), "code", code, "reason", reason)
@@ -174,9 +195,7 @@ func (cc *clientConn) connFail(err error) error {
 // lingerClose half-closes the socket and discards what the client still sends, for at most a
 // second and 4 MiB, so the GOAWAY is not lost to a TCP reset caused by unread input.
 func (cc *clientConn) lingerClose() {
-	if cw, ok := cc.nc.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
+	cc.closeWhenFlushed(afterCloseWrite)
 	cc.nc.SetReadDeadline(time.Now().Add(time.Second))
 	io.Copy(io.Discard, io.LimitReader(cc.nc, 4<<20))
 }
@@ -184,6 +203,7 @@ func (cc *clientConn) lingerClose() {
 // teardown cancels every stream of a closed client connection.
 func (cc *clientConn) teardown() {
 	cc.close()
+	cc.waitWriter()
 	cc.mu.Lock()
 	cc.goaway = true
 	list := make([]*stream, 0, len(cc.streams))
@@ -220,6 +240,11 @@ func (cc *clientConn) removeStream(s *stream) {
 	if cc.streams[s.id] == s {
 		delete(cc.streams, s.id)
 	}
+	if !s.clientEnded {
+		// The engine ended it while the client could still send; s is done, so clientEnded no
+		// longer changes (it is only set on streams not done, under s.mu).
+		cc.closed.resetByEngine(s.id)
+	}
 	n := len(cc.streams)
 	if n == 0 {
 		cc.idleSince = cc.srv.now()
@@ -231,18 +256,10 @@ func (cc *clientConn) removeStream(s *stream) {
 	}
 }
 
-// shutdownWrite ends a connection that has said GOAWAY and has no streams left: it flushes,
-// half-closes (so unread client frames cannot turn the close into a reset that destroys the
-// last response), and leaves the read loop a second to see the client's EOF.
-func (cc *clientConn) shutdownWrite() {
-	cc.flush()
-	cw, ok := cc.nc.(interface{ CloseWrite() error })
-	if !ok || cw.CloseWrite() != nil {
-		cc.close()
-		return
-	}
-	cc.nc.SetReadDeadline(time.Now().Add(time.Second))
-}
+// shutdownWrite ends a connection that has said GOAWAY and has no streams left: once its output
+// is written it half-closes (so unread client frames cannot turn the close into a reset that
+// destroys the last response), and leaves the read loop a second to see the client's EOF.
+func (cc *clientConn) shutdownWrite() { cc.closeWhenFlushed(afterCloseWrite) }
 
 // startGoAway sends GOAWAY with the last stream id seen and closes the connection once its
 // streams are done (graceful shutdown, idle timeout).
@@ -253,12 +270,12 @@ func (cc *clientConn) startGoAway(code http2.ErrCode, debug string) {
 		return
 	}
 	cc.goaway = true
-	last, n := cc.maxID, len(cc.streams)
-	cc.mu.Unlock()
+	n := len(cc.streams)
 	cc.wmu.Lock()
-	cc.frameGoAway(last, code, debug)
-	cc.flushLocked()
+	cc.frameGoAway(cc.maxID, code, debug) // buffered before removeStream can see goaway (connFail)
 	cc.wmu.Unlock()
+	cc.mu.Unlock()
+	cc.flush()
 	if n == 0 {
 		cc.shutdownWrite()
 	}
@@ -277,6 +294,22 @@ func (cc *clientConn) takeResetToken() bool {
 	}
 	cc.tokens--
 	return true
+}
+
+// onStreamError answers a stream error the Framer found in a frame it did not return
+// (WINDOW_UPDATE with increment 0, RFC 9113 §6.9): on an idle stream the frame is a connection
+// error (§5.1), on a closed one it is ignored like any WINDOW_UPDATE there.
+func (cc *clientConn) onStreamError(se http2.StreamError) error {
+	if se.StreamID > cc.maxID {
+		return errIdle("frame")
+	}
+	if cc.lookup(se.StreamID) != nil {
+		cc.streamError(se.StreamID, se.Code)
+		if !cc.takeResetToken() {
+			return connError{http2.ErrCodeEnhanceYourCalm, "too many stream errors"}
+		}
+	}
+	return nil
 }
 
 // streamError resets a stream the client got wrong (RFC 9113 §5.4.2).
@@ -320,7 +353,9 @@ func (cc *clientConn) respondDirect(id uint32, status int, msg string, reqEnded 
 }
 
 func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
+	// Read before readHeaderBlock, which reads past f.
 	id, end := f.StreamID, f.StreamEnded()
+	selfDep := f.HasPriority() && f.Priority.StreamDep == id
 	if err := cc.readHeaderBlock(cc.dec, f, &cc.fl); err != nil {
 		return err
 	}
@@ -329,20 +364,28 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 		return connError{http2.ErrCodeProtocol, "client opened an even-numbered stream"}
 	}
 	if s := cc.lookup(id); s != nil {
-		return cc.onTrailers(s, end)
+		return cc.onTrailers(s, end, selfDep)
 	}
 	cc.mu.Lock()
 	if id <= cc.maxID {
-		// A stream we already closed or reset; the block was decoded to keep HPACK in sync.
+		// A closed stream; the block was decoded to keep HPACK in sync (RFC 9113 §5.1).
+		how := cc.closed.how(id)
 		cc.mu.Unlock()
-		return nil
+		switch how {
+		case neverOpened:
+			return connError{http2.ErrCodeProtocol, "new stream id lower than one already opened (RFC 9113 §5.1.1)"}
+		case closedByEngine:
+			return nil
+		}
+		return cc.streamClosed(id)
 	}
-	cc.maxID = id
+	cc.openedLocked(id)
 	refuse := cc.goaway || uint32(len(cc.streams)) >= cc.srv.cfg.MaxConcurrentStreams
 	cc.mu.Unlock()
 	if refuse {
 		// RFC 9113 §5.1.2, §6.8: REFUSED_STREAM means "not processed, safe to retry".
 		cc.rst(id, http2.ErrCodeRefusedStream)
+		cc.resetWhileOpen(id, end)
 		if !cc.takeResetToken() {
 			return connError{http2.ErrCodeEnhanceYourCalm, "too many refused streams"}
 		}
@@ -350,19 +393,28 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 	}
 	if d.tooLarge {
 		cc.respondDirect(id, 431, "request header fields too large", end)
+		cc.resetWhileOpen(id, end)
 		return nil
 	}
 	srv := cc.srv
-	s := &stream{srv: srv, cc: cc, id: id, grpcStatus: -1}
+	s := &stream{srv: srv, cc: cc, id: id, grpcStatus: -1, respLen: -1}
 	reason, connect := "", false
 	if d.bad == "" {
-		reason, connect = parseRequest(append(s.fieldBuf[:0], d.fields...), &s.head)
+		s.reqLen, reason, connect = parseRequest(append(s.fieldBuf[:0], d.fields...), &s.head)
 	} else {
 		reason = d.bad
+	}
+	switch {
+	case reason != "":
+	case selfDep:
+		reason = "stream depends on itself (RFC 9113 §5.3.1)"
+	case end && s.reqLen > 0:
+		reason = "content-length without content (RFC 9113 §8.1.1)"
 	}
 	if reason != "" {
 		// RFC 9113 §8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
 		cc.rst(id, http2.ErrCodeProtocol)
+		cc.resetWhileOpen(id, end)
 		if !cc.takeResetToken() {
 			return connError{http2.ErrCodeEnhanceYourCalm, "too many malformed requests"}
 		}
@@ -370,6 +422,7 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 	}
 	if connect {
 		cc.respondDirect(id, 405, "CONNECT is not supported by this proxy", end)
+		cc.resetWhileOpen(id, end)
 		return nil
 	}
 
@@ -378,7 +431,7 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 	s.grpc = strings.HasPrefix(h.Get("content-type"), "application/grpc")
 	s.req.recvAvail = int32(srv.cfg.InitialWindow)
 	s.resp.recvAvail = int32(srv.cfg.InitialWindow)
-	s.req.endRecv = end
+	s.req.endRecv, s.clientEnded = end, end
 	s.replayable = srv.cfg.MaxReplayBytes >= 0
 	s.req.keep = s.replayable
 	cc.mu.Lock()
@@ -414,13 +467,12 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 		}
 		return nil
 	}
-	s.pool = srv.pool(route.Addr)
-	s.pool.open(s, &cc.fl)
+	srv.open(s, &cc.fl)
 	return nil
 }
 
 // onTrailers handles request trailers (RFC 9113 §8.1: HEADERS with END_STREAM after DATA).
-func (cc *clientConn) onTrailers(s *stream, end bool) error {
+func (cc *clientConn) onTrailers(s *stream, end, selfDep bool) error {
 	d := cc.dec
 	fields, reason := parseTrailers(d.fields)
 	if !end {
@@ -429,24 +481,38 @@ func (cc *clientConn) onTrailers(s *stream, end bool) error {
 		reason = "trailers too large"
 	} else if d.bad != "" {
 		reason = d.bad
+	} else if selfDep {
+		reason = "stream depends on itself (RFC 9113 §5.3.1)"
 	}
 	s.mu.Lock()
-	var fin bool
+	var fin, closed, malformed bool
 	switch {
 	case s.done:
+		closed = s.clientEnded
 	case s.req.endRecv:
 		fin = s.abortLocked(errors.New("client sent HEADERS on a half-closed stream"), http2.ErrCodeStreamClosed, true, false, &cc.fl)
+	case reason == "" && s.reqLen >= 0 && s.req.bytes != s.reqLen:
+		reason = "body does not match content-length (RFC 9113 §8.1.1)"
+		fallthrough
 	case reason != "":
+		malformed = true
 		fin = s.abortLocked(errors.New("malformed request trailers: "+reason), http2.ErrCodeProtocol, true, false, &cc.fl)
 	default:
 		// Kept for the drain below and for a replay; fields is the decoder's scratch.
 		s.req.trailers, s.req.hasTrailer, s.req.endRecv = slices.Clone(fields), true, true
+		s.clientEnded = true
 		s.drain(&s.req, &cc.conn, s.id, s.upConn(), s.uid, &cc.fl)
 		fin = s.complete() && s.finishLocked(nil, 0, false)
 	}
 	s.mu.Unlock()
 	if fin {
 		s.cleanup(&cc.fl)
+	}
+	if closed {
+		return cc.streamClosed(s.id)
+	}
+	if malformed && !cc.takeResetToken() {
+		return connError{http2.ErrCodeEnhanceYourCalm, "too many malformed requests"}
 	}
 	return nil
 }
@@ -460,22 +526,26 @@ func (cc *clientConn) onData(f *http2.DataFrame) error {
 	}
 	s := cc.lookup(id)
 	if s == nil {
-		cc.mu.Lock()
-		idle := id > cc.maxID
-		cc.mu.Unlock()
-		if idle {
-			return connError{http2.ErrCodeProtocol, "DATA on an idle stream"}
+		if id > cc.maxID {
+			return errIdle("DATA") // RFC 9113 §5.1
 		}
-		cc.grantConn(flen, fl) // a stream we already ended: keep the connection window whole
-		return nil
+		cc.grantConn(flen, fl) // a closed stream: keep the connection window whole (§5.1)
+		if cc.closedState(id) == closedByEngine {
+			return nil
+		}
+		return cc.streamClosed(id) // §6.1
 	}
 	data := f.Data()
 	s.mu.Lock()
-	var fin bool
+	var fin, malformed bool
 	switch {
 	case s.done:
+		closed := s.clientEnded
 		s.mu.Unlock()
 		cc.grantConn(flen, fl)
+		if closed {
+			return cc.streamClosed(id)
+		}
 		return nil
 	case s.req.endRecv:
 		fin = s.abortLocked(errors.New("client sent DATA on a half-closed stream"), http2.ErrCodeStreamClosed, true, false, fl)
@@ -489,6 +559,20 @@ func (cc *clientConn) onData(f *http2.DataFrame) error {
 			cc.grantConn(flen, fl)
 			break
 		}
+		if s.reqLen >= 0 {
+			// RFC 9113 §8.1.1: checked before the bytes go upstream, so the upstream never
+			// sees the end of a body that does not match its content-length.
+			if n := s.req.bytes + int64(len(data)); n > s.reqLen || f.StreamEnded() && n != s.reqLen {
+				malformed = true
+				fin = s.abortLocked(errors.New("request body does not match its content-length"), http2.ErrCodeProtocol, true, false, fl)
+				s.mu.Unlock()
+				cc.grantConn(flen, fl)
+				break
+			}
+		}
+		if f.StreamEnded() {
+			s.clientEnded = true
+		}
 		s.req.bytes += int64(len(data))
 		s.deliver(&s.req, &cc.conn, id, s.upConn(), s.uid, data, f.StreamEnded(), fl)
 		if pad := flen - int32(len(data)); pad > 0 {
@@ -499,6 +583,9 @@ func (cc *clientConn) onData(f *http2.DataFrame) error {
 	}
 	if fin {
 		s.cleanup(fl)
+	}
+	if malformed && !cc.takeResetToken() {
+		return connError{http2.ErrCodeEnhanceYourCalm, "too many malformed requests"}
 	}
 	return nil
 }
@@ -517,6 +604,7 @@ func (cc *clientConn) onRST(f *http2.RSTStreamFrame) error {
 	s.mu.Lock()
 	var fin bool
 	if !s.done {
+		s.clientEnded = true
 		code := f.ErrCode
 		if code == http2.ErrCodeNo {
 			code = http2.ErrCodeCancel

@@ -1,10 +1,8 @@
 package h2
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -16,7 +14,7 @@ import (
 )
 
 const (
-	bufSize         = 32 << 10 // read and write buffer per connection
+	bufSize         = 32 << 10 // pooled read and write buffers; output is written once this much is queued
 	defaultWindow   = 65535    // RFC 9113 §6.9.2 initial window before SETTINGS
 	defaultMaxFrame = 16384    // RFC 9113 §4.2
 	maxWindow       = 1<<31 - 1
@@ -27,13 +25,16 @@ const (
 )
 
 // conn is the part shared by client and upstream connections: the read side (used only by the
-// connection's read goroutine) and the write side (used by any goroutine under wmu).
+// connection's read goroutine) and the write side (used by any goroutine under wmu; see out.go).
 type conn struct {
-	srv    *Server
-	nc     net.Conn
-	w      io.Writer // nc, or its raw writer (proxy/rawsock)
-	br     *bufio.Reader
-	fr     *http2.Framer // read side only
+	srv *Server
+	nc  net.Conn
+	raw rawsock.Writer // nc's raw writer; nil when nc is not a plain TCP socket (TLS)
+	// tq, for TLS over a socket rawsock wrapped, holds the records that socket did not take:
+	// its writes never wait (rawsock.Defer), so nc.Write is as good as a try-write.
+	tq     rawsock.Deferred
+	rd     reader        // read side only
+	fr     *http2.Framer // read side only, reads through rd
 	client bool          // downstream connection: its blocked streams wait on their resp half
 
 	// mu guards the connection's stream map (in clientConn / upConn). Lock order: stream.mu,
@@ -42,37 +43,42 @@ type conn struct {
 	streams map[uint32]*stream // by this connection's stream id; guarded by mu
 
 	wmu            sync.Mutex
-	bw             *bufio.Writer
+	out            outQueue // frames not yet written to the socket; guarded by wmu
 	enc            *hpack.Encoder
 	encBuf         bytes.Buffer
 	hbuf           [9]byte
 	sendWindow     int32     // connection-level window the peer granted us
 	peerInitWindow int32     // peer's SETTINGS_INITIAL_WINDOW_SIZE
 	peerMaxFrame   int32     // peer's SETTINGS_MAX_FRAME_SIZE
-	blocked        []*stream // streams waiting on sendWindow
+	blocked        []*stream // streams waiting on sendWindow or on room in out
 	werr           error
 
 	recvAvail      atomic.Int32 // connection-level bytes the peer may still send us
 	grantPending   atomic.Int32 // bytes forwarded but not yet granted back at connection level
 	grantThreshold int32
 
-	writeStart atomic.Int64 // srv clock when the current socket write began, 0 if none
-	lastRead   atomic.Int64 // srv clock of the last frame read
-	closeOnce  sync.Once
+	// stalled is the srv clock since when the connection's writer has been waiting for the socket
+	// to take more bytes without progress, 0 if it is not waiting (Server.janitor closes a
+	// connection stalled longer than WriteTimeout).
+	stalled   atomic.Int64
+	lastRead  atomic.Int64 // srv clock of the last frame read
+	closed    atomic.Bool
+	closeOnce sync.Once
 }
 
 func (c *conn) init(srv *Server, nc net.Conn, client bool) {
 	c.srv = srv
 	c.nc = nc
 	c.client = client
-	var r io.Reader = nc
-	c.w = nc
-	if rr, rw, ok := rawsock.IO(nc); ok {
-		r, c.w = rr, rw
+	var rr rawsock.Reader
+	if r, w, ok := rawsock.IO(nc); ok {
+		rr, c.raw = r, w
+	} else if tc, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		c.tq, _ = rawsock.Defer(tc.NetConn())
 	}
-	c.br = bufio.NewReaderSize(r, bufSize)
-	c.bw = bufio.NewWriterSize(sockWriter{c}, bufSize)
-	c.fr = http2.NewFramer(nil, c.br)
+	c.out.init(&c.wmu)
+	c.rd.init(srv, rr, nc)
+	c.fr = http2.NewFramer(nil, &c.rd)
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(defaultMaxFrame)
 	c.enc = hpack.NewEncoder(&c.encBuf)
@@ -84,41 +90,18 @@ func (c *conn) init(srv *Server, nc net.Conn, client bool) {
 	c.lastRead.Store(srv.now())
 }
 
-// sockWriter is the bufio.Writer's sink; it marks socket writes in progress for the write
-// watchdog (Server.janitor), which closes connections stuck longer than WriteTimeout.
-type sockWriter struct{ c *conn }
-
-func (w sockWriter) Write(p []byte) (int, error) {
-	w.c.writeStart.Store(w.c.srv.now())
-	n, err := w.c.w.Write(p)
-	w.c.writeStart.Store(0)
-	return n, err
-}
-
+// close closes the socket; a writer parked on it returns, and the read loop sees the error and
+// cleans up. It may be called with any lock held.
 func (c *conn) close() {
+	c.closed.Store(true)
 	c.closeOnce.Do(func() { c.nc.Close() })
 }
 
 // inputDrained reports whether the next ReadFrame would block on the socket: the reader holds no
 // complete frame. That is when a read loop flushes what it wrote.
 func (c *conn) inputDrained() bool {
-	n := c.br.Buffered()
-	if n < 9 {
-		return true
-	}
-	h, _ := c.br.Peek(9)
-	return n < 9+(int(h[0])<<16|int(h[1])<<8|int(h[2]))
-}
-
-// flushLocked writes buffered frames to the socket. The caller holds wmu.
-func (c *conn) flushLocked() {
-	if c.werr != nil || c.bw.Buffered() == 0 {
-		return
-	}
-	if err := c.bw.Flush(); err != nil {
-		c.werr = err
-		c.close() // the read loop sees the error and cleans up
-	}
+	n, ok := c.rd.frameLen()
+	return !ok || c.rd.buffered() < 9+n
 }
 
 func (c *conn) flush() {
@@ -128,7 +111,7 @@ func (c *conn) flush() {
 }
 
 // flusher remembers the connections a goroutine wrote to, so it can flush them once it has
-// nothing more to forward (batching writes without a writer goroutine).
+// nothing more to forward (batching writes into one syscall per connection).
 type flusher struct{ conns []*conn }
 
 func (f *flusher) add(c *conn) {
@@ -148,14 +131,16 @@ func (f *flusher) flush() {
 	f.conns = f.conns[:0]
 }
 
-// Frame writers. The caller holds wmu. Errors are sticky in bw and surface at flush.
+// Frame writers. The caller holds wmu. They append to the output queue; a write error is sticky
+// in werr and the bytes are dropped.
 
 func (c *conn) frameHeader(length int, t http2.FrameType, flags http2.Flags, id uint32) {
+	c.reserve(9 + length)
 	b := c.hbuf[:]
 	b[0], b[1], b[2] = byte(length>>16), byte(length>>8), byte(length)
 	b[3], b[4] = byte(t), byte(flags)
 	binary.BigEndian.PutUint32(b[5:], id&maxWindow)
-	c.bw.Write(b)
+	c.put(b)
 }
 
 func (c *conn) frameData(id uint32, end bool, p []byte) {
@@ -164,19 +149,19 @@ func (c *conn) frameData(id uint32, end bool, p []byte) {
 		fl = http2.FlagDataEndStream
 	}
 	c.frameHeader(len(p), http2.FrameData, fl, id)
-	c.bw.Write(p)
+	c.put(p)
 }
 
 func (c *conn) frameRST(id uint32, code http2.ErrCode) {
 	c.frameHeader(4, http2.FrameRSTStream, 0, id)
 	binary.BigEndian.PutUint32(c.hbuf[:4], uint32(code))
-	c.bw.Write(c.hbuf[:4])
+	c.put(c.hbuf[:4])
 }
 
 func (c *conn) frameWindowUpdate(id, n uint32) {
 	c.frameHeader(4, http2.FrameWindowUpdate, 0, id)
 	binary.BigEndian.PutUint32(c.hbuf[:4], n&maxWindow)
-	c.bw.Write(c.hbuf[:4])
+	c.put(c.hbuf[:4])
 }
 
 func (c *conn) framePing(ack bool, data [8]byte) {
@@ -185,7 +170,7 @@ func (c *conn) framePing(ack bool, data [8]byte) {
 		fl = http2.FlagPingAck
 	}
 	c.frameHeader(8, http2.FramePing, fl, 0)
-	c.bw.Write(data[:])
+	c.put(data[:])
 }
 
 func (c *conn) frameSettings(ss ...http2.Setting) {
@@ -193,7 +178,7 @@ func (c *conn) frameSettings(ss ...http2.Setting) {
 	for _, s := range ss {
 		binary.BigEndian.PutUint16(c.hbuf[:2], uint16(s.ID))
 		binary.BigEndian.PutUint32(c.hbuf[2:6], s.Val)
-		c.bw.Write(c.hbuf[:6])
+		c.put(c.hbuf[:6])
 	}
 }
 
@@ -203,8 +188,8 @@ func (c *conn) frameGoAway(last uint32, code http2.ErrCode, debug string) {
 	c.frameHeader(8+len(debug), http2.FrameGoAway, 0, 0)
 	binary.BigEndian.PutUint32(c.hbuf[:4], last&maxWindow)
 	binary.BigEndian.PutUint32(c.hbuf[4:8], uint32(code))
-	c.bw.Write(c.hbuf[:8])
-	c.bw.WriteString(debug)
+	c.put(c.hbuf[:8])
+	c.putString(debug)
 }
 
 // encField adds one field to the header block being built in encBuf.
@@ -230,7 +215,7 @@ func (c *conn) frameHeaderBlock(id uint32, end bool) {
 			}
 		}
 		c.frameHeader(n, t, fl, id)
-		c.bw.Write(b[:n])
+		c.put(b[:n])
 		b = b[n:]
 		first = false
 	}

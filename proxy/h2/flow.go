@@ -56,11 +56,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame, fl *flusher) error {
 			return connError{http2.ErrCodeFlowControl, "connection window overflow"}
 		}
 		c.sendWindow += int32(inc)
-		list := c.blocked
-		c.blocked = nil
-		for _, s := range list {
-			c.sendHalf(s).inBlocked = false
-		}
+		list := c.takeBlockedLocked()
 		c.wmu.Unlock()
 		c.drainAll(list, fl)
 		return nil
@@ -179,7 +175,7 @@ func (c *conn) readHeaderBlock(d *hdec, f *http2.HeadersFrame, fl *flusher) erro
 		if c.inputDrained() {
 			fl.flush()
 		}
-		fr, err := c.fr.ReadFrame()
+		fr, err := c.readFrame()
 		if err != nil {
 			return err
 		}

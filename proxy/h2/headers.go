@@ -63,9 +63,14 @@ func (d *hdec) emit(f hpack.HeaderField) {
 			return
 		}
 	}
-	// RFC 9113 §8.2.1: NUL, CR, LF (and, like x/net, other controls but HTAB) are malformed.
+	// RFC 9113 §8.2.1: NUL, CR, LF (and, like x/net, other controls but HTAB) are malformed,
+	// and so is whitespace at either end of a value.
 	if !httpguts.ValidHeaderFieldValue(f.Value) {
 		d.bad = "invalid header field value for " + strings.ToValidUTF8(f.Name, "?")
+		return
+	}
+	if v := f.Value; v != "" && (isSpace(v[0]) || isSpace(v[len(v)-1])) {
+		d.bad = "header field value with leading or trailing whitespace for " + strings.ToValidUTF8(f.Name, "?")
 		return
 	}
 	d.fields = append(d.fields, f)
@@ -85,33 +90,66 @@ func validFieldName(s string) bool {
 	return true
 }
 
-// hopByHop reports connection-specific fields (RFC 9113 §8.2.2). The engine strips them in both
-// directions instead of rejecting the message, so HTTP/1-minded clients still work; TE survives
-// only as "te: trailers", which gRPC needs.
-func hopByHop(f *hpack.HeaderField) bool {
-	switch f.Name {
-	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-		return true
-	case "te":
-		return f.Value != "trailers"
-	}
-	return false
-}
+func isSpace(b byte) bool { return b == ' ' || b == '\t' }
 
-// stripRegular removes connection-specific fields in place.
-func stripRegular(fs []hpack.HeaderField) []hpack.HeaderField {
-	out := fs[:0]
+// checkFields is the one validator of the regular fields of every block the engine forwards,
+// requests and responses, headers and trailers. It returns the content-length (-1 if none), the
+// host field, and a reason if the message is malformed:
+//   - a connection-specific field (RFC 9113 §8.2.2): connection, keep-alive, proxy-connection,
+//     transfer-encoding, upgrade, or te other than "trailers". A receiver must treat the
+//     message as malformed, not strip the field. te is held to the request rule in responses
+//     too, as nghttp2 does: "te: trailers" passes, any other value does not.
+//   - a content-length that is not a number, or several that differ (RFC 9110 §8.6 lets equal
+//     ones stand for one); whether it matches the content is checked as DATA arrives (§8.1.1).
+func checkFields(fs []hpack.HeaderField) (contentLength int64, host, reason string) {
+	contentLength = -1
 	for i := range fs {
-		if !hopByHop(&fs[i]) {
-			out = append(out, fs[i])
+		f := &fs[i]
+		switch f.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return -1, "", "connection-specific header field " + f.Name + " (RFC 9113 §8.2.2)"
+		case "te":
+			if f.Value != "trailers" {
+				return -1, "", `te other than "trailers" (RFC 9113 §8.2.2)`
+			}
+		case "content-length":
+			n, ok := parseContentLength(f.Value)
+			if !ok || contentLength >= 0 && n != contentLength {
+				return -1, "", "invalid content-length"
+			}
+			contentLength = n
+		case "host":
+			host = f.Value
 		}
 	}
-	return out
+	return contentLength, host, ""
 }
 
-// parseRequest fills h from a decoded request block (RFC 9113 §8.3.1). It returns a reason when
-// the request is malformed; connect reports a CONNECT request, which the engine does not tunnel.
-func parseRequest(fs []hpack.HeaderField, h *Head) (reason string, connect bool) {
+// parseContentLength parses 1*DIGIT (RFC 9110 §8.6), at most 18 digits so it cannot overflow.
+func parseContentLength(v string) (int64, bool) {
+	if v == "" || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(v[i]-'0')
+	}
+	return n, true
+}
+
+// noContent reports a response that has no content whatever its content-length says (RFC 9113
+// §8.1.1, RFC 9110 §6.4.1): 204, 304, or the answer to HEAD.
+func noContent(status int, method string) bool {
+	return status == 204 || status == 304 || method == "HEAD"
+}
+
+// parseRequest fills h from a decoded request block (RFC 9113 §8.3.1) and returns its
+// content-length (-1 if none). It returns a reason when the request is malformed; connect
+// reports a well-formed CONNECT request, which the engine does not tunnel.
+func parseRequest(fs []hpack.HeaderField, h *Head) (contentLength int64, reason string, connect bool) {
 	i := 0
 	var seen uint8
 	for ; i < len(fs) && fs[i].IsPseudo(); i++ {
@@ -128,61 +166,79 @@ func parseRequest(fs []hpack.HeaderField, h *Head) (reason string, connect bool)
 		case ":path":
 			bit, dst = 8, &h.Path
 		default: // :status, :protocol (extended CONNECT is not enabled), unknown
-			return "invalid request pseudo-header " + f.Name, false
+			return -1, "invalid request pseudo-header " + f.Name, false
 		}
 		if seen&bit != 0 {
-			return "duplicate " + f.Name, false
+			return -1, "duplicate " + f.Name, false
 		}
 		seen |= bit
 		*dst = f.Value
 	}
-	h.Header = stripRegular(fs[i:])
-	if h.Method == "" {
-		return "missing :method", false
-	}
-	if h.Method == "CONNECT" {
-		return "", true
-	}
-	if h.Scheme == "" || h.Path == "" {
-		return "missing :scheme or :path", false
-	}
-	if h.Path[0] != '/' && !(h.Method == "OPTIONS" && h.Path == "*") {
-		return "invalid :path", false
+	h.Header = fs[i:]
+	contentLength, host, reason := checkFields(h.Header)
+	switch {
+	case reason != "":
+		return -1, reason, false
+	case h.Method == "":
+		return -1, "missing :method", false
+	case h.Method == "CONNECT":
+		// RFC 9113 §8.5: :scheme and :path omitted, :authority present.
+		if seen&(2|8) != 0 || h.Authority == "" {
+			return -1, "CONNECT with :scheme or :path, or without :authority", false
+		}
+		return contentLength, "", true
+	case h.Scheme == "" || h.Path == "":
+		return -1, "missing :scheme or :path", false
+	case h.Path[0] != '/' && !(h.Method == "OPTIONS" && h.Path == "*"):
+		return -1, "invalid :path", false
 	}
 	if h.Authority == "" {
-		h.Authority = h.Get("host")
+		h.Authority = host
+	} else if host != "" && !strings.EqualFold(host, h.Authority) {
+		// RFC 9113 §8.3.1: a host that names another entity than :authority; routing by one
+		// and forwarding the other is how requests get sent where the policy did not look.
+		return -1, "host differs from :authority", false
 	}
-	return "", false
+	return contentLength, "", false
 }
 
-// parseResponse checks a response block (RFC 9113 §8.3.2) and returns its status and regular
-// fields, hop-by-hop stripped.
-func parseResponse(fs []hpack.HeaderField) (status int, regular []hpack.HeaderField, reason string) {
+// parseResponse checks a response block (RFC 9113 §8.3.2, §8.2.2) and returns its status,
+// regular fields and content-length (-1 if none).
+func parseResponse(fs []hpack.HeaderField) (status int, regular []hpack.HeaderField, contentLength int64, reason string) {
 	i := 0
 	for ; i < len(fs) && fs[i].IsPseudo(); i++ {
 		if fs[i].Name != ":status" || status != 0 {
-			return 0, nil, "invalid response pseudo-header " + fs[i].Name
+			return 0, nil, -1, "invalid response pseudo-header " + fs[i].Name
 		}
 		v := fs[i].Value
 		if len(v) != 3 || v[0] < '1' || v[0] > '9' || v[1] < '0' || v[1] > '9' || v[2] < '0' || v[2] > '9' {
-			return 0, nil, "invalid :status"
+			return 0, nil, -1, "invalid :status"
 		}
 		status = int(v[0]-'0')*100 + int(v[1]-'0')*10 + int(v[2]-'0')
 	}
 	if status == 0 {
-		return 0, nil, "missing :status"
+		return 0, nil, -1, "missing :status"
 	}
-	return status, stripRegular(fs[i:]), ""
+	regular = fs[i:]
+	contentLength, _, reason = checkFields(regular)
+	if reason != "" {
+		return 0, nil, -1, reason
+	}
+	return status, regular, contentLength, ""
 }
 
-// parseTrailers checks a trailer block: no pseudo-headers (RFC 9113 §8.1).
+// parseTrailers checks a trailer block: no pseudo-headers (RFC 9113 §8.1), no
+// connection-specific fields (§8.2.2).
 func parseTrailers(fs []hpack.HeaderField) ([]hpack.HeaderField, string) {
 	for i := range fs {
 		if fs[i].IsPseudo() {
 			return nil, "pseudo-header in trailers"
 		}
 	}
-	return stripRegular(fs), ""
+	if _, _, reason := checkFields(fs); reason != "" {
+		return nil, reason
+	}
+	return fs, ""
 }
 
 // grpcStatus returns the grpc-status field's value, or -1.

@@ -468,6 +468,9 @@ type rawUpstream struct {
 	handle func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame)
 	// onData, if set, sees request DATA.
 	onData func(sc *rawServerConn, f *http2.DataFrame)
+	// onRST and onGoAway, if set, see the engine's RST_STREAM and GOAWAY frames.
+	onRST    func(sc *rawServerConn, f *http2.RSTStreamFrame)
+	onGoAway func(sc *rawServerConn, f *http2.GoAwayFrame)
 	// noGrant keeps the upstream from ever returning flow-control window (a server that
 	// stopped reading).
 	noGrant bool
@@ -555,6 +558,14 @@ func (ru *rawUpstream) serve(c net.Conn, n int64) {
 			}
 		case *http2.MetaHeadersFrame:
 			ru.handle(sc, n, f)
+		case *http2.RSTStreamFrame:
+			if ru.onRST != nil {
+				ru.onRST(sc, f)
+			}
+		case *http2.GoAwayFrame:
+			if ru.onGoAway != nil {
+				ru.onGoAway(sc, f)
+			}
 		case *http2.DataFrame:
 			if ru.onData != nil {
 				ru.onData(sc, f)

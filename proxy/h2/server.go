@@ -82,7 +82,7 @@ func (s *Server) ServeConnWith(ctx context.Context, c net.Conn, dst netip.AddrPo
 	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, cc.close)
 	defer stop()
-	return cc.serve()
+	return s.guard("client connection", &cc.conn, cc.serve, func(error) { cc.teardown() })
 }
 
 // Shutdown stops accepting streams: every client connection gets GOAWAY with the last stream id
@@ -160,6 +160,15 @@ func (s *Server) removeUp(u *upConn) {
 	s.mu.Unlock()
 }
 
+// open gives st a stream slot on a connection to its route's endpoint, or queues it for one.
+func (s *Server) open(st *stream, fl *flusher) {
+	for !s.pool(st.route.Addr).open(st, fl) {
+		// Swept between the lookup and the open: the next lookup makes a new pool.
+	}
+}
+
+// pool returns the pool for addr, making it if there is none. A pool it returned may be swept
+// (pool.swept) as soon as it is empty.
 func (s *Server) pool(addr netip.AddrPort) *pool {
 	s.mu.Lock()
 	p := s.pools[addr]
@@ -184,6 +193,12 @@ func (s *Server) Retire(addr netip.AddrPort) {
 	}
 	// In one critical section with gen++, so no stream opened after Retire lands on an old one.
 	p.mu.Lock()
+	if p.swept {
+		// It was empty: no connection to retire. A pool made since has only dialled after
+		// Retire was called, against what the endpoint is now.
+		p.mu.Unlock()
+		return
+	}
 	p.gen++
 	var idle []*upConn
 	for _, u := range slices.Clone(p.conns) {
@@ -209,6 +224,11 @@ func (s *Server) Retire(addr netip.AddrPort) {
 func (s *Server) Warm(addr netip.AddrPort) {
 	p := s.pool(addr)
 	p.mu.Lock()
+	for p.swept {
+		p.mu.Unlock()
+		p = s.pool(addr)
+		p.mu.Lock()
+	}
 	dial := len(p.conns) == 0 && p.dialing == 0
 	if dial {
 		p.dialing++
@@ -224,7 +244,9 @@ func (s *Server) goDial(p *pool) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		p.dial()
+		if v, stack := catch(p.dial); v != nil {
+			s.recovered("upstream dial", p.addr.String(), v, stack)
+		}
 	}()
 }
 
@@ -243,7 +265,9 @@ func (s *Server) runJanitor() {
 			return
 		case <-t.C:
 		}
-		s.sweep()
+		if v, stack := catch(s.sweep); v != nil {
+			s.recovered("janitor", "", v, stack) // and sweep again at the next tick
+		}
 	}
 }
 
@@ -262,14 +286,16 @@ func (s *Server) sweep() {
 	for addr, p := range s.pools {
 		p.mu.Lock()
 		if len(p.conns) == 0 && p.dialing == 0 && len(p.waiters) == 0 {
+			p.swept = true
 			delete(s.pools, addr)
 		}
 		p.mu.Unlock()
 	}
 	s.mu.Unlock()
 
+	// The janitor only reads and appends (PING, GOAWAY): it never waits for a peer's socket.
 	stuck := func(c *conn) bool {
-		ws := c.writeStart.Load()
+		ws := c.stalled.Load()
 		return ws != 0 && time.Duration(now-ws) > cfg.WriteTimeout
 	}
 	for _, cc := range clients {

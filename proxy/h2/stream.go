@@ -95,9 +95,13 @@ type stream struct {
 	head  Head
 	grpc  bool
 	route Route
-	pool  *pool
 	start time.Time
 	sent  time.Time // when the request headers went upstream (the last try's); zero if never
+	// answered is when the upstream's final response headers arrived; zero if they did not.
+	// Written under mu before done, read by cleanup after it.
+	answered time.Time
+	// reqLen is the request's content-length, -1 if none (RFC 9113 §8.1.1).
+	reqLen int64
 	// fieldBuf backs head's fields for typical requests, saving an allocation per stream.
 	fieldBuf [12]hpack.HeaderField
 
@@ -118,6 +122,11 @@ type stream struct {
 	err        error
 	rstCode    http2.ErrCode
 	upFault    bool
+	// clientEnded: the client ended its side (END_STREAM) or reset the stream, so what it sends
+	// on it afterwards is its error (RFC 9113 §5.1). Set only while the stream is not done.
+	clientEnded bool
+	respLen     int64 // the response's content-length, -1 if none (RFC 9113 §8.1.1)
+	upReset     bool  // RST_STREAM sent on the upstream stream: only one (RFC 9113 §5.4.2)
 }
 
 func (s *stream) upConn() *conn {
@@ -249,14 +258,18 @@ func (s *stream) grantStream(h *half, src *conn, srcID uint32, n int32, fl *flus
 	fl.add(src)
 }
 
-// writeDataLocked writes p as DATA frames within the stream and connection windows and the
-// peer's frame size, ending the stream after the last byte when end is set. It returns the bytes
-// written and whether END_STREAM went out. If only the connection window stopped it, the stream
-// joins c.blocked. The caller holds s.mu and c.wmu.
+// writeDataLocked writes p as DATA frames within the stream and connection windows, the peer's
+// frame size and the room in c's output queue (maxQueuedData), ending the stream after the last
+// byte when end is set. It returns the bytes written and whether END_STREAM went out. If the
+// connection window or the queue stopped it (not the stream's own window), the stream joins
+// c.blocked. The caller holds s.mu and c.wmu.
 func (c *conn) writeDataLocked(s *stream, h *half, id uint32, p []byte, end bool) (int, bool) {
 	sent := 0
 	for len(p) > 0 {
-		n := min(len(p), int(h.sendWindow), int(c.sendWindow), int(c.peerMaxFrame))
+		n := min(len(p), int(h.sendWindow), int(c.sendWindow), int(c.peerMaxFrame), maxDataFrame)
+		if n > 0 && c.queued()+n > maxQueuedData {
+			n = 0 // the peer is not taking what is queued: wait for the writer like for a window
+		}
 		if n <= 0 {
 			if h.sendWindow > 0 && !h.inBlocked {
 				h.inBlocked = true
@@ -332,11 +345,21 @@ func (s *stream) cleanup(fl *flusher) {
 			Upstream:   s.upFault,
 			Duration:   time.Since(s.start),
 			Queued:     s.queued(),
+			Headers:    s.headersAfter(),
 			ReqBytes:   s.req.bytes,
 			RespBytes:  s.resp.bytes,
 			Retries:    s.retries,
 		})
 	}
+}
+
+// headersAfter is how long the upstream took to answer with its response headers, 0 if it
+// did not.
+func (s *stream) headersAfter() time.Duration {
+	if s.answered.IsZero() || s.sent.IsZero() {
+		return 0
+	}
+	return s.answered.Sub(s.sent)
 }
 
 // queued is how long the stream waited for an upstream connection or stream slot.
@@ -349,9 +372,10 @@ func (s *stream) queued() time.Duration {
 
 // rstUpstreamLocked resets the upstream stream, if there is one. The caller holds s.mu.
 func (s *stream) rstUpstreamLocked(code http2.ErrCode, fl *flusher) {
-	if s.up == nil || (s.req.endSent && s.resp.endRecv) {
+	if s.up == nil || s.upReset || (s.req.endSent && s.resp.endRecv) {
 		return
 	}
+	s.upReset = true
 	u := &s.up.conn
 	u.wmu.Lock()
 	u.frameRST(s.uid, code)
@@ -450,7 +474,7 @@ func (s *stream) retryLocked() *upConn {
 		s.req.inBlocked = false
 	}
 	old.wmu.Unlock()
-	s.up, s.uid = nil, 0
+	s.up, s.uid, s.upReset = nil, 0, false
 	s.retries++
 	s.req.off = 0
 	s.req.endSent = false

@@ -18,7 +18,8 @@ import (
 const (
 	maxStreamID = 1<<31 - 1
 	// initialMaxStreams is assumed until the upstream's first SETTINGS (RFC 9113 §6.5.2
-	// recommends no less than 100); defaultMaxStreams if that SETTINGS sets no limit.
+	// recommends no less than 100), which a connection waits for before it takes streams;
+	// defaultMaxStreams if that SETTINGS sets no limit.
 	initialMaxStreams = 100
 	defaultMaxStreams = 1000
 )
@@ -34,18 +35,28 @@ type pool struct {
 	dialing int
 	waiters []*stream // FIFO; entries whose stream closed are skipped
 	gen     uint64    // incremented by Server.Retire; a dial that spans it is not used
+	// swept is set when Server.sweep removed the (empty) pool from Server.pools: it must take
+	// no stream or dial any more, or a second pool for the same address could exceed
+	// MaxConnsPerEndpoint beside it, out of Retire's sight. A stream that fetched the pool just
+	// before takes the address's current pool instead (Server.open).
+	swept bool
 }
 
 // open gives s a stream slot on a pooled connection, or queues it and dials if the pool may grow.
+// It reports false, doing nothing, if the pool was swept: the caller takes the current one.
 // Called from any goroutine with no locks held.
-func (p *pool) open(s *stream, fl *flusher) {
+func (p *pool) open(s *stream, fl *flusher) bool {
 	p.mu.Lock()
+	if p.swept {
+		p.mu.Unlock()
+		return false
+	}
 	for _, u := range p.conns {
 		if !u.draining && u.active < int(u.maxStreams) {
 			u.active++
 			p.mu.Unlock()
 			u.start(s, fl)
-			return
+			return true
 		}
 	}
 	if len(p.waiters) >= p.srv.cfg.MaxQueuedPerEndpoint {
@@ -66,7 +77,7 @@ func (p *pool) open(s *stream, fl *flusher) {
 		if fin {
 			s.cleanup(fl)
 		}
-		return
+		return true
 	}
 	p.waiters = append(p.waiters, s)
 	dial := p.dialing == 0 && len(p.conns) < p.srv.cfg.MaxConnsPerEndpoint
@@ -77,6 +88,7 @@ func (p *pool) open(s *stream, fl *flusher) {
 	if dial {
 		p.srv.goDial(p)
 	}
+	return true
 }
 
 // fillLocked reserves slots on u for waiting streams; the caller starts them after unlocking.
@@ -155,7 +167,10 @@ func (p *pool) redialLocked() bool {
 func (p *pool) setMaxStreams(u *upConn, v uint32, fl *flusher) {
 	p.mu.Lock()
 	u.maxStreams = v
-	next := p.fillLocked(u)
+	var next []*stream
+	if u.ready { // else the dial, waiting for these SETTINGS, fills it
+		next = p.fillLocked(u)
+	}
 	p.mu.Unlock()
 	for _, s := range next {
 		u.start(s, fl)
@@ -171,11 +186,18 @@ func (p *pool) dial() {
 	gen := p.gen
 	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.DialTimeout)
-	nc, err := srv.cfg.Dial(ctx, p.addr)
+	nc, err := srv.dialUpstream(ctx, p.addr)
 	cancel()
 	var u *upConn
 	if err == nil {
 		u, err = newUpConn(p, nc)
+	}
+	if err == nil {
+		srv.wg.Add(1)
+		go u.readLoop()
+		if err = u.awaitSettings(); err != nil {
+			u.close() // its read loop tears it down; it never was a usable connection
+		}
 	}
 	p.mu.Lock()
 	p.dialing--
@@ -204,6 +226,7 @@ func (p *pool) dial() {
 	if stale {
 		u.draining = true
 	} else {
+		u.ready = true
 		p.conns = append(p.conns, u)
 		next = p.fillLocked(u)
 	}
@@ -212,8 +235,6 @@ func (p *pool) dial() {
 		p.dialing++
 	}
 	p.mu.Unlock()
-	srv.wg.Add(1)
-	go u.readLoop()
 	if stale {
 		u.goAwayAndClose()
 	}
@@ -232,11 +253,17 @@ type upConn struct {
 	dec  *hdec
 	fl   flusher // the read goroutine's
 
-	gotSettings bool   // read goroutine only
-	nextID      uint32 // guarded by wmu
-	dead        bool   // guarded by mu: the read loop ended, no new streams
+	gotSettings bool // read goroutine only
+	// settled is closed by the read loop once the upstream's first SETTINGS are applied
+	// (settingsOK set) or the loop has ended without them: what the dial waits for before the
+	// connection takes streams.
+	settled    chan struct{}
+	settingsOK atomic.Bool
+	nextID     uint32 // guarded by wmu
+	dead       bool   // guarded by mu: the read loop ended, no new streams
 
 	// Guarded by pool.mu.
+	ready      bool // among pool.conns once its SETTINGS arrived (or drained since)
 	active     int
 	maxStreams uint32
 	draining   bool
@@ -248,13 +275,13 @@ type upConn struct {
 func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
 	srv := p.srv
 	cfg := &srv.cfg
-	u := &upConn{pool: p, nextID: 1, maxStreams: initialMaxStreams}
+	u := &upConn{pool: p, nextID: 1, maxStreams: initialMaxStreams, settled: make(chan struct{})}
 	u.conn.init(srv, nc, false)
 	u.streams = make(map[uint32]*stream)
 	u.dec = newHdec(cfg.MaxHeaderListSize)
 	u.idleSince = srv.now()
 	u.wmu.Lock()
-	u.bw.WriteString(clientPreface)
+	u.putString(clientPreface)
 	u.frameSettings(
 		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: cfg.InitialWindow},
@@ -277,12 +304,12 @@ func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
 	return u, nil
 }
 
+// goAwayAndClose says GOAWAY and closes the connection once that is written.
 func (u *upConn) goAwayAndClose() {
 	u.wmu.Lock()
 	u.frameGoAway(0, http2.ErrCodeNo, "")
-	u.flushLocked()
 	u.wmu.Unlock()
-	u.close()
+	u.closeWhenFlushed(afterClose)
 }
 
 func (u *upConn) removeStream(uid uint32, s *stream) {
@@ -305,15 +332,14 @@ func (u *upConn) start(s *stream, fl *flusher) {
 	u.mu.Lock()
 	u.wmu.Lock()
 	if u.dead || u.nextID > maxStreamID || u.werr != nil {
-		exhausted := u.nextID > maxStreamID
 		u.wmu.Unlock()
 		u.mu.Unlock()
 		s.mu.Unlock()
-		if exhausted {
-			u.pool.drainConn(u)
-		}
+		// Out of the usable connections first, or the pool would pick u again for s: a failed
+		// write (werr) is seen here before u's read loop has torn it down.
+		u.pool.drainConn(u)
 		u.pool.release(u, fl)
-		u.pool.open(s, fl)
+		u.srv.open(s, fl)
 		return
 	}
 	uid := u.nextID
@@ -345,21 +371,51 @@ func (u *upConn) start(s *stream, fl *flusher) {
 
 func (u *upConn) readLoop() {
 	defer u.srv.wg.Done()
-	err := u.serve()
-	u.teardown(err)
+	var settle sync.Once // teardown may run again after a panic
+	u.srv.guard("upstream connection", &u.conn, u.serve, func(err error) {
+		// Streams waiting for the upstream's SETTINGS must not wait for a connection that ended.
+		settle.Do(func() {
+			if !u.gotSettings {
+				close(u.settled)
+			}
+		})
+		u.teardown(err)
+	})
+}
+
+// awaitSettings waits for the upstream's first SETTINGS frame (RFC 9113 §3.4: its connection
+// preface), at most DialTimeout. Until then the connection takes no stream: a port that accepts
+// TCP but speaks no HTTP/2 must fail the streams waiting for it as a dial failure, which they
+// can be retried from since none was sent, rather than hold them until the keepalive gives up.
+func (u *upConn) awaitSettings() error {
+	t := time.NewTimer(u.srv.cfg.DialTimeout)
+	defer t.Stop()
+	select {
+	case <-u.settled:
+		if u.settingsOK.Load() {
+			return nil
+		}
+		return errors.New("the connection ended before the upstream's HTTP/2 SETTINGS")
+	case <-t.C:
+		return fmt.Errorf("no HTTP/2 SETTINGS from the upstream within %v (is it an HTTP/2 server?)", u.srv.cfg.DialTimeout)
+	case <-u.srv.ctx.Done():
+		return ErrServerClosed
+	}
 }
 
 func (u *upConn) serve() error {
 	batch := 0
 	for {
-		f, err := u.fr.ReadFrame()
+		f, err := u.readFrame()
 		if err != nil {
 			var se http2.StreamError
-			if errors.As(err, &se) {
-				u.streamError(se.StreamID, se.Code, se)
-				continue
+			if !errors.As(err, &se) {
+				return u.connFail(err)
 			}
-			return u.connFail(err)
+			// Answered like any other frame's error, and flushed with them below.
+			if err = u.streamError(se.StreamID, se.Code, se); err != nil {
+				return u.connFail(err)
+			}
 		}
 		switch f := f.(type) {
 		case *http2.DataFrame:
@@ -376,11 +432,24 @@ func (u *upConn) serve() error {
 				// No limit announced: like x/net's transport, use 1000 rather than unbounded.
 				u.pool.setMaxStreams(u, defaultMaxStreams, &u.fl)
 			}
-			u.gotSettings = true
+			if !f.IsAck() && !u.gotSettings && err == nil {
+				u.gotSettings = true
+				u.settingsOK.Store(true)
+				close(u.settled)
+			}
 		case *http2.WindowUpdateFrame:
-			err = u.onWindowUpdate(f, &u.fl)
+			if f.StreamID != 0 && u.lookup(f.StreamID) == nil && u.neverOpened(f.StreamID) {
+				err = errIdle("WINDOW_UPDATE") // RFC 9113 §5.1
+			} else {
+				err = u.onWindowUpdate(f, &u.fl)
+			}
 		case *http2.RSTStreamFrame:
-			u.onRST(f)
+			err = u.onRST(f)
+		case *http2.PriorityFrame:
+			if f.StreamDep == f.StreamID && u.lookup(f.StreamID) != nil {
+				// RFC 9113 §5.3.1: a stream cannot depend on itself.
+				err = u.streamError(f.StreamID, http2.ErrCodeProtocol, errors.New("stream depends on itself"))
+			}
 		case *http2.PingFrame:
 			if f.IsAck() {
 				u.pingAt.Store(0)
@@ -435,6 +504,7 @@ func (u *upConn) connFail(err error) error {
 // client connections they came from.
 func (u *upConn) teardown(err error) {
 	u.close()
+	u.waitWriter()
 	u.pool.drainConn(u)
 	u.mu.Lock()
 	u.dead = true
@@ -473,14 +543,16 @@ func (u *upConn) attached(id uint32) *stream {
 	return s
 }
 
-func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) {
+// streamError resets an upstream stream the upstream got wrong (RFC 9113 §5.4.2) and fails the
+// client's stream. On an idle stream the frame is a connection error (§5.1); on a closed one
+// there is nothing left to reset.
+func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) error {
 	s := u.attached(id)
 	if s == nil {
-		u.wmu.Lock()
-		u.frameRST(id, code)
-		u.wmu.Unlock()
-		u.fl.add(&u.conn)
-		return
+		if u.lookup(id) == nil && u.neverOpened(id) {
+			return errIdle("frame")
+		}
+		return nil
 	}
 	s.rstUpstreamLocked(code, &u.fl)
 	fin := s.failLocked(fmt.Errorf("upstream %s stream error: %v", u.pool.addr, cause), true, 502, grpcInternal, &u.fl)
@@ -488,6 +560,7 @@ func (u *upConn) streamError(id uint32, code http2.ErrCode, cause error) {
 	if fin {
 		s.cleanup(&u.fl)
 	}
+	return nil
 }
 
 func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
@@ -497,6 +570,9 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 	}
 	s := u.attached(id)
 	if s == nil {
+		if u.lookup(id) == nil && u.neverOpened(id) {
+			return errIdle("HEADERS") // RFC 9113 §5.1
+		}
 		return nil
 	}
 	fl := &u.fl
@@ -512,14 +588,19 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 			reason = "response trailers too large"
 		} else if d.bad != "" {
 			reason = d.bad
+		} else if s.respLen >= 0 && s.resp.bytes != s.respLen {
+			reason = "body does not match content-length (RFC 9113 §8.1.1)"
 		}
-		if reason != "" || s.resp.endRecv {
-			if reason == "" {
-				reason = "HEADERS after END_STREAM"
-			}
+		switch {
+		case s.resp.endRecv:
+			// RFC 9113 §5.1 "half-closed (remote)": a stream error STREAM_CLOSED.
+			s.rstUpstreamLocked(http2.ErrCodeStreamClosed, fl)
+			fin = s.failLocked(fmt.Errorf("upstream %s sent HEADERS after END_STREAM", u.pool.addr), true, 502, grpcInternal, fl)
+		case reason != "":
+			// A malformed response is not forwarded (§8.1.1): gRPC clients get INTERNAL.
 			s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
-			fin = s.abortLocked(fmt.Errorf("upstream %s sent malformed trailers: %s", u.pool.addr, reason), http2.ErrCodeInternal, false, true, fl)
-		} else {
+			fin = s.failLocked(fmt.Errorf("upstream %s sent malformed trailers: %s", u.pool.addr, reason), true, 502, grpcInternal, fl)
+		default:
 			s.grpcStatus = grpcStatus(fields)
 			s.resp.trailers, s.resp.hasTrailer, s.resp.endRecv = fields, true, true
 			s.drain(&s.resp, &u.conn, id, &s.cc.conn, s.id, fl)
@@ -545,8 +626,9 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	}
 	var status int
 	var regular = d.fields
+	contentLength := int64(-1)
 	if reason == "" {
-		status, regular, reason = parseResponse(d.fields)
+		status, regular, contentLength, reason = parseResponse(d.fields)
 	}
 	if reason == "" && status == 101 {
 		// RFC 9113 §8.6: 101 is not valid in HTTP/2; never turn the stream into a tunnel.
@@ -555,6 +637,15 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	if reason == "" && status < 200 && end {
 		reason = "informational response with END_STREAM"
 	}
+	if reason == "" && status >= 200 {
+		// RFC 9113 §8.1.1: the content must match content-length, except where the response
+		// has no content at all.
+		if noContent(status, s.head.Method) {
+			contentLength = 0
+		} else if end && contentLength > 0 {
+			reason = "content-length without content"
+		}
+	}
 	if reason != "" {
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
 		return s.failLocked(fmt.Errorf("bad response from upstream %s: %s", addr, reason), true, 502, grpcInternal, fl)
@@ -562,8 +653,10 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	cc := &s.cc.conn
 	if status >= 200 {
 		s.gotFinal = true
+		s.answered = time.Now()
 		s.dropReplay()
 		s.status = status
+		s.respLen = contentLength
 		if end {
 			s.grpcStatus = grpcStatus(regular)
 			s.resp.endRecv = true
@@ -593,15 +686,32 @@ func (u *upConn) onData(f *http2.DataFrame) error {
 	}
 	s := u.attached(id)
 	if s == nil {
+		if u.lookup(id) == nil && u.neverOpened(id) {
+			return errIdle("DATA") // RFC 9113 §5.1
+		}
 		u.grantConn(flen, fl)
 		return nil
 	}
 	data := f.Data()
 	var fin bool
 	switch {
-	case !s.gotFinal || s.resp.endRecv:
+	case s.resp.endRecv:
+		// RFC 9113 §5.1 "half-closed (remote)": a stream error STREAM_CLOSED.
+		s.rstUpstreamLocked(http2.ErrCodeStreamClosed, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA after END_STREAM", u.pool.addr), true, 502, grpcInternal, fl)
+		s.mu.Unlock()
+		u.grantConn(flen, fl)
+	case !s.gotFinal:
+		// RFC 9113 §8.1: DATA before the final response HEADERS is malformed.
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
-		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA out of order", u.pool.addr), true, 502, grpcInternal, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent DATA before its response headers", u.pool.addr), true, 502, grpcInternal, fl)
+		s.mu.Unlock()
+		u.grantConn(flen, fl)
+	case s.respLen >= 0 && (s.resp.bytes+int64(len(data)) > s.respLen || f.StreamEnded() && s.resp.bytes+int64(len(data)) != s.respLen):
+		// RFC 9113 §8.1.1: checked before the bytes are forwarded, so the client never
+		// sees the end of a body that does not match its content-length.
+		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
+		fin = s.failLocked(fmt.Errorf("upstream %s sent a body that does not match its content-length", u.pool.addr), true, 502, grpcInternal, fl)
 		s.mu.Unlock()
 		u.grantConn(flen, fl)
 	default:
@@ -627,10 +737,13 @@ func (u *upConn) onData(f *http2.DataFrame) error {
 	return nil
 }
 
-func (u *upConn) onRST(f *http2.RSTStreamFrame) {
+func (u *upConn) onRST(f *http2.RSTStreamFrame) error {
 	s := u.attached(f.StreamID)
 	if s == nil {
-		return
+		if u.lookup(f.StreamID) == nil && u.neverOpened(f.StreamID) {
+			return errIdle("RST_STREAM") // RFC 9113 §5.1, §6.4
+		}
+		return nil
 	}
 	fl := &u.fl
 	var fin bool
@@ -640,8 +753,8 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) {
 		if old := s.retryLocked(); old != nil {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
-			s.pool.open(s, fl)
-			return
+			s.srv.open(s, fl)
+			return nil
 		}
 		fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
 	case code == http2.ErrCodeNo && s.resp.endRecv:
@@ -655,6 +768,7 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) {
 	if fin {
 		s.cleanup(fl)
 	}
+	return nil
 }
 
 // onGoAway stops new streams on u and replays the streams the upstream did not process
@@ -680,7 +794,7 @@ func (u *upConn) onGoAway(f *http2.GoAwayFrame) {
 		if old := s.retryLocked(); old != nil {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
-			s.pool.open(s, fl)
+			s.srv.open(s, fl)
 			continue
 		}
 		fin := s.failLocked(fmt.Errorf("upstream %s refused the stream (GOAWAY %v) and it cannot be replayed", u.pool.addr, f.ErrCode), true, 503, grpcUnavailable, fl)

@@ -99,6 +99,14 @@ type Result struct {
 	Upstream bool
 	// Duration runs from the end of the request head to the end of the exchange.
 	Duration time.Duration
+	// Queued is the part of Duration spent getting an upstream connection (a pooled one, or a
+	// dial) before the request head went upstream (the last try's); all of it if it never did.
+	Queued time.Duration
+	// Headers runs from the request head going upstream to the final response head (or 101)
+	// arriving; 0 if none did. It is the endpoint's latency a balancer should learn
+	// (balance.Pick.Done), not the time the body then streams. Without a response head,
+	// Duration - Queued is how long the endpoint kept the caller waiting for one.
+	Headers time.Duration
 	// ReqBytes and RespBytes count body bytes (decoded, without chunk framing) forwarded from the
 	// client and from the upstream; for an upgrade, the relayed bytes.
 	ReqBytes, RespBytes int64

@@ -24,6 +24,7 @@ type exchange struct {
 	rq  *request
 	res Result
 
+	sent      time.Time // when the request head went upstream (the last try's); zero if never
 	bgRunning bool
 	bodyDone  atomic.Bool // the request body has been forwarded completely (or there is none)
 	killed    bool        // join closed the upstream connection under a body copy
@@ -65,6 +66,10 @@ func (c *clientConn) forward(ctx context.Context, rq *request) bool {
 	x.bodyDone.Store(rq.body == nil)
 	defer func() {
 		x.res.Duration = time.Since(rq.start)
+		x.res.Queued = x.res.Duration
+		if !x.sent.IsZero() {
+			x.res.Queued = x.sent.Sub(rq.start)
+		}
 		if route.Done != nil {
 			route.Done(x.res)
 		}
@@ -101,8 +106,10 @@ func (x *exchange) run(ctx context.Context) bool {
 			x.res.Err = errors.New("client connection closed")
 			return false
 		}
+		x.sent = time.Now()
 		resp, err = x.send(uc)
 		if err == nil {
+			x.res.Headers = time.Since(x.sent)
 			break
 		}
 		x.join(uc)

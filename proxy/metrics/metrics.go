@@ -1,12 +1,14 @@
 // Package metrics holds the proxy's Prometheus metrics. Label handles are resolved once per
 // route and cached, so the per-request path pays for a few atomic adds, not for hashing label
-// values on every request.
+// values on every request. The series of an endpoint that left discovery are deleted on the
+// proxy's word (Forget), so a proxy's metrics do not grow with every rollout's pod addresses.
 package metrics
 
 import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,8 +33,13 @@ type Metrics struct {
 	bytes     *prometheus.CounterVec
 	detect    *prometheus.CounterVec
 	denials   *prometheus.CounterVec
+	refused   *prometheus.CounterVec
+	panics    *prometheus.CounterVec
 
 	routes sync.Map // routeKey -> *Route
+	// mu orders the creation of a Route with Forget, so a route is never cached with series
+	// Forget has just deleted. The per-request path (a cached Route) does not take it.
+	mu sync.Mutex
 }
 
 type routeKey struct {
@@ -73,12 +80,20 @@ func New() *Metrics {
 			Name: "detour_authz_denials_total",
 			Help: "Requests and connections refused by policy, by direction, destination port and peer identity (empty: plaintext).",
 		}, []string{"direction", "port", "peer_identity"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_tcp_connections_refused_total",
+			Help: "Client connections closed at accept, by direction and reason (limit: the proxy holds --max-connections).",
+		}, []string{"direction", "reason"}),
 		detect: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "detour_protocol_detections_total",
 			Help: "Protocol detection results by direction, destination port and result (http1, http2, tls, opaque, timeout, skipped).",
 		}, []string{"direction", "port", "result"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_engine_panics_total",
+			Help: "Panics a forwarding engine recovered from (each ended one connection or dial), by direction and engine.",
+		}, []string{"direction", "engine"}),
 	}
-	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect, m.denials,
+	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect, m.denials, m.refused, m.panics,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -90,6 +105,11 @@ func (m *Metrics) Route(direction, authority string, endpoint netip.AddrPort, pe
 	if r, ok := m.routes.Load(k); ok {
 		return r.(*Route)
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r, ok := m.routes.Load(k); ok {
+		return r.(*Route)
+	}
 	ep := endpoint.String()
 	tls := strconv.FormatBool(peer != "")
 	r := &Route{
@@ -98,8 +118,29 @@ func (m *Metrics) Route(direction, authority string, endpoint netip.AddrPort, pe
 		requests: m.requests.WithLabelValues(direction, authority, ep, tls, peer),
 		latency:  m.latency.WithLabelValues(direction, authority, ep, tls, peer),
 	}
-	actual, _ := m.routes.LoadOrStore(k, r)
-	return actual.(*Route)
+	m.routes.Store(k, r)
+	return r
+}
+
+// Forget deletes every series of endpoint in direction (requests, responses, latency) and the
+// routes that feed them, once discovery no longer has the endpoint. A request still in flight
+// on a forgotten route is not counted when it ends: counting it would bring one series back,
+// never to be deleted again. The caller waits a grace period before Forget, since a series that
+// vanishes and comes back reads as a counter reset.
+func (m *Metrics) Forget(direction string, endpoint netip.AddrPort) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.routes.Range(func(key, r any) bool {
+		if k := key.(routeKey); k.direction == direction && k.endpoint == endpoint {
+			r.(*Route).forgotten.Store(true)
+			m.routes.Delete(key)
+		}
+		return true
+	})
+	labels := prometheus.Labels{"direction": direction, "endpoint": endpoint.String()}
+	m.requests.DeletePartialMatch(labels)
+	m.responses.DeletePartialMatch(labels)
+	m.latency.DeletePartialMatch(labels)
 }
 
 // Route is the metrics of one direction, authority and endpoint.
@@ -109,6 +150,7 @@ type Route struct {
 	requests  prometheus.Counter
 	latency   prometheus.Observer
 	responses sync.Map // responseKey -> prometheus.Counter
+	forgotten atomic.Bool
 }
 
 type responseKey struct {
@@ -118,6 +160,9 @@ type responseKey struct {
 
 // Observe records one finished request. grpcStatus < 0 means the response had none.
 func (r *Route) Observe(status, grpcStatus int, failed bool, d time.Duration) {
+	if r.forgotten.Load() {
+		return
+	}
 	r.requests.Inc()
 	r.latency.Observe(d.Seconds())
 	k := responseKey{status, grpcStatus, failed}
@@ -134,7 +179,13 @@ func (r *Route) Observe(status, grpcStatus int, failed bool, d time.Duration) {
 			class = "failure"
 		}
 		l := r.labels
+		r.m.mu.Lock()
+		if r.forgotten.Load() { // Forget ran since the check above
+			r.m.mu.Unlock()
+			return
+		}
 		c, _ = r.responses.LoadOrStore(k, r.m.responses.WithLabelValues(l[0], l[1], l[2], l[3], l[4], code, grpc, class))
+		r.m.mu.Unlock()
 	}
 	c.(prometheus.Counter).Inc()
 }
@@ -156,6 +207,16 @@ func (m *Metrics) Bytes(direction string, fromClient, fromServer int64) {
 // Denied counts a request or connection refused by policy.
 func (m *Metrics) Denied(direction string, port uint16, peer string) {
 	m.denials.WithLabelValues(direction, strconv.Itoa(int(port)), peer).Inc()
+}
+
+// Refused counts a client connection closed at accept for reason.
+func (m *Metrics) Refused(direction, reason string) {
+	m.refused.WithLabelValues(direction, reason).Inc()
+}
+
+// Panicked counts a panic an engine ("h2") recovered from.
+func (m *Metrics) Panicked(direction, engine string) {
+	m.panics.WithLabelValues(direction, engine).Inc()
 }
 
 // Detected counts one protocol detection result on a destination port.

@@ -51,6 +51,41 @@ detour_protocol_detections_total{direction="outbound",port="80",result="http2"} 
 	}
 }
 
+func TestForgetDeletesOnlyThatEndpointsSeries(t *testing.T) {
+	m := New()
+	gone, kept := netip.MustParseAddrPort("198.18.0.11:8080"), netip.MustParseAddrPort("198.18.0.12:8080")
+	inflight := m.Route(Outbound, "stockdata.stocks", gone, "")
+	inflight.Observe(200, 0, false, time.Millisecond)
+	m.Route(Outbound, "stockdata.stocks", gone, "spiffe://cluster.local/ns/stocks/sa/stockdata").Observe(503, -1, true, time.Millisecond)
+	m.Route(Outbound, "stockdata.stocks", kept, "").Observe(200, 0, false, time.Millisecond)
+	m.Route(Inbound, "198.18.0.11:8080", gone, "").Observe(200, 0, false, time.Millisecond) // another direction
+	count := func() int {
+		return testutil.CollectAndCount(m.requests) + testutil.CollectAndCount(m.responses) + testutil.CollectAndCount(m.latency)
+	}
+	if n := count(); n != 12 {
+		t.Fatalf("%d series before, want 4 of each of the three", n)
+	}
+	m.Forget(Outbound, gone)
+	if n := count(); n != 6 {
+		t.Fatalf("%d series after forgetting one outbound endpoint, want its 6 gone and 6 left", n)
+	}
+	// A request that was in flight ends: it brings no series back.
+	inflight.Observe(200, 0, false, time.Millisecond)
+	inflight.Observe(500, -1, true, time.Millisecond)
+	if n := count(); n != 6 {
+		t.Fatalf("%d series after a forgotten route observed, want 6", n)
+	}
+	// The endpoint back in discovery starts again from zero, with the handles cached anew.
+	again := m.Route(Outbound, "stockdata.stocks", gone, "")
+	if again == inflight {
+		t.Fatal("Route returned the forgotten route")
+	}
+	again.Observe(200, 0, false, time.Millisecond)
+	if v := testutil.ToFloat64(m.requests.WithLabelValues(Outbound, "stockdata.stocks", gone.String(), "false", "")); v != 1 {
+		t.Fatalf("requests of the endpoint back = %v, want 1", v)
+	}
+}
+
 func BenchmarkObserve(b *testing.B) {
 	m := New()
 	r := m.Route(Outbound, "stockdata.stocks:80", netip.MustParseAddrPort("198.18.0.11:8080"), "")

@@ -67,6 +67,12 @@ type Policy struct {
 	// Allow restricts a port to the listed peer identities (and so refuses plaintext on it).
 	// A port without an entry admits any peer the mTLS handshake verified.
 	Allow map[uint16][]spiffeid.ID
+	// Probes are the kubelet's probe paths per port (--probe-paths, which the injector computes
+	// from the pod's probes). The kubelet calls them from the node in plaintext, so a request to
+	// exactly one of them (GET or HEAD; POST for the gRPC health check) is let through on a
+	// strict or allow-listed port, as Linkerd's default policy does for probes: a strict pod
+	// whose probes failed would never become ready. Nothing else on the port is opened.
+	Probes map[uint16][]string
 }
 
 // ParsePolicy builds a Policy from the three flag values described at Policy.
@@ -252,6 +258,48 @@ func (p Policy) DecideString(port uint16, peer string) (allowed bool, reason str
 	}
 	return true, "plaintext accepted (permissive)"
 }
+
+// DecideRequest is DecideString for an HTTP request, which a kubelet probe path (Probes) lets
+// through in plaintext where DecideString would refuse it. path may carry a query, which is
+// ignored.
+func (p Policy) DecideRequest(port uint16, peer, method, path string) (allowed bool, reason string) {
+	ok, why := p.DecideString(port, peer)
+	if ok || peer != "" || len(p.Probes) == 0 {
+		return ok, why
+	}
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	for _, pp := range p.Probes[port] {
+		if pp != path {
+			continue
+		}
+		if method == "GET" || method == "HEAD" || (method == "POST" && path == grpcHealthPath) {
+			return true, "kubelet probe path"
+		}
+	}
+	return ok, why
+}
+
+// ParseProbePaths parses --probe-paths ("PORT/PATH PORT/PATH ..."), as the injector writes it from a pod's probes, into Policy.Probes.
+func ParseProbePaths(s string) (map[uint16][]string, error) {
+	out := map[uint16][]string{}
+	for _, f := range strings.Fields(s) {
+		i := strings.IndexByte(f, '/')
+		if i <= 0 {
+			return nil, fmt.Errorf("probe path %q: want PORT/PATH, e.g. 8080/healthz", f)
+		}
+		port, err := strconv.ParseUint(f[:i], 10, 16)
+		if err != nil || port == 0 {
+			return nil, fmt.Errorf("probe path %q: port %q is not 1-65535", f, f[:i])
+		}
+		out[uint16(port)] = append(out[uint16(port)], f[i:])
+	}
+	return out, nil
+}
+
+// grpcHealthPath is what the kubelet's grpc probes call (gRPC health checking protocol).
+const grpcHealthPath = "/grpc.health.v1.Health/Check"
 
 func (p Policy) modeOf(port uint16) Mode {
 	if m, ok := p.Ports[port]; ok {

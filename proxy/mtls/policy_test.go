@@ -142,3 +142,54 @@ func TestFlagsRoundTrip(t *testing.T) {
 		t.Errorf("round trip: %+v, %v; want %+v", q, err, p)
 	}
 }
+
+func TestParseProbePathsRefusesBadInput(t *testing.T) {
+	for _, s := range []string{"healthz", "/healthz", "0/healthz", "70000/x", "x/y"} {
+		if _, err := ParseProbePaths(s); err == nil {
+			t.Errorf("ParseProbePaths(%q) accepted it", s)
+		}
+	}
+	got, err := ParseProbePaths(" 8080/a  8080/b 9090/grpc.health.v1.Health/Check ")
+	if err != nil || len(got[8080]) != 2 || got[9090][0] != grpcHealthPath {
+		t.Errorf("ParseProbePaths: %v %v", got, err)
+	}
+}
+
+// TestDecideRequestLetsKubeletProbesThrough: on strict and allow-listed ports a plaintext
+// request to a probe path (GET/HEAD, or POST for the gRPC health check) is allowed, and nothing
+// else is: another path, another method, another port.
+func TestDecideRequestLetsKubeletProbesThrough(t *testing.T) {
+	probes, err := ParseProbePaths("8080/ready 8080/live 9090/grpc.health.v1.Health/Check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ParsePolicy("strict", "", "9090=spiffe://cluster.local/ns/web/sa/stockweb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Probes = probes
+	for _, c := range []struct {
+		port         uint16
+		peer, method string
+		path         string
+		want         bool
+	}{
+		{8080, "", "GET", "/ready", true},
+		{8080, "", "HEAD", "/live", true},
+		{8080, "", "GET", "/ready?verbose=1", true},
+		{8080, "", "GET", "/ready/../admin", false},
+		{8080, "", "GET", "/readyz", false},
+		{8080, "", "POST", "/ready", false},
+		{8080, "", "GET", "/", false},
+		{8081, "", "GET", "/ready", false},
+		{9090, "", "POST", "/grpc.health.v1.Health/Check", true},
+		{9090, "", "POST", "/stockpb.StockData/GetQuote", false},
+		{9090, "spiffe://cluster.local/ns/web/sa/other", "POST", "/grpc.health.v1.Health/Check", false},
+		{8080, "spiffe://cluster.local/ns/web/sa/other", "GET", "/anything", true},
+	} {
+		got, why := p.DecideRequest(c.port, c.peer, c.method, c.path)
+		if got != c.want {
+			t.Errorf("DecideRequest(%d, %q, %s %s) = %v (%s), want %v", c.port, c.peer, c.method, c.path, got, why, c.want)
+		}
+	}
+}

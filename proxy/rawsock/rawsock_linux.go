@@ -30,6 +30,16 @@ type rawSock struct {
 	// pre, if not nil, is read first until its peeked bytes are used up: a sniffing listener's
 	// connection that replays the bytes it looked at (proxy/detect.Conn).
 	pre net.Conn
+	// rd is ReadPooled's state, and readFn the function it gives the RawConn, bound once so
+	// that a read allocates nothing. Reads are not concurrent (one reader per socket).
+	rd struct {
+		get   func() *[]byte
+		put   func(*[]byte)
+		b     *[]byte
+		n     int
+		errno syscall.Errno
+	}
+	readFn func(fd uintptr) bool
 }
 
 // peekedConn is a connection that replays bytes it peeked from the one it wraps.
@@ -39,21 +49,22 @@ type peekedConn interface {
 	NetConn() net.Conn
 }
 
-func rawIO(nc net.Conn) (io.Reader, io.Writer) {
+func rawIO(nc net.Conn) *rawSock {
 	var pre net.Conn
 	if pc, ok := nc.(peekedConn); ok {
 		pre, nc = pc, pc.NetConn()
 	}
 	tc, ok := nc.(*net.TCPConn)
 	if !ok {
-		return nil, nil
+		return nil
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return nil, nil
+		return nil
 	}
 	s := &rawSock{rc: rc, pre: pre}
-	return s, s
+	s.readFn = s.readPooled
+	return s
 }
 
 func (s *rawSock) Read(p []byte) (int, error) {
@@ -92,7 +103,70 @@ func (s *rawSock) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (s *rawSock) Write(p []byte) (int, error) {
+// ReadPooled implements Reader.
+func (s *rawSock) ReadPooled(get func() *[]byte, put func(*[]byte)) (*[]byte, int, error) {
+	if s.pre != nil {
+		if len(s.pre.(peekedConn).Peeked()) > 0 {
+			b := get()
+			n, err := s.pre.Read((*b)[:cap(*b)])
+			if err != nil || n == 0 {
+				put(b)
+				if err == nil {
+					err = io.ErrNoProgress
+				}
+				return nil, 0, err
+			}
+			return b, n, nil
+		}
+		s.pre = nil
+	}
+	rd := &s.rd
+	rd.get, rd.put, rd.b, rd.n, rd.errno = get, put, nil, 0, 0
+	err := s.rc.Read(s.readFn)
+	b, n, errno := rd.b, rd.n, rd.errno
+	rd.get, rd.put, rd.b = nil, nil, nil
+	switch {
+	case err == nil && errno == 0 && n > 0:
+		return b, n, nil
+	case err == nil && errno != 0:
+		err = os.NewSyscallError("read", errno)
+	case err == nil:
+		err = io.EOF
+	}
+	if b != nil {
+		put(b)
+	}
+	return nil, 0, err
+}
+
+// readPooled is ReadPooled's attempt, run by the RawConn with the socket's read lock held.
+func (s *rawSock) readPooled(fd uintptr) bool {
+	rd := &s.rd
+	rd.b = rd.get()
+	p := (*rd.b)[:cap(*rd.b)]
+	for {
+		r, _, e := syscall.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			rd.put(rd.b) // wait without it
+			rd.b = nil
+			return false
+		}
+		rd.n, rd.errno = int(r), e
+		return true
+	}
+}
+
+func (s *rawSock) Write(p []byte) (int, error) { return s.write(p, true) }
+
+// TryWrite implements Writer.
+func (s *rawSock) TryWrite(p []byte) (int, error) { return s.write(p, false) }
+
+// write writes p; on a full send buffer it parks until the socket is writable if wait is set,
+// and returns what it wrote so far otherwise.
+func (s *rawSock) write(p []byte, wait bool) (int, error) {
 	n := 0
 	var errno syscall.Errno
 	err := s.rc.Write(func(fd uintptr) bool {
@@ -103,7 +177,7 @@ func (s *rawSock) Write(p []byte) (int, error) {
 				n += int(r)
 			case unix.EINTR:
 			case unix.EAGAIN:
-				return false // park until the poller reports the socket writable
+				return !wait // park until the poller reports the socket writable, if asked to
 			default:
 				errno = e
 				return true

@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/detourmesh/detour/api/discoverypb"
@@ -108,14 +109,66 @@ type outbox struct {
 	nacks       []*discoverypb.DiscoveryRequest
 }
 
-// StartController connects to the controller and waits up to opts.StartTimeout for the first
-// service table, so a proxy never starts without one; on timeout it fails with the reason the
-// controller could not be used. On success goroutines owned by ctx keep the stream open
-// (reconnecting as needed) and expire idle subscriptions until ctx is done; Done reports when
-// they have exited.
+// NewController starts following the controller and returns at once, before any table:
+// goroutines owned by ctx keep the stream open (reconnecting with backoff, for as long as it
+// takes) and expire idle subscriptions until ctx is done; Done reports when they have exited.
+// Until the first table arrives, Snapshot is nil, Watch delivers nothing and Err says why, so a
+// proxy can listen at once (relaying what it does not know) instead of failing closed. It fails
+// only for options that can never work.
+func NewController(ctx context.Context, opts ControllerOptions) (*Controller, error) {
+	c, conn, err := dial(opts)
+	if err != nil {
+		return nil, err
+	}
+	c.start(ctx, conn)
+	return c, nil
+}
+
+// StartController is NewController that waits up to opts.StartTimeout for the first service
+// table; on timeout it stops following and fails with the reason the controller could not be
+// used.
 func StartController(ctx context.Context, opts ControllerOptions) (*Controller, error) {
+	c, conn, err := dial(opts)
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	c.start(runCtx, conn)
+	timer := time.NewTimer(c.opts.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-c.first:
+		context.AfterFunc(ctx, cancel) // the goroutines' lifetime is ctx's from here
+		return c, nil
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	cancel()
+	<-c.done
+	last := c.Err()
+	if last == nil {
+		last = ctx.Err()
+	}
+	if last == nil {
+		last = errors.New("no service table arrived")
+	}
+	return nil, fmt.Errorf("no discovery from the controller at %s within %s: %w (%s)",
+		opts.Address, c.opts.StartTimeout, last, hint(last))
+}
+
+// hint says what to check when the controller cannot be used for err.
+func hint(err error) string {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return "check that the identity token file holds a token the controller's --tokens file maps to this proxy's identity"
+	}
+	return "check that the controller runs and that the trust anchor is its ca.crt"
+}
+
+// dial checks opts and makes the Controller and its (lazily connecting) gRPC client.
+func dial(opts ControllerOptions) (*Controller, *grpc.ClientConn, error) {
 	if opts.Address == "" || opts.TLS == nil {
-		return nil, errors.New("discovery from the controller needs its address and TLS configuration (trust anchors)")
+		return nil, nil, errors.New("discovery from the controller needs its address and TLS configuration (trust anchors)")
 	}
 	if opts.StartTimeout <= 0 {
 		opts.StartTimeout = 30 * time.Second
@@ -142,47 +195,26 @@ func StartController(ctx context.Context, opts ControllerOptions) (*Controller, 
 	}
 	conn, err := grpc.NewClient(opts.Address, append(dialOpts, opts.DialOptions...)...)
 	if err != nil {
-		return nil, fmt.Errorf("discovery controller %q: %w", opts.Address, err)
+		return nil, nil, fmt.Errorf("discovery controller %q: %w", opts.Address, err)
 	}
-	c := newController(opts)
-	runCtx, cancel := context.WithCancel(ctx)
+	return newController(opts), conn, nil
+}
+
+// start runs the stream over conn and the expiry of idle subscriptions until ctx is done, then
+// closes conn and done.
+func (c *Controller) start(ctx context.Context, conn *grpc.ClientConn) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		defer conn.Close()
-		c.run(runCtx, discoverypb.NewDiscoveryClient(conn))
+		c.run(ctx, discoverypb.NewDiscoveryClient(conn))
 	}()
 	go func() {
 		defer wg.Done()
-		c.expire(runCtx)
+		c.expire(ctx)
 	}()
 	go func() { wg.Wait(); close(c.done) }()
-	timer := time.NewTimer(c.opts.StartTimeout)
-	defer timer.Stop()
-	select {
-	case <-c.first:
-		context.AfterFunc(ctx, cancel) // the goroutines' lifetime is ctx's from here
-		return c, nil
-	case <-timer.C:
-	case <-ctx.Done():
-	}
-	cancel()
-	<-c.done
-	last := c.Err()
-	if last == nil {
-		last = ctx.Err()
-	}
-	if last == nil {
-		last = errors.New("no service table arrived")
-	}
-	hint := "check that the controller runs and that the trust anchor is its ca.crt"
-	switch status.Code(last) {
-	case codes.Unauthenticated, codes.PermissionDenied:
-		hint = "check that the identity token file holds a token the controller's --tokens file maps to this proxy's identity"
-	}
-	return nil, fmt.Errorf("no discovery from the controller at %s within %s: %w (%s)",
-		opts.Address, c.opts.StartTimeout, last, hint)
 }
 
 // newController is a Controller with no connection yet.
@@ -243,11 +275,14 @@ func (c *Controller) Err() error {
 // StartController is done.
 func (c *Controller) Done() <-chan struct{} { return c.done }
 
-// Watch implements discovery.Source.
+// Watch implements discovery.Source. Before the first table it delivers nothing: the first
+// snapshot comes when the controller sends it.
 func (c *Controller) Watch(ctx context.Context) <-chan *discovery.Snapshot {
 	ch := make(chan *discovery.Snapshot, 1)
 	last := c.current.Load()
-	ch <- last
+	if last != nil {
+		ch <- last
+	}
 	go func() {
 		defer close(ch)
 		for {
@@ -444,6 +479,10 @@ func (c *Controller) run(ctx context.Context, client discoverypb.DiscoveryClient
 func (c *Controller) stream(ctx context.Context, client discoverypb.DiscoveryClient) (synced bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if c.opts.Identity != "" {
+		// What the controller's throttle counts failed proofs under (identity.ClaimKey).
+		sctx = metadata.AppendToOutgoingContext(sctx, "detour-identity", c.opts.Identity)
+	}
 	st, err := client.Stream(sctx)
 	if err != nil {
 		return false, err

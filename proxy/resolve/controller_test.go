@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -288,9 +289,15 @@ func TestControllerSourceKeepsTheLastGoodStateWhileTheControllerIsAway(t *testin
 	k.stop()
 	// The file changes while no proxy can hear about it.
 	replaceFile(t, path, withEndpoints("198.19.0.2:80", "198.18.0.1:8080", "198.18.0.3:8080"))
-	// Give the source time to notice the loss and retry a few times (not an assertion on time:
-	// whatever happens in this window, the state must not change).
-	time.Sleep(300 * time.Millisecond)
+	// In the controller's place, a port that takes connections and closes them: the source
+	// has noticed the loss and retried when it has connected there three times.
+	away := refuseAt(t, k.addr)
+	for deadline := time.Now().Add(20 * time.Second); away.accepted.Load() < 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the source reconnected %d times in 20 s", away.accepted.Load())
+		}
+	}
+	away.ln.Close()
 	if src.Snapshot() != before {
 		t.Fatalf("the snapshot changed while the controller was away")
 	}
@@ -336,6 +343,67 @@ func TestControllerSourceResumesWithoutAResend(t *testing.T) {
 	if sent := k.sentBytes() - sentBefore; sent > 16 {
 		t.Errorf("the controller sent %d bytes to a proxy resuming with current versions, want an empty answer", sent)
 	}
+}
+
+func TestNewControllerDoesNotWaitForTheController(t *testing.T) {
+	k, _ := fileController(t, serviceFile("198.19.0.1:80"))
+	k.stop() // down when the proxy starts
+	ctx, cancel := context.WithCancel(context.Background())
+	src, err := resolve.NewController(ctx, k.options())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); <-src.Done() })
+	if s := src.Snapshot(); s != nil {
+		t.Fatalf("a snapshot before the controller answered: %s", s.Revision())
+	}
+	ch := src.Watch(ctx)
+	for deadline := time.Now().Add(10 * time.Second); src.Err() == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Err() stayed nil with the controller down")
+		}
+	}
+	select {
+	case s := <-ch:
+		t.Fatalf("Watch delivered %v before the controller answered", s)
+	default:
+	}
+	k.start() // retried in the background: the first snapshot arrives when the controller does
+	until(t, ch, "the first table", func(s *discovery.Snapshot) bool {
+		_, ok := s.Lookup(netip.MustParseAddrPort("198.19.0.1:80"))
+		return ok
+	})
+	if src.Err() != nil {
+		t.Errorf("Err() = %v once the controller answered", src.Err())
+	}
+}
+
+// refuser listens where a controller was, closing every connection at once, and counts them.
+type refuser struct {
+	ln       net.Listener
+	accepted atomic.Int64
+}
+
+func refuseAt(t *testing.T, addr string) *refuser {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &refuser{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			r.accepted.Add(1)
+		}
+	}()
+	return r
 }
 
 func TestStartControllerFailsClearlyWhenNoControllerAnswers(t *testing.T) {

@@ -1,0 +1,31 @@
+// Command detour-controller is Detour's control plane: discovery (from a file or from the
+// Kubernetes API), the CA that issues workload certificates, the injection webhook, and the
+// checks of an installation. It is a binary of its own because it links client-go and the
+// Kubernetes API types, which must stay out of the sidecar's binary (cmd/detour). This package
+// holds flags and wiring only.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/detourmesh/detour/internal/cmdline"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newControllerCommand().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		var ee cmdline.ExitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.Code)
+		}
+		fmt.Fprintln(os.Stderr, "detour-controller:", err)
+		os.Exit(1)
+	}
+}
