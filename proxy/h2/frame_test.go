@@ -384,8 +384,11 @@ func TestSlowUpstreamBackpressuresTheClient(t *testing.T) {
 		}
 		sent <- n
 	}()
-	waitFor(t, "the engine to buffer request bytes", func() bool { return bufferedBytes(srv) > 0 })
-	time.Sleep(300 * time.Millisecond) // let the client push all it can
+	// Both windows full: the upstream took the 65535 bytes it granted and the engine holds what it
+	// advertised. A client granted more than the engine forwarded would push past it.
+	waitFor(t, "the client to fill both windows", func() bool {
+		return ru.received.Load() >= 65535 && bufferedBytes(srv) >= window
+	})
 	if b := bufferedBytes(srv); b > window {
 		t.Errorf("engine buffered %d request bytes; it advertised %d", b, window)
 	}
