@@ -399,6 +399,8 @@ func (c *CA) FollowIssuer(ctx context.Context, dir string, every time.Duration, 
 		if err != nil {
 			if err.Error() != lastErr {
 				log.Warn("issuer not reloaded; signing with the current one", "err", err)
+			} else {
+				log.Debug("issuer still not reloaded", "err", err)
 			}
 			lastErr = err.Error()
 			continue

@@ -173,7 +173,7 @@ func TestFollowIssuerPicksUpARotation(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		running.FollowIssuer(ctx, dir, 10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+		running.FollowIssuer(ctx, dir, 10*time.Millisecond, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 		close(done)
 	}()
 	defer func() { cancel(); <-done }()
@@ -186,7 +186,11 @@ func TestFollowIssuerPicksUpARotation(t *testing.T) {
 			t.Fatal("a failed reload was not logged")
 		}
 	}
-	time.Sleep(100 * time.Millisecond) // several more polls of the same failure
+	for deadline := time.Now().Add(5 * time.Second); len(logs.Lines("issuer still not reloaded")) < 5; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the failing reload was not polled again")
+		}
+	}
 	if n := len(logs.Lines("issuer not reloaded")); n != 1 {
 		t.Errorf("the same failure was logged %d times, want once", n)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -262,10 +263,15 @@ func TestControllerSourceUnsubscribesAfterTheGracePeriod(t *testing.T) {
 	until(t, ch, "resolved", func(s *discovery.Snapshot) bool { return endpointsOf(s, "stockdata.stocks") != "unresolved" })
 	r1()
 	r1() // a second release of the same use counts once
-	// Still in use by r2: whatever time passes, it stays.
-	time.Sleep(200 * time.Millisecond)
-	if got := src.Subscriptions(); len(got) != 1 {
-		t.Fatalf("subscriptions %v while a use is held", got)
+	// Still in use by r2, it stays while a service used and released beside it expires.
+	src.Use("control.stocks")()
+	for deadline := time.Now().Add(10 * time.Second); slices.Contains(src.Subscriptions(), "control.stocks"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a released service was not unsubscribed after the grace period")
+		}
+	}
+	if got := src.Subscriptions(); !slices.Equal(got, []string{"stockdata.stocks"}) {
+		t.Fatalf("subscriptions %v while a use is held, want [stockdata.stocks]", got)
 	}
 	r2()
 	until(t, ch, "unresolved again", func(s *discovery.Snapshot) bool { return endpointsOf(s, "stockdata.stocks") == "unresolved" })
