@@ -6,26 +6,7 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/detourmesh/detour/internal/cmdline"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newControllerCommand().ExecuteContext(ctx)
-	stop()
-	if err != nil {
-		var ee cmdline.ExitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.Code)
-		}
-		fmt.Fprintln(os.Stderr, "detour-controller:", err)
-		os.Exit(1)
-	}
-}
+func main() { cmdline.Main("detour-controller", newControllerCommand()) }

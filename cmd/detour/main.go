@@ -6,30 +6,13 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/detourmesh/detour/internal/cmdline"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCommand().ExecuteContext(ctx)
-	stop()
-	if err != nil {
-		var ee cmdline.ExitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.Code)
-		}
-		fmt.Fprintln(os.Stderr, "detour:", err)
-		os.Exit(1)
-	}
-}
+func main() { cmdline.Main("detour", newRootCommand()) }
 
 func newLogger(level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))

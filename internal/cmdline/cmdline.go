@@ -5,10 +5,14 @@
 package cmdline
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -72,3 +76,19 @@ func ServiceLogger(output, levelText string) (*slog.Logger, error) {
 type ExitError struct{ Code int }
 
 func (e ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// Main runs cmd until SIGINT or SIGTERM and exits as the binaries do: with an ExitError's code,
+// or 1 after printing any other error as "name: error".
+func Main(name string, cmd *cobra.Command) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := cmd.ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		var ee ExitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.Code)
+		}
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
+}
