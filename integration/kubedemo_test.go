@@ -57,7 +57,9 @@ func TestDemoKubernetes(t *testing.T) {
 		}
 	}
 	want := map[string]func([]string) bool{
-		"[3]": func(c []string) bool { return len(c) == 2 && (c[0] == "100" && c[1] == "0" || c[0] == "0" && c[1] == "100") },
+		"[3]": func(c []string) bool {
+			return len(c) == 2 && (c[0] == "100" && c[1] == "0" || c[0] == "0" && c[1] == "100")
+		},
 		"[4]": func(c []string) bool { return len(c) == 2 && c[0] != "0" && c[1] != "0" },
 		"[5]": func(c []string) bool { return len(c) == 3 && c[0] != "0" && c[1] != "0" && c[2] != "0" },
 	}
