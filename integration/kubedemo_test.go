@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -17,7 +18,8 @@ import (
 
 // TestDemoKubernetes runs `make demo-k8s`'s workflow (kubedemo.Run, what bin/kubecluster demo
 // runs) to its end and checks what it shows: the Server column with one replica serving all
-// 100 calls without the mesh, both serving calls once injected, all three once scaled; and
+// 100 calls without the mesh, both serving calls once injected, all three once scaled; the
+// four meshed pods, ready, with their ServiceAccounts' identities in detour debug pods; and
 // that the cluster is gone afterwards.
 func TestDemoKubernetes(t *testing.T) {
 	nstest.RequireRoot(t)
@@ -45,8 +47,10 @@ func TestDemoKubernetes(t *testing.T) {
 	}
 	// Each table follows its step: "[N] ..." then progress, "done in", then the rows.
 	row := regexp.MustCompile(`^\s+(stockdata-\S+)\s+(\d+)`)
+	// detour debug pods: POD PID NETNS READY ... IDENTITY (namespace/sa/account)
+	meshed := regexp.MustCompile(`^\s+stocks/(stockdata|stockweb)-\S+\s.*\syes\s.*\sstocks/sa/(stockdata|stockweb)$`)
 	tables := map[string][]string{}
-	step := ""
+	step, listed := "", 0
 	for _, line := range strings.Split(out.String(), "\n") {
 		if strings.HasPrefix(line, "[") {
 			step = line[:strings.IndexByte(line, ']')+1]
@@ -55,6 +59,12 @@ func TestDemoKubernetes(t *testing.T) {
 		if m := row.FindStringSubmatch(line); m != nil {
 			tables[step] = append(tables[step], m[2])
 		}
+		if m := meshed.FindStringSubmatch(line); step == "[6]" && m != nil && m[1] == m[2] {
+			listed++
+		}
+	}
+	if listed != 4 {
+		t.Errorf("step [6] (detour debug pods) lists %d ready StockKube pods with their identity, want 4", listed)
 	}
 	want := map[string]func([]string) bool{
 		"[3]": func(c []string) bool {
@@ -68,4 +78,50 @@ func TestDemoKubernetes(t *testing.T) {
 			t.Errorf("step %s shows calls %v per StockData pod", s, tables[s])
 		}
 	}
+}
+
+// TestDemoKubernetesInterrupted stops the demo (as Ctrl-C does: its context ends) while it
+// applies StockKube: it returns context.Canceled and its cluster is gone, node namespace
+// included.
+func TestDemoKubernetesInterrupted(t *testing.T) {
+	nstest.RequireRoot(t)
+	imgs, err := kubecluster.RepoImages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := &cancelOn{marker: "\n[3] ", cancel: cancel}
+	err = kubedemo.Run(ctx, kubedemo.Options{
+		Bin: filepath.Dir(detourBin), Manifests: "../deploy/examples/stockkube", Images: imgs,
+		Name: "itdemo-int", Out: out,
+	})
+	t.Logf("demo output:\n%s", out.buf.String())
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("the interrupted demo returned %v, want context.Canceled", err)
+	}
+	if !strings.Contains(out.buf.String(), "removing the cluster ... ") {
+		t.Errorf("the interrupted demo did not say it removed the cluster")
+	}
+	if _, err := os.Stat(filepath.Join(kubecluster.DefaultRoot, "itdemo-int")); !os.IsNotExist(err) {
+		t.Errorf("the demo's cluster directory is still there (%v)", err)
+	}
+	if _, err := os.Stat("/run/netns/dtk-itdemo-int.node"); !os.IsNotExist(err) {
+		t.Errorf("the demo's node namespace is still there (%v)", err)
+	}
+}
+
+// cancelOn records what is written and calls cancel once marker has been written.
+type cancelOn struct {
+	buf    syncbuf.Buffer
+	marker string
+	cancel func()
+}
+
+func (w *cancelOn) Write(b []byte) (int, error) {
+	n, err := w.buf.Write(b)
+	if strings.Contains(w.buf.String(), w.marker) {
+		w.cancel()
+	}
+	return n, err
 }

@@ -148,6 +148,31 @@ func Run(ctx context.Context, o Options) (err error) {
 	}); err != nil {
 		return err
 	}
+	if err := d.s.do("detour debug pods (on the node, from /proc): the meshed pods and the identities their proxies proved", func(func(string)) (string, error) {
+		out, err := d.detour(ctx, nil, "debug", "pods")
+		if err != nil {
+			return "", err
+		}
+		// The node is this machine, which may run other proxies too: keep the header and
+		// this cluster's pods.
+		list, err := d.cs.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return "", err
+		}
+		ours := map[string]bool{}
+		for _, p := range list.Items {
+			ours[Namespace+"/"+p.Name] = true
+		}
+		var b strings.Builder
+		for i, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if f := strings.Fields(line); i == 0 || len(f) > 0 && ours[f[0]] {
+				b.WriteString(line + "\n")
+			}
+		}
+		return b.String(), nil
+	}); err != nil {
+		return err
+	}
 	d.s.say(fmt.Sprintf(`
 The cluster keeps running%s; Ctrl-C removes it. Meanwhile:
   export KUBECONFIG=%s
