@@ -772,7 +772,8 @@ func (k *kube) capture(t *testing.T, ps []corev1.Pod) *podCapture {
 	}
 	go func() {
 		defer close(c.done)
-		frame := make([]byte, 1<<16)
+		// Larger than any frame, GSO's 64 KiB ones included: a cut frame could hide a marker.
+		frame := make([]byte, 1<<18)
 		for !c.quit.Load() {
 			n, from, err := unix.Recvfrom(c.fd, frame, 0)
 			if err == unix.EAGAIN || err == unix.EINTR {
