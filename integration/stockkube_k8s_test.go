@@ -27,6 +27,7 @@ import (
 
 	"github.com/detourmesh/detour/debug/pods"
 	"github.com/detourmesh/detour/debug/proxyapi"
+	"github.com/detourmesh/detour/examples/stockkube/stockdata"
 	"github.com/detourmesh/detour/init/plan"
 	"github.com/detourmesh/detour/inject"
 	"github.com/detourmesh/detour/internal/kubecluster"
@@ -102,9 +103,9 @@ func TestStockKube(t *testing.T) {
 		data, webPods := k.rolledOut(t, "stockdata", 2, false), k.rolledOut(t, "stockweb", 1, false)
 		t.Logf("pods Ready %s after kubectl apply", time.Since(start).Round(time.Millisecond))
 		unmeshedData = names(data)
-		wire := k.capture(t, append(data, webPods...))
+		wire := k.capture(t, webPods, data)
 		page := k.pageLoad(t, web)
-		frames := wire.stop()
+		calls, answers := wire.stop()
 		t.Logf("StockWeb page load: %v (StockData replicas %v)", page.Counts, unmeshedData)
 		if page.Calls != 100 || len(page.Counts) != 1 {
 			t.Fatalf("calls %d answered by %v: want all 100 by one replica (connection balancing)", page.Calls, page.Counts)
@@ -115,8 +116,14 @@ func TestStockKube(t *testing.T) {
 			}
 			// The control run of the mutual TLS check: every answer carries the replica's
 			// name, and without the mesh it crosses the bridge as it is.
-			if !bytes.Contains(frames, []byte(server)) {
-				t.Errorf("the capture between the StockWeb and StockData pods (%d bytes) does not show the answering replica's name %q in plaintext: the capture sees nothing", len(frames), server)
+			if !bytes.Contains(answers, []byte(server)) {
+				t.Errorf("the capture of StockData's answers (%d bytes) does not show the answering replica's name %q in plaintext: the capture sees nothing", len(answers), server)
+			}
+		}
+		// And every call carries its symbol.
+		for _, sym := range stockdata.Symbols {
+			if !bytes.Contains(calls, []byte(sym)) {
+				t.Errorf("the capture of StockWeb's calls (%d bytes) does not show the symbol %q in plaintext: the capture sees nothing", len(calls), sym)
 			}
 		}
 	})
@@ -137,7 +144,7 @@ func TestStockKube(t *testing.T) {
 		// The first load also opens the proxy's mutual TLS connections to the replicas,
 		// one after the other; the balance is judged on the loads after it.
 		cold := k.pageLoad(t, web)
-		wire := k.capture(t, append(slices.Clone(data), webPods...))
+		wire := k.capture(t, webPods, data)
 		// The balancer (P2C over peak EWMA latency) sends more to a replica that answers
 		// faster, which on a busy machine one of them sometimes does for a while: most
 		// loads, not every one, must be even within 15 %.
@@ -153,21 +160,26 @@ func TestStockKube(t *testing.T) {
 			}
 			warm = append(warm, page.Counts)
 		}
-		frames := wire.stop()
+		calls, answers := wire.stop()
 		t.Logf("StockWeb page loads: the first %v, then %v (StockData replicas %v)", cold.Counts, warm, names(data))
 		if even < 3 {
 			t.Errorf("%d of 5 page loads spread their 100 calls within 15 %% of even (43 to 57 each): want 3 at least", even)
 		}
 		for _, p := range data {
-			if bytes.Contains(frames, []byte(p.Name)) {
+			if bytes.Contains(answers, []byte(p.Name)) {
 				t.Errorf("the answers of replica %s cross the bridge in plaintext: its name is in the capture", p.Name)
 			}
 		}
-		// A capture that saw nothing would prove nothing: 500 calls and answers are many KB.
-		if len(frames) < 50000 {
-			t.Errorf("the capture between the StockWeb and StockData pods holds %d bytes: it missed the calls", len(frames))
+		for _, sym := range stockdata.Symbols {
+			if bytes.Contains(calls, []byte(sym)) {
+				t.Errorf("StockWeb's calls cross the bridge in plaintext: the symbol %q is in the capture", sym)
+			}
 		}
-		t.Logf("captured %d bytes between the StockWeb and StockData pods, none with a replica's name", len(frames))
+		// A capture that saw nothing would prove nothing: 500 calls and answers are many KB.
+		if len(calls) < 20000 || len(answers) < 20000 {
+			t.Errorf("the capture between the StockWeb and StockData pods holds %d bytes of calls and %d of answers: it missed them", len(calls), len(answers))
+		}
+		t.Logf("captured %d bytes of calls and %d of answers between the StockWeb and StockData pods, no symbol and no replica's name among them", len(calls), len(answers))
 	})
 
 	step("identity by TokenReview", func(t *testing.T) {
@@ -728,29 +740,35 @@ func eventuallyK(t *testing.T, bound time.Duration, cond func() string) {
 }
 
 // podCapture records, like tcpdump -i on the node's bridge and its ports, the IP payload of
-// every frame between two of a set of pods' addresses, with a raw AF_PACKET socket in the
-// node's namespace. Frames bridged between pods pass the bridge's ports (the pods' veths), not
-// its own device, so it listens on every link of the namespace but loopback (the control
-// plane's plaintext etcd traffic names pods too).
+// the frames between a set of client pods and a set of server pods, each direction apart, with
+// a raw AF_PACKET socket in the node's namespace. Frames bridged between pods pass the
+// bridge's ports (the pods' veths), not its own device, so it listens on every link of the
+// namespace but loopback (the control plane's plaintext etcd traffic names pods too).
 type podCapture struct {
-	fd    int
-	addrs map[netip.Addr]bool
-	quit  atomic.Bool
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	done  chan struct{}
+	fd               int
+	clients, servers map[netip.Addr]bool
+	quit             atomic.Bool
+	mu               sync.Mutex
+	calls, answers   bytes.Buffer
+	done             chan struct{}
 }
 
-func (k *kube) capture(t *testing.T, ps []corev1.Pod) *podCapture {
-	t.Helper()
-	c := &podCapture{addrs: map[netip.Addr]bool{}, done: make(chan struct{})}
+func addrsOf(ps []corev1.Pod) map[netip.Addr]bool {
+	m := map[netip.Addr]bool{}
 	for _, p := range ps {
 		for _, ip := range p.Status.PodIPs {
 			if a, err := netip.ParseAddr(ip.IP); err == nil {
-				c.addrs[a] = true
+				m[a] = true
 			}
 		}
 	}
+	return m
+}
+
+// capture captures between clients and servers until stop (or t's end).
+func (k *kube) capture(t *testing.T, clients, servers []corev1.Pod) *podCapture {
+	t.Helper()
+	c := &podCapture{clients: addrsOf(clients), servers: addrsOf(servers), done: make(chan struct{})}
 	err := k.c.NodeNS.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
 		if err != nil {
@@ -785,11 +803,18 @@ func (k *kube) capture(t *testing.T, ps []corev1.Pod) *podCapture {
 			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Ifindex == lo {
 				continue
 			}
-			if payload, ok := c.between(frame[:n]); ok {
-				c.mu.Lock()
-				c.buf.Write(payload)
-				c.mu.Unlock()
+			src, dst, payload, ok := ipPayload(frame[:n])
+			if !ok {
+				continue
 			}
+			c.mu.Lock()
+			switch {
+			case c.clients[src] && c.servers[dst]:
+				c.calls.Write(payload)
+			case c.servers[src] && c.clients[dst]:
+				c.answers.Write(payload)
+			}
+			c.mu.Unlock()
 		}
 	}()
 	t.Cleanup(func() { c.stop() })
@@ -808,42 +833,36 @@ func loopbackIndex(ns *netns.NS) (int, error) {
 	return idx, err
 }
 
-// between returns the IP payload of an Ethernet frame whose source and destination are both
-// in c.addrs.
-func (c *podCapture) between(f []byte) ([]byte, bool) {
+// ipPayload returns the addresses and the IP payload of an Ethernet frame of IPv4 or IPv6.
+func ipPayload(f []byte) (src, dst netip.Addr, payload []byte, ok bool) {
 	if len(f) < 14 {
-		return nil, false
+		return src, dst, nil, false
 	}
-	var src, dst netip.Addr
-	var payload []byte
 	switch uint16(f[12])<<8 | uint16(f[13]) {
 	case unix.ETH_P_IP:
-		if len(f) < 34 {
-			return nil, false
+		if len(f) < 34 || len(f) < 14+int(f[14]&0x0f)*4 {
+			return src, dst, nil, false
 		}
-		src, dst = netip.AddrFrom4([4]byte(f[26:30])), netip.AddrFrom4([4]byte(f[30:34]))
-		payload = f[14+int(f[14]&0x0f)*4:]
+		return netip.AddrFrom4([4]byte(f[26:30])), netip.AddrFrom4([4]byte(f[30:34])), f[14+int(f[14]&0x0f)*4:], true
 	case unix.ETH_P_IPV6:
 		if len(f) < 54 {
-			return nil, false
+			return src, dst, nil, false
 		}
-		src, dst = netip.AddrFrom16([16]byte(f[22:38])), netip.AddrFrom16([16]byte(f[38:54]))
-		payload = f[54:]
-	default:
-		return nil, false
+		return netip.AddrFrom16([16]byte(f[22:38])), netip.AddrFrom16([16]byte(f[38:54])), f[54:], true
 	}
-	return payload, c.addrs[src] && c.addrs[dst]
+	return src, dst, nil, false
 }
 
-// stop ends the capture and returns what it recorded.
-func (c *podCapture) stop() []byte {
+// stop ends the capture and returns what it recorded: the clients' calls and the servers'
+// answers.
+func (c *podCapture) stop() (calls, answers []byte) {
 	if !c.quit.Swap(true) {
 		<-c.done
 		unix.Close(c.fd)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return slices.Clone(c.buf.Bytes())
+	return slices.Clone(c.calls.Bytes()), slices.Clone(c.answers.Bytes())
 }
 
 // describe shows the cluster's pods and events, for a failure's message.
