@@ -17,7 +17,7 @@ import (
 )
 
 // TestDemoKubernetes runs `make demo-k8s`'s workflow (kubedemo.Run, what bin/kubecluster demo
-// runs) to its end and checks what it shows: the Server column with one replica serving all
+// runs) to its end, then ends it as Ctrl-C does, and checks what it showed: the Server column with one replica serving all
 // 100 calls without the mesh, both serving calls once injected, all three once scaled; the
 // four meshed pods, ready, with their ServiceAccounts' identities in detour debug pods; and
 // that the cluster is gone afterwards.
@@ -30,17 +30,18 @@ func TestDemoKubernetes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	// Ctrl-C once it is set up and waiting, as a user ends it.
+	out := &cancelOn{marker: "Ctrl-C removes it", cancel: cancel}
 	err = kubedemo.Run(ctx, kubedemo.Options{
 		Bin: filepath.Dir(detourBin), Manifests: "../deploy/examples/stockkube", Images: imgs,
 		// Under the default root, so that a crashed run's cluster is swept by the next.
-		Name: "itdemo", Duration: time.Millisecond, Out: &out,
+		Name: "itdemo", Out: out,
 	})
-	t.Logf("demo output:\n%s", out.String())
+	t.Logf("demo output:\n%s", out.buf.String())
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the demo, ended once set up, returned %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(kubecluster.DefaultRoot, "itdemo")); !os.IsNotExist(err) {
 		t.Errorf("the demo's cluster directory is still there (%v)", err)
@@ -51,7 +52,7 @@ func TestDemoKubernetes(t *testing.T) {
 	meshed := regexp.MustCompile(`^\s+stocks/(stockdata|stockweb)-\S+\s.*\syes\s.*\sstocks/sa/(stockdata|stockweb)$`)
 	tables := map[string][]string{}
 	step, listed := "", 0
-	for _, line := range strings.Split(out.String(), "\n") {
+	for _, line := range strings.Split(out.buf.String(), "\n") {
 		if strings.HasPrefix(line, "[") {
 			step = line[:strings.IndexByte(line, ']')+1]
 			continue

@@ -46,8 +46,8 @@ import (
 //     on the node's bridge (the control run of the capture below);
 //   - `detour inject ... | kubectl apply -f -`: the pods come up with detour-init (its proof
 //     passed, read from its log) and the native sidecar, Ready; page loads spread their 100
-//     calls over both replicas, most within 15 % of even, and no answer crosses the bridge in
-//     the clear (mutual TLS); each proxy's identity is its ServiceAccount's, which only a
+//     calls over both replicas, most within 15 % of even, and neither a call nor an answer
+//     crosses the bridge in the clear (mutual TLS); each proxy's identity is its ServiceAccount's, which only a
 //     TokenReview can have given it; `detour debug pods` on the node lists the pods;
 //   - `kubectl scale deployment stockdata --replicas=3`: a page load reaches all three;
 //   - kubelet probes of an app in strict policy keep passing while a plaintext request to it
