@@ -109,8 +109,9 @@ func Run(ctx context.Context, o Options) (err error) {
 		// The controller puts its CA bundle into the webhook configuration once it runs.
 		var out []byte
 		err = d.poll(ctx, time.Minute, progress, func() (bool, string) {
-			out, err = d.detour(ctx, nil, "check", "--kubeconfig", d.c.Kubeconfig)
-			return err == nil, "detour check: " + lastLine(string(out))
+			var cerr error
+			out, cerr = d.detour(ctx, nil, "check", "--kubeconfig", d.c.Kubeconfig)
+			return cerr == nil, "detour check: " + lastLine(string(out))
 		})
 		return string(out), err
 	}); err != nil {
