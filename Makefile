@@ -90,4 +90,4 @@ generate:
 	GOFLAGS= $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 	PATH=$$PATH:$$($(GO) env GOPATH)/bin protoc --go_out=. --go_opt=module=github.com/detourmesh/detour \
 		--go-grpc_out=. --go-grpc_opt=module=github.com/detourmesh/detour examples/stockkube/stockpb/stock.proto \
-		api/discoverypb/discovery.proto api/identitypb/identity.proto
+		api/discoverypb/discovery.proto api/identitypb/identity.proto api/telemetrypb/telemetry.proto
