@@ -153,7 +153,7 @@ func (s *Server) add(pod Pod, mapping []int, req *telemetrypb.ReportRequest) err
 		routes = append(routes, RouteCounts{Inbound: r.GetInbound(), Authority: r.GetAuthority(), Endpoint: r.GetEndpoint(),
 			Peer: r.GetPeerIdentity(), Requests: r.GetRequests(), Failures: r.GetFailures(), Latency: r.GetLatency()})
 	}
-	s.store.Add(pod, s.store.now(), mapping, routes)
+	s.store.Add(pod, s.store.now(), time.Duration(req.GetIntervalMs())*time.Millisecond, mapping, routes)
 	return nil
 }
 

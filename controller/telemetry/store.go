@@ -152,8 +152,10 @@ func (s *Store) Bye(pod Pod) {
 	}
 }
 
-// Add records one report of pod at time at. mapping is bucketMap of the report's bounds.
-func (s *Store) Add(pod Pod, at time.Time, mapping []int, routes []RouteCounts) {
+// Add records one report of pod at time at, covering the interval before it. mapping is
+// bucketMap of the report's bounds.
+func (s *Store) Add(pod Pod, at time.Time, interval time.Duration, mapping []int, routes []RouteCounts) {
+	interval = min(max(interval, 0), Resolution)
 	epoch := uint32(at.Unix() / int64(Resolution/time.Second))
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -175,7 +177,7 @@ func (s *Store) Add(pod Pod, at time.Time, mapping []int, routes []RouteCounts) 
 					continue
 				}
 			}
-			se = &series{first: at.Add(-Resolution)}
+			se = &series{first: at.Add(-interval)} // rates count from the interval's start
 			s.series[k] = se
 		}
 		se.last = at
