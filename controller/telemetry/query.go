@@ -94,6 +94,9 @@ func (a *acc) add(b *acc) {
 	for i := range a.latency {
 		a.latency[i] += b.latency[i]
 	}
+	if b.start.IsZero() { // a row with nothing counted
+		return
+	}
 	if a.start.IsZero() || b.start.Before(a.start) {
 		a.start = b.start
 	}
@@ -157,15 +160,18 @@ func window(w time.Duration) time.Duration {
 	return min(w, Window)
 }
 
-// sum adds the slots of se within the window ending at end.
+// sumLocked adds the slots of se that overlap the window ending at end. The oldest of them
+// may begin before the window: the rates divide by the time the slots cover (from the oldest
+// slot's start, or the series' first report if later), so a window of w covers w to w plus
+// one Resolution, and every rate is true to the requests counted.
 func (s *Store) sumLocked(k seriesKey, se *series, end time.Time, w time.Duration) acc {
 	var a acc
 	res := int64(Resolution / time.Second)
 	last := uint32(end.Unix() / res)
-	n := uint32(max(1, int64(w/Resolution)))
+	oldest := uint32(end.Add(-w).Unix() / res)
 	for i := range se.slots {
 		sl := &se.slots[i]
-		if sl.epoch == 0 || sl.epoch > last || last-sl.epoch >= n {
+		if sl.epoch == 0 || sl.epoch > last || sl.epoch < oldest {
 			continue
 		}
 		a.requests += uint64(sl.requests)
@@ -178,7 +184,7 @@ func (s *Store) sumLocked(k seriesKey, se *series, end time.Time, w time.Duratio
 		a.tls = a.requests
 	}
 	a.end = end
-	a.start = end.Add(-w)
+	a.start = time.Unix(int64(oldest)*res, 0)
 	if se.first.After(a.start) {
 		a.start = se.first
 	}
@@ -276,7 +282,7 @@ func (s *Store) Stat(q Query) (Stat, error) {
 			r := Row{Kind: q.Resource.Kind, Name: name(q.Resource.Kind, pod), Namespace: pod.Namespace}
 			if matchPod(q.Resource, pod) {
 				g := get(groups, r)
-				g.a.add(&acc{end: now, start: now.Add(-w)})
+				g.a.add(&acc{})
 			}
 		}
 	}
