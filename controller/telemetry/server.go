@@ -29,7 +29,7 @@ const (
 	maxBounds          = 64
 	maxAddresses       = 16
 	maxNameLength      = 253 // a Kubernetes name
-	maxLabelLength     = 1024
+	maxLabelLength     = 256 // bounds a series' memory (BenchmarkCollectorMemory uses the longest)
 )
 
 // Authenticator tells who calls (controller/identity.Authenticator, as Discovery uses).

@@ -27,8 +27,9 @@ const (
 	Slots = 60
 	// Window is the longest span a query covers.
 	Window = Resolution * Slots
-	// DefaultMaxSeries bounds the series held: about 46 MiB of slots (see BenchmarkCollectorMemory).
-	DefaultMaxSeries = 10000
+	// DefaultMaxSeries bounds the series held: at most 48 MiB with the longest labels a
+	// report may carry (BenchmarkCollectorMemory).
+	DefaultMaxSeries = 8000
 )
 
 // Bounds are the upper bounds, in seconds, of the latency buckets the store keeps (the proxy's
@@ -86,6 +87,7 @@ type Store struct {
 	proxies map[Pod]*proxyInfo
 	owners  map[netip.Addr]Pod // pod address -> the pod that reported it
 	dropped uint64             // series refused at the cap
+	swept   time.Time          // the last expiry sweep
 	reports uint64
 }
 
@@ -171,13 +173,19 @@ func (s *Store) Add(pod Pod, at time.Time, interval time.Duration, mapping []int
 		se := s.series[k]
 		if se == nil {
 			if len(s.series) >= s.maxSeries {
-				s.expireLocked(at)
+				// At the cap, a sweep for series that left the window, at most once a slot: a
+				// sweep per refused route would cost the whole store each time.
+				if at.Sub(s.swept) >= Resolution {
+					s.expireLocked(at)
+				}
 				if len(s.series) >= s.maxSeries {
 					s.dropped++
 					continue
 				}
 			}
 			se = &series{first: at.Add(-interval)} // rates count from the interval's start
+			// The key's own copies: the report's strings are not kept alive with it.
+			k.authority, k.endpoint, k.peer = strings.Clone(k.authority), strings.Clone(k.endpoint), strings.Clone(k.peer)
 			s.series[k] = se
 		}
 		se.last = at
@@ -205,6 +213,7 @@ func (s *Store) Expire() {
 }
 
 func (s *Store) expireLocked(now time.Time) {
+	s.swept = now
 	for k, se := range s.series {
 		if now.Sub(se.last) > Window {
 			delete(s.series, k)
