@@ -58,16 +58,16 @@ type Options struct {
 }
 
 var (
-	vip4       = netip.MustParseAddrPort("198.19.0.10:80")
-	vip6       = netip.MustParseAddrPort("[fd00:de71::10]:80")
-	stockPort  = uint16(8080)
-	webPort    = uint16(8000)
-	adminPort  = uint16(7190)
+	vip4      = netip.MustParseAddrPort("198.19.0.10:80")
+	vip6      = netip.MustParseAddrPort("[fd00:de71::10]:80")
+	stockPort = uint16(8080)
+	webPort   = uint16(8000)
+	adminPort = uint16(7190)
 	// dashboardPort is the controller's dashboard on the node's loopback (DESIGN.md).
 	dashboardPort = uint16(7080)
-	proxyUID   = uint32(2102)
-	loopback   = netip.MustParseAddr("127.0.0.1")
-	quotesPath = "/api/quotes"
+	proxyUID      = uint32(2102)
+	loopback      = netip.MustParseAddr("127.0.0.1")
+	quotesPath    = "/api/quotes"
 )
 
 // demo is one run's state.

@@ -191,6 +191,15 @@ func (s *Store) sumLocked(k seriesKey, se *series, end time.Time, w time.Duratio
 	return a
 }
 
+// endLocked is when a series' figures are as of: its pod's last report, while the pod reports
+// (so a rate does not fall between two reports), else now.
+func (s *Store) endLocked(k seriesKey, now time.Time) time.Time {
+	if p := s.proxies[k.pod]; p != nil && !p.last.After(now) && now.Sub(p.last) < 2*Resolution {
+		return p.last
+	}
+	return now
+}
+
 // owner is the pod serving an endpoint address, or "" if no proxy reported it.
 func (s *Store) ownerLocked(endpoint string) (Pod, bool) {
 	ap, err := netip.ParseAddrPort(endpoint)
@@ -287,10 +296,7 @@ func (s *Store) Stat(q Query) (Stat, error) {
 		}
 	}
 	for k, se := range s.series {
-		end := now
-		if p := s.proxies[k.pod]; p != nil && p.last.Before(now) && now.Sub(p.last) < 2*Resolution {
-			end = p.last // the figures are as of the pod's last report
-		}
+		end := s.endLocked(k, now)
 		if now.Sub(se.last) > w+Resolution {
 			continue
 		}
@@ -382,7 +388,7 @@ func (s *Store) Top(w time.Duration, limit int) []Route {
 			to = p.String()
 		}
 		id := [3]string{k.pod.String(), k.authority, to}
-		a := s.sumLocked(k, se, now, w)
+		a := s.sumLocked(k, se, s.endLocked(k, now), w)
 		if accs[id] == nil {
 			accs[id] = &acc{}
 		}
@@ -498,7 +504,7 @@ func (s *Store) Graph(w time.Duration) Graph {
 		if k.inbound || now.Sub(se.last) > w+Resolution {
 			continue
 		}
-		a := s.sumLocked(k, se, now, w)
+		a := s.sumLocked(k, se, s.endLocked(k, now), w)
 		if a.requests == 0 {
 			continue
 		}

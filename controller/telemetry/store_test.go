@@ -196,12 +196,12 @@ func TestSeriesPastTheCapAreDroppedAndCounted(t *testing.T) {
 
 func TestWorkloadIsThePodsNameWithoutItsReplicaSuffixes(t *testing.T) {
 	for pod, want := range map[string]string{
-		"stockweb-6d4cf56db6-x7k2p": "stockweb",
+		"stockweb-6d4cf56db6-x7k2p":  "stockweb",
 		"stock-data-7c9f8d6b5-abcde": "stock-data",
-		"stockdata-0":               "stockdata",
-		"redis-master-12":           "redis-master",
-		"standalone":                "standalone",
-		"web-abc":                   "web-abc",
+		"stockdata-0":                "stockdata",
+		"redis-master-12":            "redis-master",
+		"standalone":                 "standalone",
+		"web-abc":                    "web-abc",
 	} {
 		if got := Workload(pod); got != want {
 			t.Errorf("Workload(%q) = %q, want %q", pod, got, want)

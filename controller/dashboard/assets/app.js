@@ -15,15 +15,16 @@ windowSelect.addEventListener("change", () => {
   refresh();
 });
 
-function el(tag, attrs = {}, ...children) {
-  const ns = ["svg", "path", "line", "rect", "text", "g", "polyline", "circle"].includes(tag) ? "http://www.w3.org/2000/svg" : null;
-  const e = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
+// el makes an HTML element, sv an SVG one (an SVG <a> is not an HTML <a>).
+function make(e, attrs, children) {
   for (const [k, v] of Object.entries(attrs)) {
     if (v !== undefined && v !== null) e.setAttribute(k, v);
   }
   for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return e;
 }
+const el = (tag, attrs = {}, ...children) => make(document.createElement(tag), attrs, children);
+const sv = (tag, attrs = {}, ...children) => make(document.createElementNS("http://www.w3.org/2000/svg", tag), attrs, children);
 
 async function api(path, params = {}) {
   const q = new URLSearchParams(params);
@@ -62,25 +63,25 @@ function graph(g) {
   const col = n => n.startsWith("svc/") ? 1 : g.edges.some(e => e.to === n) ? 2 : 0;
   const cols = [[], [], []];
   for (const n of g.nodes) cols[col(n)].push(n);
-  const W = 900, rowH = 46, H = Math.max(1, ...cols.map(c => c.length)) * rowH + 20, boxW = 220;
+  const W = 1000, rowH = 46, H = Math.max(1, ...cols.map(c => c.length)) * rowH + 20, boxW = 200;
   const pos = {};
   cols.forEach((c, i) => c.forEach((n, j) => { pos[n] = { x: 20 + i * ((W - boxW - 40) / 2), y: 10 + j * rowH }; }));
-  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", height: H, id: "graph" });
+  const svg = sv("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", height: H, id: "graph" });
   for (const e of g.edges) {
     const a = pos[e.from], b = pos[e.to];
     if (!a || !b) continue;
     const x1 = a.x + boxW, y1 = a.y + 16, x2 = b.x, y2 = b.y + 16, mx = (x1 + x2) / 2;
-    svg.append(el("path", { class: "edge", d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, "stroke-width": Math.min(6, 1 + Math.log10(1 + e.rps)) }));
-    svg.append(el("text", { x: mx, y: (y1 + y2) / 2 - 4, "text-anchor": "middle" }, `${rps(e.rps)} rps · ${pct(e.success_rate)}`));
+    svg.append(sv("path", { class: "edge", d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, "stroke-width": Math.min(6, 1 + Math.log10(1 + e.rps)) }));
+    svg.append(sv("text", { x: mx, y: (y1 + y2) / 2 - 4, "text-anchor": "middle" }, `${rps(e.rps)} rps · ${pct(e.success_rate)}`));
   }
   for (const n of g.nodes) {
     const p = pos[n];
     const [kind, ...rest] = n.split("/");
     const label = rest.join("/");
     const name = rest[rest.length - 1];
-    const link = el("a", { href: `/${kind}/${encodeURIComponent(name)}${location.search}` },
-      el("g", { class: `node ${kind}`, transform: `translate(${p.x},${p.y})` },
-        el("rect", { width: boxW, height: 32, rx: 5 }), el("text", { x: 10, y: 20 }, `${kind} ${label}`)));
+    const link = sv("a", { href: `/${kind}/${encodeURIComponent(name)}${location.search}` },
+      sv("g", { class: `node ${kind}`, transform: `translate(${p.x},${p.y})` },
+        sv("rect", { width: boxW, height: 32, rx: 5 }), sv("text", { x: 10, y: 20 }, `${kind} ${label}`)));
     svg.append(link);
   }
   return svg;
@@ -93,15 +94,18 @@ function chart(title, points, value, fmt) {
   const max = Math.max(1e-9, ...vals.filter(v => v !== null));
   const x = i => pad + (W - pad - 8) * i / Math.max(1, points.length - 1);
   const y = v => H - 18 - (H - 30) * v / max;
-  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
-  svg.append(el("line", { x1: pad, y1: H - 18, x2: W - 8, y2: H - 18, stroke: "#cbd5e1" }));
-  svg.append(el("text", { x: 2, y: 14 }, fmt(max)));
-  svg.append(el("text", { x: 2, y: H - 4 }, "-10 min"));
-  svg.append(el("text", { x: W - 40, y: H - 4 }, "now"));
+  const svg = sv("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
+  svg.append(sv("line", { x1: pad, y1: H - 18, x2: W - 8, y2: H - 18, stroke: "#cbd5e1" }));
+  svg.append(sv("text", { x: 2, y: 14 }, fmt(max)));
+  svg.append(sv("text", { x: 2, y: H - 4 }, "-10 min"));
+  svg.append(sv("text", { x: W - 40, y: H - 4 }, "now"));
   let seg = [];
-  const flush = () => { if (seg.length) svg.append(el("polyline", { points: seg.join(" "), fill: "none", stroke: "#2563eb", "stroke-width": 2 })); seg = []; };
+  const flush = () => { if (seg.length) svg.append(sv("polyline", { points: seg.join(" "), fill: "none", stroke: "#2563eb", "stroke-width": 2 })); seg = []; };
   vals.forEach((v, i) => { if (v === null) flush(); else seg.push(`${x(i).toFixed(1)},${y(v).toFixed(1)}`); });
   flush();
+  // The latest value as a dot, so a series of one slot shows too.
+  const last = vals.map((v, i) => [v, i]).filter(([v]) => v !== null).pop();
+  if (last) svg.append(sv("circle", { cx: x(last[1]), cy: y(last[0]), r: 3, fill: "#2563eb" }));
   return el("div", { class: "chart" }, el("h3", {}, title), svg);
 }
 
