@@ -51,8 +51,17 @@ with forwarders from the host's loopback; Ctrl-C removes everything it made.`,
 	return cmd
 }
 
+// printControl prints a running demo's answer, as text or {"message": ...}.
+func printControl(cmd *cobra.Command, output, msg string) {
+	if output == "json" {
+		writeJSON(cmd.OutOrStdout(), map[string]string{"message": msg})
+		return
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), msg)
+}
+
 func newDemoScaleCommand() *cobra.Command {
-	var socket string
+	var socket, output string
 	cmd := &cobra.Command{
 		Use:   "scale stockdata=N",
 		Short: "Scale the running demo's StockData to N replicas (each new one meshed), and watch the split change",
@@ -62,19 +71,23 @@ func newDemoScaleCommand() *cobra.Command {
 			if !ok || svc != "stockdata" {
 				return fmt.Errorf("%q: want stockdata=N", args[0])
 			}
+			if err := cmdline.OutputFormat(output); err != nil {
+				return err
+			}
 			msg, err := demo.Control(cmd.Context(), socket, "/scale", map[string]string{"stockdata": n})
 			if err == nil {
-				fmt.Fprintln(cmd.OutOrStdout(), msg)
+				printControl(cmd, output, msg)
 			}
 			return err
 		},
 	}
 	cmd.Flags().StringVar(&socket, "control", demo.ControlSocket, "the demo's control socket (demo --control)")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
 }
 
 func newDemoFaultCommand() *cobra.Command {
-	var socket string
+	var socket, output string
 	var fail float64
 	cmd := &cobra.Command{
 		Use:   "fault POD --fail FRACTION",
@@ -84,14 +97,18 @@ func newDemoFaultCommand() *cobra.Command {
 			if fail < 0 || fail > 1 {
 				return fmt.Errorf("--fail %v: want a fraction from 0 to 1", fail)
 			}
+			if err := cmdline.OutputFormat(output); err != nil {
+				return err
+			}
 			msg, err := demo.Control(cmd.Context(), socket, "/fault", map[string]string{"pod": args[0], "fail": strconv.FormatFloat(fail, 'f', -1, 64)})
 			if err == nil {
-				fmt.Fprintln(cmd.OutOrStdout(), msg)
+				printControl(cmd, output, msg)
 			}
 			return err
 		},
 	}
 	cmd.Flags().Float64Var(&fail, "fail", 0.5, "fraction of calls answered UNAVAILABLE, 0 to 1")
 	cmd.Flags().StringVar(&socket, "control", demo.ControlSocket, "the demo's control socket (demo --control)")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
 }

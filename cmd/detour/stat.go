@@ -143,7 +143,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>.`,
 }
 
 func newDashboardCommand() *cobra.Command {
-	var controller, namespace string
+	var controller, namespace, output string
 	var port uint16
 	cmd := &cobra.Command{
 		Use:   "dashboard",
@@ -158,19 +158,33 @@ Every flag can also be set as DETOUR_<FLAG_NAME>.`,
 			if err := cmdline.BindEnv(cmd); err != nil {
 				return err
 			}
-			return runDashboard(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), controller, namespace, port)
+			if err := cmdline.OutputFormat(output); err != nil {
+				return err
+			}
+			return runDashboard(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), controller, namespace, port, output == "json")
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&controller, "controller", defaultDashboard, "where the dashboard may already answer")
 	fl.StringVarP(&namespace, "namespace", "n", "detour", "the controller's namespace, for kubectl port-forward")
 	fl.Uint16Var(&port, "port", 7080, "local port kubectl port-forward listens on")
+	fl.StringVarP(&output, "output", "o", "text", "output format: text or json ({\"url\": ..., \"forwarding\": ...})")
 	return cmd
 }
 
-func runDashboard(ctx context.Context, out, errw io.Writer, controller, namespace string, port uint16) error {
+func runDashboard(ctx context.Context, out, errw io.Writer, controller, namespace string, port uint16, asJSON bool) error {
+	say := func(url string, forwarding bool) {
+		switch {
+		case asJSON:
+			writeJSON(out, map[string]any{"url": url + "/", "forwarding": forwarding})
+		case forwarding:
+			fmt.Fprintf(out, "Detour dashboard: %s/ (forwarding until Ctrl-C)\n", url)
+		default:
+			fmt.Fprintf(out, "Detour dashboard: %s/\n", url)
+		}
+	}
 	if answers(ctx, controller) {
-		fmt.Fprintf(out, "Detour dashboard: %s/\n", controller)
+		say(controller, false)
 		return nil
 	}
 	kubectl, err := exec.LookPath("kubectl")
@@ -197,7 +211,7 @@ func runDashboard(ctx context.Context, out, errw io.Writer, controller, namespac
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	fmt.Fprintf(out, "Detour dashboard: %s/ (forwarding until Ctrl-C)\n", url)
+	say(url, true)
 	<-done
 	return nil
 }
