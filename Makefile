@@ -75,6 +75,7 @@ bench: build
 	$(GO) test -run '^$$' -bench Install -benchtime 20x -count 1 ./init/apply/
 	$(GO) test -run '^$$' -bench Handshake -benchtime 2s -count 1 ./proxy/mtls/
 	$(GO) test -run '^$$' -bench 'CollectionCost|CollectorMemory' -benchtime 10x -count 1 ./controller/telemetry/
+	$(GO) test -run '^$$' -bench Report -benchtime 200x -count 1 ./proxy/report/
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
