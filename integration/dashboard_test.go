@@ -177,6 +177,21 @@ func TestDashboardStatAndPromtool(t *testing.T) {
 	d.addr["stockdata-2"] = m[1]
 
 	t.Run("dashboard in Chromium shows each replica's share", func(t *testing.T) {
+		// What the window holds before the test's calls: the demo's own meshed page load, 100
+		// calls, once StockWeb's proxy has reported them.
+		before := map[string]int{}
+		for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+			svc := d.stat(t, "svc/stockdata.stocks", "-t", "10m")["stockdata.stocks"]
+			if svc.Requests >= 100 {
+				for _, r := range svc.Replicas {
+					before[r.Name] = int(r.Requests)
+				}
+				break
+			}
+			if time.Since(start) > 15*time.Second {
+				t.Fatalf("the demo's own 100 calls are not in detour stat svc after 15s: %+v", svc)
+			}
+		}
 		counts, errs, err := d.pageLoads(10)
 		if err != nil || errs > 0 {
 			t.Fatalf("page loads: %v, %d failed calls", err, errs)
@@ -210,7 +225,7 @@ func TestDashboardStatAndPromtool(t *testing.T) {
 			}
 			sum := 0
 			for _, r := range shown {
-				sum += r.Requests
+				sum += r.Requests - before[r.Name]
 			}
 			if len(shown) == 3 && sum >= total {
 				break
@@ -221,9 +236,15 @@ func TestDashboardStatAndPromtool(t *testing.T) {
 			time.Sleep(200 * time.Millisecond) // the page's own refresh is what is awaited
 		}
 		browser.Screenshot(t, ctx, browser.ArtifactPath(t, "dashboard-stockdata.png"))
-		// The window also holds the demo's own page load (100 calls, before the scale-up).
 		for _, r := range shown {
+			// What the test's calls added to the replica's count is their split, within 2 points.
 			want := float64(counts[r.Name]) / float64(total)
+			if got := float64(r.Requests-before[r.Name]) / float64(total); math.Abs(got-want) > 0.02 {
+				t.Errorf("the dashboard counts %d more requests for %s (%.1f%% of the test's %d), StockWeb's answers say %d (%.1f%%)",
+					r.Requests-before[r.Name], r.Name, got*100, total, counts[r.Name], want*100)
+			}
+			// The share it draws also holds the demo's own page load (100 calls, before the
+			// scale-up): within 4 points of the test's split.
 			if math.Abs(r.Share-want) > 0.04 {
 				t.Errorf("the dashboard shows %s with %.1f%% of the requests, the test's calls give it %.1f%% (%v)", r.Name, r.Share*100, want*100, counts)
 			}
