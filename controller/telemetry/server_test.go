@@ -147,3 +147,35 @@ func TestReportsAreRefusedWithoutProofOrUnderAnotherIdentity(t *testing.T) {
 		t.Errorf("%d series: want only the proved caller's one", st.Series)
 	}
 }
+
+// TestAReportOfManyRoutesArrivesWhole has a proxy report more busy routes than one message may
+// carry: the reporter splits them and the store counts every one.
+func TestAReportOfManyRoutesArrivesWhole(t *testing.T) {
+	conn, store := serve(t)
+	m := metrics.New()
+	ctx, cancel := context.WithCancel(withToken(context.Background(), webToken))
+	done := make(chan error, 1)
+	go func() {
+		done <- report.Run(ctx, report.Config{Conn: conn, Gatherer: m.Registry, Interval: 20 * time.Millisecond, Logger: quiet(),
+			Proxy: &telemetrypb.Proxy{Identity: webID, Pod: "stockweb-0", Namespace: "stocks"}})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	for start := time.Now(); store.Stats().Reports == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("no report within 10s")
+		}
+	}
+	const routes = maxRoutesPerReport + 100
+	for i := range routes {
+		ep := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 8080)
+		m.Route(metrics.Outbound, "stockdata.stocks", ep, "").Observe(200, 0, false, time.Millisecond)
+	}
+	for start := time.Now(); store.Stats().Series < routes; time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("%d series of %d after 10s", store.Stats().Series, routes)
+		}
+	}
+	if r := stat(t, store, Query{Resource: Resource{Kind: KindService}})["stockdata.stocks"]; r.Requests != routes {
+		t.Errorf("%d requests counted, want %d", r.Requests, routes)
+	}
+}

@@ -6,9 +6,9 @@
 //
 // Memory is bounded by the series count: a series is one reporting pod, direction, authority,
 // endpoint and peer identity (the labels of detour_requests_total), and costs a fixed ring of
-// Slots slots. Past MaxSeries new series are refused (counted in
-// detour_telemetry_series_dropped_total) until old ones expire, a window after their last
-// request; BenchmarkCollectorMemory holds the store at its bound.
+// Slots slots. Past the cap (NewStore's maxSeries, the controller's --telemetry-max-series) new
+// series are refused, counted in detour_telemetry_series_dropped_total, until old ones expire a
+// window after their last request; BenchmarkCollectorMemory holds the store at its bound.
 package telemetry
 
 import (

@@ -17,10 +17,15 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/detourmesh/detour/api/telemetrypb"
+	"github.com/detourmesh/detour/proxy/metrics"
 )
 
 // DefaultInterval is how often a proxy reports: the controller keeps 10 s resolution.
 const DefaultInterval = 10 * time.Second
+
+// maxRoutesPerMessage splits a report of more routes into several messages: the controller
+// refuses a message of more than 5,000 (controller/telemetry).
+const maxRoutesPerMessage = 4096
 
 // Config configures Run. Conn, Gatherer and Proxy are required.
 type Config struct {
@@ -61,9 +66,12 @@ func Run(ctx context.Context, cfg Config) error {
 	var delay time.Duration
 	logged := ""
 	for ctx.Err() == nil {
-		err := stream(ctx, client, cfg, sum, tick.C)
+		sent, err := stream(ctx, client, cfg, sum, tick.C)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if sent {
+			delay = 0 // the controller took reports: a new outage starts the backoff afresh
 		}
 		if msg := err.Error(); msg != logged { // one line per distinct problem
 			logged = msg
@@ -81,8 +89,10 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// stream runs one Report stream until a send fails or ctx ends.
-func stream(ctx context.Context, client telemetrypb.TelemetryClient, cfg Config, sum *Summarizer, tick <-chan time.Time) error {
+// stream runs one Report stream until a send fails or ctx ends; sent says whether a report
+// went out. The routes of a report whose send failed are lost: the next stream's first report
+// covers only the time since.
+func stream(ctx context.Context, client telemetrypb.TelemetryClient, cfg Config, sum *Summarizer, tick <-chan time.Time) (sent bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if id := cfg.Proxy.GetIdentity(); id != "" {
@@ -90,7 +100,7 @@ func stream(ctx context.Context, client telemetrypb.TelemetryClient, cfg Config,
 	}
 	st, err := client.Report(sctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	first := true
 	last := time.Now()
@@ -98,7 +108,7 @@ func stream(ctx context.Context, client telemetrypb.TelemetryClient, cfg Config,
 		select {
 		case <-ctx.Done():
 			st.CloseAndRecv()
-			return ctx.Err()
+			return sent, ctx.Err()
 		case <-tick:
 		}
 		fams, err := cfg.Gatherer.Gather()
@@ -106,19 +116,26 @@ func stream(ctx context.Context, client telemetrypb.TelemetryClient, cfg Config,
 			cfg.Logger.Debug("gathering metrics for the report", "err", err)
 		}
 		now := time.Now()
-		req := &telemetrypb.ReportRequest{UnixMs: now.UnixMilli(), IntervalMs: uint32(now.Sub(last).Milliseconds()), Routes: sum.Next(fams)}
+		routes := sum.Next(fams)
+		interval := uint32(now.Sub(last).Milliseconds())
 		last = now
-		if first {
-			req.Proxy, req.LatencyBounds = cfg.Proxy, sum.Bounds()
-		}
-		if err := st.Send(req); err != nil {
-			_, rerr := st.CloseAndRecv() // the status says why
-			if rerr != nil {
-				return rerr
+		// One message per chunk of routes, the later ones covering no time of their own.
+		for len(routes) > 0 || interval > 0 {
+			n := min(len(routes), maxRoutesPerMessage)
+			req := &telemetrypb.ReportRequest{UnixMs: now.UnixMilli(), IntervalMs: interval, Routes: routes[:n]}
+			routes, interval = routes[n:], 0
+			if first {
+				req.Proxy, req.LatencyBounds = cfg.Proxy, sum.Bounds()
 			}
-			return err
+			if err := st.Send(req); err != nil {
+				_, rerr := st.CloseAndRecv() // the status says why
+				if rerr != nil {
+					return sent, rerr
+				}
+				return sent, err
+			}
+			first, sent = false, true
 		}
-		first = false
 	}
 }
 
@@ -142,8 +159,14 @@ type counts struct {
 // NewSummarizer returns a Summarizer with no history: its first Next reports every count.
 func NewSummarizer() *Summarizer { return &Summarizer{prev: map[routeKey]counts{}} }
 
-// Bounds returns the latency bucket bounds of the last Next (the proxy's histogram's).
-func (s *Summarizer) Bounds() []float64 { return s.bounds }
+// Bounds returns the latency bucket bounds of the proxy's histogram, as the last Next read
+// them; before any request, proxy/metrics's.
+func (s *Summarizer) Bounds() []float64 {
+	if s.bounds == nil {
+		return metrics.LatencyBuckets
+	}
+	return s.bounds
+}
 
 // Next returns the routes whose counts grew since the last call, with the growth. A series that
 // went down (deleted by metrics.Forget and made again) counts from zero.
