@@ -268,10 +268,12 @@ func (d *demo) startWeb(ctx context.Context, what string) error {
 	})
 }
 
-// waitHealthy waits for an HTTP 200 from /healthz: once a pod is meshed, its inbound proxy
-// accepts connections before the app listens, so a TCP connect proves nothing.
+// waitHealthy waits for an HTTP 200 from /healthz, asked on the pod's loopback as a kubelet's
+// exec probe would: once a pod is meshed its inbound proxy accepts connections before the app
+// listens, so a TCP connect from outside proves nothing, and each probe through it while the
+// app is down would count as a failed request in the pod's metrics and the dashboard.
 func (d *demo) waitHealthy(ctx context.Context, p *netns.Pod, port uint16) error {
-	return d.waitOK(ctx, p, fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(p.IPv4, port)))
+	return d.waitOKVia(ctx, p, p.NS, fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(loopback, port)))
 }
 
 // Workload identities of the demo's pods, all in one Kubernetes-like namespace.
@@ -575,7 +577,12 @@ func (d *demo) waitReady(ctx context.Context, p *netns.Pod) error {
 
 // waitOK waits up to 10 s for an HTTP 200 from url, reached from the node.
 func (d *demo) waitOK(ctx context.Context, p *netns.Pod, url string) error {
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: d.topo.Node.DialContext, DisableKeepAlives: true}}
+	return d.waitOKVia(ctx, p, d.topo.Node, url)
+}
+
+// waitOKVia waits up to 10 s for an HTTP 200 from url, reached from namespace via.
+func (d *demo) waitOKVia(ctx context.Context, p *netns.Pod, via *netns.NS, url string) error {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: via.DialContext, DisableKeepAlives: true}}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := client.Get(url)
