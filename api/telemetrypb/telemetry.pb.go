@@ -5,7 +5,7 @@
 // Why push and not scrape. Scraping every proxy's /metrics means the controller dials every
 // pod's admin port, downloads the whole text exposition (Go runtime series included) and parses
 // it, every interval: at 100 proxies BenchmarkCollectionCost (controller/telemetry) measured
-// that at 85 to 98 times the controller CPU of decoding these summaries, which carry only the
+// that at 87 to 112 times the controller CPU of decoding these summaries, which carry only the
 // routes that saw requests in the interval, as deltas (README, Why push). The push also rides the connection the proxy already authenticated
 // (workload certificate or bootstrap token, as Discovery.Stream), so no new port is opened to
 // the controller and no admin port needs to be reachable from it.

@@ -92,7 +92,7 @@ detour-injector's CA bundle and namespace selectors current.
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.dashboardListen, "dashboard-listen", dashboard.DefaultListen, "HTTP address of the dashboard, its JSON under /api/ (what detour stat, top and dashboard read) and the controller's /metrics; loopback by default, reached with detour dashboard; empty: none")
-	fl.IntVar(&f.maxSeries, "telemetry-max-series", telemetry.DefaultMaxSeries, "most series (pod, direction, authority, endpoint, peer) the collector keeps in its 10-minute window; each costs at most 5.8 KiB (8000: 45 MiB)")
+	fl.IntVar(&f.maxSeries, "telemetry-max-series", telemetry.DefaultMaxSeries, "most series (pod, direction, authority, endpoint, peer) the collector keeps in its 10-minute window; each costs at most about 5.7 KiB (8000: 45 MiB)")
 	f.kube.register(fl)
 	cmd.AddCommand(newControllerCACommand(), newCheckCommand())
 	return cmd
