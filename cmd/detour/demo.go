@@ -23,7 +23,9 @@ func newDemoCommand() *cobra.Command {
 service VIP implemented the way kube-proxy does it, and shows StockWeb's 100 concurrent gRPC
 calls over one connection, first without the mesh (one replica serves them all) and then with
 Detour's init and proxy in every pod (every replica serves its share). It then keeps running
-with forwarders from the host's loopback; Ctrl-C removes everything it made.`,
+with forwarders from the host's loopback, the controller's dashboard among them (where detour stat,
+top and dashboard look), and takes detour demo scale and fault on its control socket; Ctrl-C
+removes everything it made.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cmdline.OutputFormat(output); err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -227,5 +228,32 @@ func TestBucketsOfOtherBoundsLandInTheNextStoredBucket(t *testing.T) {
 	m := bucketMap([]float64{0.001, 0.003, 100})
 	if m[0] != 1 || m[1] != 3 || m[2] != nBuckets-1 || m[3] != nBuckets-1 {
 		t.Errorf("bucketMap = %v", m)
+	}
+}
+
+func TestWriteStatPrintsAnAlignedTableWithReplicasBeneathTheirService(t *testing.T) {
+	s, _ := demoStore(t)
+	st, err := s.Stat(Query{Resource: Resource{Kind: KindService}, Window: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := WriteStat(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	if len(lines) != 4 || !strings.HasPrefix(strings.TrimSpace(lines[0]), "NAME") ||
+		!strings.Contains(lines[1], "stockdata.stocks") || !strings.Contains(lines[3], "stockdata-1") || !strings.Contains(lines[3], "50.00%") {
+		t.Fatalf("table:\n%s", b.String())
+	}
+	for _, l := range lines {
+		if len(l) != len(lines[0]) || len(l) > 100 {
+			t.Errorf("line %q: %d columns, the header %d (aligned, at most 100)", l, len(l), len(lines[0]))
+		}
+	}
+	b.Reset()
+	WriteStat(&b, Stat{Rows: []Row{{Name: "idle"}}})
+	if !strings.Contains(b.String(), "idle") || strings.Count(b.String(), " -") < 5 {
+		t.Errorf("a row without requests should show - for its figures:\n%s", b.String())
 	}
 }
