@@ -557,6 +557,9 @@ func (d *demo) cleanup() error {
 	if d.control != nil {
 		d.control.close()
 	}
+	// A scale or fault still running (its waits end with the run's context) finishes first.
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for _, f := range d.fwds {
 		f.close()
 	}
