@@ -82,6 +82,8 @@ bench: build
 	$(GO) test -run '^$$' -bench DiscoveryScale -benchtime 1x -count 1 -v ./integration/
 	$(GO) test -run '^$$' -bench Install -benchtime 20x -count 1 ./init/apply/
 	$(GO) test -run '^$$' -bench Handshake -benchtime 2s -count 1 ./proxy/mtls/
+	$(GO) test -run '^$$' -bench 'CollectionCost|CollectorMemory' -benchtime 10x -count 1 ./controller/telemetry/
+	$(GO) test -run '^$$' -bench Report -benchtime 200x -count 1 ./proxy/report/
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
@@ -98,4 +100,4 @@ generate:
 	GOFLAGS= $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 	PATH=$$PATH:$$($(GO) env GOPATH)/bin protoc --go_out=. --go_opt=module=github.com/detourmesh/detour \
 		--go-grpc_out=. --go-grpc_opt=module=github.com/detourmesh/detour examples/stockkube/stockpb/stock.proto \
-		api/discoverypb/discovery.proto api/identitypb/identity.proto
+		api/discoverypb/discovery.proto api/identitypb/identity.proto api/telemetrypb/telemetry.proto

@@ -18,7 +18,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -42,20 +44,30 @@ type Options struct {
 	// CertTTL is the lifetime of the workload certificates the controller issues; 0: its
 	// default (24 h). A short one shows renewal, and lets a test see a certificate expire.
 	CertTTL time.Duration
+	// DashboardPort is the host loopback port the controller's dashboard is forwarded to,
+	// default 7080 (where detour stat, top and dashboard look).
+	DashboardPort uint16
+	// ReportInterval is how often each proxy reports to the controller; 0: the proxy's
+	// default (10 s). Tests shorten it.
+	ReportInterval time.Duration
+	// Control is the unix socket detour demo scale and fault talk to; default ControlSocket.
+	Control string
 	Out     io.Writer
 	// JSON prints each step and message as one JSON object per line instead of text.
 	JSON bool
 }
 
 var (
-	vip4       = netip.MustParseAddrPort("198.19.0.10:80")
-	vip6       = netip.MustParseAddrPort("[fd00:de71::10]:80")
-	stockPort  = uint16(8080)
-	webPort    = uint16(8000)
-	adminPort  = uint16(7190)
-	proxyUID   = uint32(2102)
-	loopback   = netip.MustParseAddr("127.0.0.1")
-	quotesPath = "/api/quotes"
+	vip4      = netip.MustParseAddrPort("198.19.0.10:80")
+	vip6      = netip.MustParseAddrPort("[fd00:de71::10]:80")
+	stockPort = uint16(8080)
+	webPort   = uint16(8000)
+	adminPort = uint16(7190)
+	// dashboardPort is the controller's dashboard on the node's loopback (DESIGN.md).
+	dashboardPort = uint16(7080)
+	proxyUID      = uint32(2102)
+	loopback      = netip.MustParseAddr("127.0.0.1")
+	quotesPath    = "/api/quotes"
 )
 
 // demo is one run's state.
@@ -64,10 +76,19 @@ type demo struct {
 	s       *steps
 	topo    *netns.Topology
 	web     *netns.Pod
-	stock   []*netns.Pod
 	procs   *processes
 	fwds    []*forwarder
 	webProc *process
+	control *controlServer
+
+	// mu orders the changes detour demo scale and fault make while the demo runs.
+	mu         sync.Mutex
+	stock      []*netns.Pod
+	stockProcs map[*netns.Pod]*process
+	proxyProcs map[*netns.Pod]*process
+	tokens     map[*netns.Pod]string
+	nextStock  int // the index of the next StockData replica's name
+	disc       string
 }
 
 // Run builds the node, shows StockWeb's 100 calls without and then with the mesh, keeps
@@ -82,6 +103,12 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	if o.Balancer == "" {
 		o.Balancer = "round-robin"
+	}
+	if o.DashboardPort == 0 {
+		o.DashboardPort = 7080
+	}
+	if o.Control == "" {
+		o.Control = ControlSocket
 	}
 	if o.Bin == "" {
 		exe, err := os.Executable()
@@ -99,7 +126,8 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	d := &demo{o: o, s: &steps{out: o.Out, json: o.JSON}, procs: &processes{logs: logs}}
+	d := &demo{o: o, s: &steps{out: o.Out, json: o.JSON}, procs: &processes{logs: logs},
+		stockProcs: map[*netns.Pod]*process{}, proxyProcs: map[*netns.Pod]*process{}, tokens: map[*netns.Pod]string{}}
 	defer func() {
 		cleanErr := d.cleanup()
 		if err == nil {
@@ -130,6 +158,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := d.forward(); err != nil {
 		return err
 	}
+	if !o.NoMesh {
+		if d.control, err = d.serveControl(ctx); err != nil {
+			return err
+		}
+	}
 	return d.wait(ctx)
 }
 
@@ -153,11 +186,12 @@ func (d *demo) build(ctx context.Context) error {
 		}
 		var b4, b6 []netip.AddrPort
 		var lines []string
-		for i := range d.o.Replicas {
-			p, err := d.topo.AddPod(fmt.Sprintf("stockdata-%d", i))
+		for range d.o.Replicas {
+			p, err := d.topo.AddPod(fmt.Sprintf("stockdata-%d", d.nextStock))
 			if err != nil {
 				return "", err
 			}
+			d.nextStock++
 			d.stock = append(d.stock, p)
 			b4 = append(b4, netip.AddrPortFrom(p.IPv4, stockPort))
 			b6 = append(b6, netip.AddrPortFrom(p.IPv6, stockPort))
@@ -175,8 +209,7 @@ func (d *demo) build(ctx context.Context) error {
 	}
 	if err := d.s.do("starting the StockData replicas", func() (string, error) {
 		for _, p := range d.stock {
-			if _, err := d.procs.start(ctx, p, "stockdata", -1, filepath.Join(d.o.Bin, "stockdata"),
-				"--listen", fmt.Sprintf(":%d", stockPort), "--id", p.Name); err != nil {
+			if err := d.startStock(ctx, p, 0); err != nil {
 				return "", err
 			}
 		}
@@ -185,6 +218,42 @@ func (d *demo) build(ctx context.Context) error {
 		return err
 	}
 	return d.startWeb(ctx, "starting StockWeb: one gRPC connection to "+vip4.String())
+}
+
+// startStock runs StockData in p, answering fail of its calls UNAVAILABLE.
+func (d *demo) startStock(ctx context.Context, p *netns.Pod, fail float64) error {
+	args := []string{"--listen", fmt.Sprintf(":%d", stockPort), "--id", p.Name}
+	if fail > 0 {
+		args = append(args, "--fail", strconv.FormatFloat(fail, 'f', -1, 64))
+	}
+	proc, err := d.procs.start(ctx, p, "stockdata", -1, filepath.Join(d.o.Bin, "stockdata"), args...)
+	if err != nil {
+		return err
+	}
+	d.stockProcs[p] = proc
+	return nil
+}
+
+// startProxy runs the detour proxy sidecar in p, as an injector would.
+func (d *demo) startProxy(ctx context.Context, p *netns.Pod) error {
+	id := stockID
+	if p == d.web {
+		id = webID
+	}
+	// As the Kubernetes injector does, the proxy is told which pod it serves, so that
+	// detour debug finds it by name and the controller's dashboard names it.
+	args := []string{"proxy", "--drain-timeout", "1s", "--discovery", "controller:" + controllerAddr.String(),
+		"--identity", id, "--trust-anchor", filepath.Join(d.procs.logs, "ca.crt"), "--identity-token", d.tokens[p],
+		"--pod-name", p.Name, "--pod-namespace", podNamespace}
+	if d.o.ReportInterval > 0 {
+		args = append(args, "--report-interval", d.o.ReportInterval.String())
+	}
+	proc, err := d.procs.start(ctx, p, "proxy", int(proxyUID), filepath.Join(d.o.Bin, "detour"), args...)
+	if err != nil {
+		return err
+	}
+	d.proxyProcs[p] = proc
+	return nil
 }
 
 func (d *demo) startWeb(ctx context.Context, what string) error {
@@ -199,10 +268,12 @@ func (d *demo) startWeb(ctx context.Context, what string) error {
 	})
 }
 
-// waitHealthy waits for an HTTP 200 from /healthz: once a pod is meshed, its inbound proxy
-// accepts connections before the app listens, so a TCP connect proves nothing.
+// waitHealthy waits for an HTTP 200 from /healthz, asked on the pod's loopback as a kubelet's
+// exec probe would: once a pod is meshed its inbound proxy accepts connections before the app
+// listens, so a TCP connect from outside proves nothing, and each probe through it while the
+// app is down would count as a failed request in the pod's metrics and the dashboard.
 func (d *demo) waitHealthy(ctx context.Context, p *netns.Pod, port uint16) error {
-	return d.waitOK(ctx, p, fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(p.IPv4, port)))
+	return d.waitOKVia(ctx, p, p.NS, fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(loopback, port)))
 }
 
 // Workload identities of the demo's pods, all in one Kubernetes-like namespace.
@@ -223,9 +294,8 @@ func (d *demo) mesh(ctx context.Context) error {
 		return err
 	}
 	pods := append([]*netns.Pod{d.web}, d.stock...)
-	tokens := map[*netns.Pod]string{}
-	if err := d.s.do("starting the controller on the node: trust anchor, identities, discovery", func() (string, error) {
-		return d.startController(ctx, disc, pods, tokens)
+	if err := d.s.do("starting the controller on the node: trust anchor, identities, discovery, dashboard", func() (string, error) {
+		return d.startController(ctx, disc, pods, d.tokens)
 	}); err != nil {
 		return err
 	}
@@ -242,16 +312,7 @@ func (d *demo) mesh(ctx context.Context) error {
 	}
 	if err := d.s.do("starting a detour proxy sidecar in every pod, as UID 2102", func() (string, error) {
 		for _, p := range pods {
-			id := stockID
-			if p == d.web {
-				id = webID
-			}
-			// As the Kubernetes injector does, the proxy is told which pod it serves, so that
-			// detour debug finds it by name.
-			args := []string{"proxy", "--drain-timeout", "1s", "--discovery", "controller:" + controllerAddr.String(),
-				"--identity", id, "--trust-anchor", filepath.Join(d.procs.logs, "ca.crt"), "--identity-token", tokens[p],
-				"--pod-name", p.Name, "--pod-namespace", podNamespace}
-			if _, err := d.procs.start(ctx, p, "proxy", int(proxyUID), filepath.Join(d.o.Bin, "detour"), args...); err != nil {
+			if err := d.startProxy(ctx, p); err != nil {
 				return "", err
 			}
 		}
@@ -313,7 +374,9 @@ func (d *demo) startController(ctx context.Context, disc string, pods []*netns.P
 		return "", err
 	}
 	node := &netns.Pod{Name: "node", NS: d.topo.Node}
-	args := []string{"--source", "file:" + disc, "--listen", controllerAddr.String(), "--ca-dir", caDir, "--tokens", tokenFile}
+	// The dashboard listens on the node's loopback; the demo forwards it to the host's.
+	args := []string{"--source", "file:" + disc, "--listen", controllerAddr.String(), "--ca-dir", caDir, "--tokens", tokenFile,
+		"--dashboard-listen", netip.AddrPortFrom(loopback, dashboardPort).String()}
 	if d.o.CertTTL > 0 {
 		args = append(args, "--cert-ttl", d.o.CertTTL.String())
 	}
@@ -336,9 +399,14 @@ func (d *demo) discoveryFile() (string, error) {
 		fmt.Fprintf(&b, "      - address: %q\n        identity: %s\n        zone: node-1\n", netip.AddrPortFrom(p.IPv4, stockPort).String(), stockID)
 	}
 	path := filepath.Join(d.procs.logs, "discovery.yaml")
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+	// Written beside and renamed over, so the controller never reads half a file.
+	if err := os.WriteFile(path+".new", []byte(b.String()), 0o644); err != nil {
 		return "", err
 	}
+	if err := os.Rename(path+".new", path); err != nil {
+		return "", err
+	}
+	d.disc = path
 	return path, os.Chmod(d.procs.logs, 0o755)
 }
 
@@ -443,6 +511,15 @@ func (d *demo) forward() error {
 			return "", err
 		}
 		if !d.o.NoMesh {
+			// At its own port, where detour stat, top and dashboard look by default.
+			f, err := newForwarder(netip.AddrPortFrom(loopback, d.o.DashboardPort), d.topo.Node, netip.AddrPortFrom(loopback, dashboardPort))
+			if err != nil {
+				return "", fmt.Errorf("forwarding the dashboard: %w", err)
+			}
+			f.label = fmt.Sprintf("%-26s http://%s/", "Detour dashboard", f.addr)
+			d.fwds = append(d.fwds, f)
+		}
+		if !d.o.NoMesh {
 			for _, p := range append([]*netns.Pod{d.web}, d.stock...) {
 				// From the pod's loopback, as kubectl port-forward connects: /debug/ answers there.
 				if err := add(p.Name+" proxy metrics", p.NS, netip.AddrPortFrom(loopback, adminPort), "/metrics"); err != nil {
@@ -467,12 +544,22 @@ func (d *demo) wait(ctx context.Context) error {
 		}
 		return nil
 	}
-	d.s.say("\nrunning; reload the StockWeb page to see every call's server. Ctrl-C stops and cleans up.")
+	msg := "\nrunning; reload the StockWeb page to see every call's server. Ctrl-C stops and cleans up."
+	if !d.o.NoMesh {
+		msg += "\nIn another terminal: `detour stat pod`, `detour demo scale stockdata=3` or `detour demo fault stockdata-1 --fail 0.5`, and watch the dashboard."
+	}
+	d.s.say(msg)
 	<-ctx.Done()
 	return nil
 }
 
 func (d *demo) cleanup() error {
+	if d.control != nil {
+		d.control.close()
+	}
+	// A scale or fault still running (its waits end with the run's context) finishes first.
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for _, f := range d.fwds {
 		f.close()
 	}
@@ -493,7 +580,12 @@ func (d *demo) waitReady(ctx context.Context, p *netns.Pod) error {
 
 // waitOK waits up to 10 s for an HTTP 200 from url, reached from the node.
 func (d *demo) waitOK(ctx context.Context, p *netns.Pod, url string) error {
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: d.topo.Node.DialContext, DisableKeepAlives: true}}
+	return d.waitOKVia(ctx, p, d.topo.Node, url)
+}
+
+// waitOKVia waits up to 10 s for an HTTP 200 from url, reached from namespace via.
+func (d *demo) waitOKVia(ctx context.Context, p *netns.Pod, via *netns.NS, url string) error {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: via.DialContext, DisableKeepAlives: true}}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := client.Get(url)

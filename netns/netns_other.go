@@ -47,3 +47,11 @@ func (t *Topology) AddService(vip netip.AddrPort, backends []netip.AddrPort) err
 
 // Close is only implemented on Linux.
 func (t *Topology) Close() error { return ErrUnsupported }
+
+// SetServiceBackends is only implemented on Linux.
+func (t *Topology) SetServiceBackends(vip netip.AddrPort, backends []netip.AddrPort) error {
+	return ErrUnsupported
+}
+
+// RemovePod is only implemented on Linux.
+func (t *Topology) RemovePod(pod *Pod) error { return ErrUnsupported }

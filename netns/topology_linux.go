@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -259,6 +260,56 @@ func (t *Topology) AddService(vip netip.AddrPort, backends []netip.AddrPort) err
 	if err := t.Node.Run(cmd); err != nil {
 		return fmt.Errorf("adding service %s: %s-restore in %s: %w: %s\nrules:\n%s", vip, bin, t.Node.Name, err, strings.TrimSpace(out.String()), rules)
 	}
+	return nil
+}
+
+// SetServiceBackends replaces the backends of a service AddService made, as kube-proxy
+// rewrites a service's chain when its endpoints change: connections already made keep their
+// backend (conntrack), new ones spread over the new set.
+func (t *Topology) SetServiceBackends(vip netip.AddrPort, backends []netip.AddrPort) error {
+	if t.Node == nil {
+		return errors.New("updating service: topology is closed")
+	}
+	rules, bin, err := serviceRules(vip, backends)
+	if err != nil {
+		return fmt.Errorf("updating service %s: %w", vip, err)
+	}
+	chain := serviceChain(vip)
+	// Only the chain's own rules: the PREROUTING and POSTROUTING jumps stay as they are.
+	var own strings.Builder
+	fmt.Fprintf(&own, "*nat\n:%s - [0:0]\n", chain)
+	for _, line := range strings.Split(rules, "\n") {
+		if strings.HasPrefix(line, "-A "+chain+" ") {
+			own.WriteString(line + "\n")
+		}
+	}
+	own.WriteString("COMMIT\n")
+	var out strings.Builder
+	flush := exec.Command(bin, "-w", "-t", "nat", "-F", chain)
+	flush.Stdout, flush.Stderr = &out, &out
+	if err := t.Node.Run(flush); err != nil {
+		return fmt.Errorf("updating service %s: flushing %s: %w: %s", vip, chain, err, strings.TrimSpace(out.String()))
+	}
+	cmd := exec.Command(bin+"-restore", "-w", "--noflush")
+	cmd.Stdin = strings.NewReader(own.String())
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := t.Node.Run(cmd); err != nil {
+		return fmt.Errorf("updating service %s: %s-restore: %w: %s", vip, bin, err, strings.TrimSpace(out.String()))
+	}
+	return nil
+}
+
+// RemovePod deletes a pod AddPod made; its veth and addresses go with its namespace. Its
+// addresses are not given to a later pod.
+func (t *Topology) RemovePod(pod *Pod) error {
+	i := slices.Index(t.Pods, pod)
+	if i < 0 {
+		return fmt.Errorf("removing pod %s: not in the topology", pod.Name)
+	}
+	if err := pod.NS.Delete(); err != nil {
+		return fmt.Errorf("removing pod %s: %w", pod.Name, err)
+	}
+	t.Pods = slices.Delete(t.Pods, i, i+1)
 	return nil
 }
 

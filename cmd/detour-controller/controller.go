@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
@@ -22,9 +25,12 @@ import (
 
 	"github.com/detourmesh/detour/api/discoverypb"
 	"github.com/detourmesh/detour/api/identitypb"
+	"github.com/detourmesh/detour/api/telemetrypb"
 	"github.com/detourmesh/detour/controller/ca"
+	"github.com/detourmesh/detour/controller/dashboard"
 	"github.com/detourmesh/detour/controller/destination"
 	"github.com/detourmesh/detour/controller/identity"
+	"github.com/detourmesh/detour/controller/telemetry"
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/internal/cmdline"
 	"github.com/detourmesh/detour/spiffe"
@@ -37,6 +43,8 @@ type controllerFlags struct {
 	proofLimit                    int
 	output, logLevel              string
 	kube                          kubeFlags
+	dashboardListen               string
+	maxSeries                     int
 }
 
 func newControllerCommand() *cobra.Command {
@@ -49,7 +57,8 @@ func newControllerCommand() *cobra.Command {
 		Long: `detour-controller serves Discovery.Stream (the services of --source: every proxy learns the table
 of service addresses, and the endpoints of the services it uses, as deltas) and Identity.Certify (workload
 certificates from the CA in --ca-dir, for proxies that prove their identity with a token from
---tokens) on one gRPC port. The port serves TLS with a certificate the controller issues itself for
+--tokens) on one gRPC port, where proxies also push their request summaries (Telemetry.Report) for the
+dashboard on --dashboard-listen. The port serves TLS with a certificate the controller issues itself for
 spiffe://<trust-domain>/ns/detour/sa/controller; proxies verify it against the CA's ca.crt.
 Stream serves only callers that prove an identity: a workload certificate of the CA on the TLS
 connection, or a token from --tokens as gRPC metadata "authorization: Bearer <token>" (what
@@ -82,6 +91,8 @@ detour-injector's CA bundle and namespace selectors current.
 	fl.IntVar(&f.proofLimit, "failed-proof-limit", 10, "failed proofs of identity (no, bad or malformed credentials) one address may make in a minute claiming one identity before that claim is refused there until the minute ends; ten times as many across all claims refuse the address but for identities that proved themselves from it in the last 25 h; a success forgives its own claim (pods behind one address, source NAT or host network, are not locked out by another's failures)")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.dashboardListen, "dashboard-listen", dashboard.DefaultListen, "HTTP address of the dashboard, its JSON under /api/ (what detour stat, top and dashboard read) and the controller's /metrics; loopback by default, reached with detour dashboard; empty: none")
+	fl.IntVar(&f.maxSeries, "telemetry-max-series", telemetry.DefaultMaxSeries, "most series (pod, direction, authority, endpoint, peer) the collector keeps in its 10-minute window; each costs at most about 5.7 KiB (8000: 45 MiB)")
 	f.kube.register(fl)
 	cmd.AddCommand(newControllerCACommand(), newCheckCommand())
 	return cmd
@@ -162,6 +173,28 @@ func runController(ctx context.Context, f controllerFlags) error {
 		Source: src, Auth: identity.NewAuthenticator(authority, verifier), Logger: log,
 	})
 	discoverypb.RegisterDiscoveryServer(srv, disc)
+	// Proxies push their request summaries on the connection they hold for discovery,
+	// authenticated the same way (controller/telemetry says why push).
+	store := telemetry.NewStore(f.maxSeries, nil)
+	tele := telemetry.NewServer(store, identity.NewAuthenticator(authority, verifier), log)
+	telemetrypb.RegisterTelemetryServer(srv, tele)
+	var web *http.Server
+	if f.dashboardListen != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(store.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		webLis, err := net.Listen("tcp", f.dashboardListen)
+		if err != nil {
+			return fmt.Errorf("--dashboard-listen: %w", err)
+		}
+		web = &http.Server{Handler: dashboard.Handler(store, reg, log), ReadHeaderTimeout: 10 * time.Second}
+		defer web.Close()
+		go func() {
+			if err := web.Serve(webLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("serving the dashboard", "err", err)
+			}
+		}()
+		log.Info("dashboard serving", "url", "http://"+webLis.Addr().String()+"/")
+	}
 	identitypb.RegisterIdentityServer(srv, identity.NewServer(identity.Config{
 		CA: authority, Verifier: verifier, TTL: f.certTTL, Logger: log,
 	}))
@@ -171,6 +204,7 @@ func runController(ctx context.Context, f controllerFlags) error {
 		g.Go(func() error { return runSource(gctx) })
 	}
 	g.Go(func() error { return disc.Run(gctx) })
+	g.Go(func() error { tele.Run(gctx); return nil })
 	g.Go(func() error { authority.FollowIssuer(gctx, f.caDir, 2*time.Second, log); return nil })
 	g.Go(func() error {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

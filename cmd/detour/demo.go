@@ -1,7 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -20,7 +23,9 @@ func newDemoCommand() *cobra.Command {
 service VIP implemented the way kube-proxy does it, and shows StockWeb's 100 concurrent gRPC
 calls over one connection, first without the mesh (one replica serves them all) and then with
 Detour's init and proxy in every pod (every replica serves its share). It then keeps running
-with forwarders from the host's loopback; Ctrl-C removes everything it made.`,
+with forwarders from the host's loopback, the controller's dashboard among them (where detour stat,
+top and dashboard look), and takes detour demo scale and fault on its control socket; Ctrl-C
+removes everything it made.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cmdline.OutputFormat(output); err != nil {
@@ -41,5 +46,71 @@ with forwarders from the host's loopback; Ctrl-C removes everything it made.`,
 	fl.StringVarP(&output, "output", "o", "text", "output format: text or json (one object per step)")
 	fl.DurationVar(&o.CertTTL, "cert-ttl", 0, "lifetime of the workload certificates (controller --cert-ttl; 0: its default, 24h), e.g. 1m to watch renewals")
 	fl.StringVar(&o.Bin, "bin", "", "folder with the detour, stockdata and stockweb binaries (default: detour's own)")
+	fl.Uint16Var(&o.DashboardPort, "dashboard-port", 7080, "port on 127.0.0.1 the controller's dashboard is forwarded to (where detour stat looks)")
+	fl.DurationVar(&o.ReportInterval, "report-interval", 0, "how often each proxy reports to the controller (proxy --report-interval; 0: its default, 10s)")
+	fl.StringVar(&o.Control, "control", demo.ControlSocket, "unix socket detour demo scale and fault talk to")
+	cmd.AddCommand(newDemoScaleCommand(), newDemoFaultCommand())
+	return cmd
+}
+
+// printControl prints a running demo's answer, as text or {"message": ...}.
+func printControl(cmd *cobra.Command, output, msg string) {
+	if output == "json" {
+		writeJSON(cmd.OutOrStdout(), map[string]string{"message": msg})
+		return
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), msg)
+}
+
+func newDemoScaleCommand() *cobra.Command {
+	var socket, output string
+	cmd := &cobra.Command{
+		Use:   "scale stockdata=N",
+		Short: "Scale the running demo's StockData to N replicas (each new one meshed), and watch the split change",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			svc, n, ok := strings.Cut(args[0], "=")
+			if !ok || svc != "stockdata" {
+				return fmt.Errorf("%q: want stockdata=N", args[0])
+			}
+			if err := cmdline.OutputFormat(output); err != nil {
+				return err
+			}
+			msg, err := demo.Control(cmd.Context(), socket, "/scale", map[string]string{"stockdata": n})
+			if err == nil {
+				printControl(cmd, output, msg)
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&socket, "control", demo.ControlSocket, "the demo's control socket (demo --control)")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func newDemoFaultCommand() *cobra.Command {
+	var socket, output string
+	var fail float64
+	cmd := &cobra.Command{
+		Use:   "fault POD --fail FRACTION",
+		Short: "Make one StockData replica of the running demo answer a fraction of its calls UNAVAILABLE (0 heals it)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if fail < 0 || fail > 1 {
+				return fmt.Errorf("--fail %v: want a fraction from 0 to 1", fail)
+			}
+			if err := cmdline.OutputFormat(output); err != nil {
+				return err
+			}
+			msg, err := demo.Control(cmd.Context(), socket, "/fault", map[string]string{"pod": args[0], "fail": strconv.FormatFloat(fail, 'f', -1, 64)})
+			if err == nil {
+				printControl(cmd, output, msg)
+			}
+			return err
+		},
+	}
+	cmd.Flags().Float64Var(&fail, "fail", 0.5, "fraction of calls answered UNAVAILABLE, 0 to 1")
+	cmd.Flags().StringVar(&socket, "control", demo.ControlSocket, "the demo's control socket (demo --control)")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
 }

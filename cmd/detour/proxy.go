@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -14,12 +15,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/detourmesh/detour/api/telemetrypb"
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/init/plan"
 	"github.com/detourmesh/detour/internal/cmdline"
 	"github.com/detourmesh/detour/proxy"
 	"github.com/detourmesh/detour/proxy/identity"
 	"github.com/detourmesh/detour/proxy/mtls"
+	"github.com/detourmesh/detour/proxy/report"
 	"github.com/detourmesh/detour/proxy/resolve"
 	"github.com/detourmesh/detour/spiffe"
 )
@@ -32,6 +35,7 @@ type proxyFlags struct {
 	detectTimeout, drain     time.Duration
 	resolveTimeout           time.Duration
 	metricsRetain            time.Duration
+	reportInterval           time.Duration
 	maxConns                 int
 	cores                    int
 	logLevel, output         string
@@ -73,6 +77,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "longest the outbound side keeps serving after SIGTERM; the proxy exits sooner once no client connection is left")
 	fl.DurationVar(&f.resolveTimeout, "resolve-timeout", 2*time.Second, "with --discovery controller:, longest wait of the first connection to a service for its endpoints; past it the service's requests fail (503, gRPC UNAVAILABLE) until they arrive")
 	fl.DurationVar(&f.metricsRetain, "metrics-retain", 10*time.Minute, "how long the metric series of an endpoint gone from discovery stay in /metrics before they are deleted")
+	fl.DurationVar(&f.reportInterval, "report-interval", report.DefaultInterval, "with --discovery controller:, how often the proxy pushes its request summary to the controller (detour stat, the dashboard)")
 	fl.IntVar(&f.maxConns, "max-connections", 0, "client connections served at once, both directions; past it new ones are reset, counted in detour_tcp_connections_refused_total and logged at most every 10 s. 0: what RLIMIT_NOFILE allows at 6 files a connection, at most 100000")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVarP(&f.output, "output", "o", "text", "log format: text or json")
@@ -169,6 +174,7 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		}
 	}
 	kind, arg, _ := strings.Cut(f.discovery, ":")
+	var ctrl *resolve.Controller
 	if f.identity != "" {
 		if id, err = spiffeid.FromString(f.identity); err != nil {
 			return fmt.Errorf("--identity %q: %w", f.identity, err)
@@ -208,14 +214,35 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 			return fmt.Errorf("--discovery: %w", err)
 		}
 		cfg.Discovery = src
+		ctrl = src
 	default:
 		return fmt.Errorf("--discovery %q: want file:PATH or controller:HOST:PORT", f.discovery)
 	}
+	p := proxy.New(cfg)
+	if ctrl != nil {
+		g.Go(func() error {
+			return report.Run(ctx, report.Config{Conn: ctrl.Conn(), Gatherer: p.Metrics().Registry, Interval: f.reportInterval, Logger: log,
+				Proxy: &telemetrypb.Proxy{Identity: f.identity, Pod: f.podName, Namespace: f.podNamespace, Addresses: podAddresses()}})
+		})
+	}
 	g.Go(func() error {
 		defer cancel()
-		return proxy.New(cfg).Run(ctx)
+		return p.Run(ctx)
 	})
 	return g.Wait()
+}
+
+// podAddresses are the addresses of the pod's interfaces (the proxy runs in the pod's network
+// namespace), for the controller to name the endpoints this pod serves.
+func podAddresses() []string {
+	var out []string
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.IsGlobalUnicast() {
+			out = append(out, n.IP.String())
+		}
+	}
+	return out
 }
 
 // parsePortList expands a list of ports and ranges ("25,9000-9100") as init's flags spell them.

@@ -11,6 +11,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInitCommand(), newProxyCommand(), newDemoCommand(), newControllerCommand(), newWaitReadyCommand(), newInjectCommand(), newUninjectCommand(), newInstallCommand(), newCheckCommand(), newDebugCommand())
+	root.AddCommand(newInitCommand(), newProxyCommand(), newDemoCommand(), newControllerCommand(), newWaitReadyCommand(), newInjectCommand(), newUninjectCommand(), newInstallCommand(), newCheckCommand(), newDebugCommand(),
+		newStatCommand(), newTopCommand(), newDashboardCommand())
 	return root
 }

@@ -21,6 +21,10 @@ const (
 	Outbound = "outbound"
 )
 
+// LatencyBuckets are the upper bounds, in seconds, of detour_response_latency_seconds (and of
+// the proxy's reports to the controller, proxy/report).
+var LatencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
 // Metrics is every metric of one proxy. It is safe for concurrent use.
 type Metrics struct {
 	Registry *prometheus.Registry
@@ -62,7 +66,7 @@ func New() *Metrics {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "detour_response_latency_seconds",
 			Help:    "Time from a request's headers to the end of its response.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+			Buckets: LatencyBuckets,
 		}, []string{"direction", "authority", "endpoint", "tls", "peer_identity"}),
 		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "detour_tcp_open_connections",

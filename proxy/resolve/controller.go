@@ -76,6 +76,7 @@ type Controller struct {
 	current atomic.Pointer[discovery.Snapshot]
 	first   chan struct{} // closed at the first table
 	done    chan struct{} // closed when the stream goroutine has exited
+	conn    *grpc.ClientConn
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced at every new snapshot
@@ -203,6 +204,7 @@ func dial(opts ControllerOptions) (*Controller, *grpc.ClientConn, error) {
 // start runs the stream over conn and the expiry of idle subscriptions until ctx is done, then
 // closes conn and done.
 func (c *Controller) start(ctx context.Context, conn *grpc.ClientConn) {
+	c.conn = conn
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -258,6 +260,10 @@ func (f tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]st
 
 // RequireTransportSecurity: the token proves an identity and must never cross the wire in clear.
 func (tokenFile) RequireTransportSecurity() bool { return true }
+
+// Conn is the connection to the controller, with the proxy's credentials, for the other
+// services the proxy calls there (its telemetry reports). It closes when the Controller stops.
+func (c *Controller) Conn() grpc.ClientConnInterface { return c.conn }
 
 // Snapshot returns the snapshot in force: the last good table, with the endpoints of the
 // services in use.

@@ -7,7 +7,9 @@ import (
 	"context"
 	"hash/fnv"
 	"io"
+	"math"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -28,12 +30,22 @@ type Server struct {
 	ID string
 	// Delay is added to every answer: a slow replica.
 	Delay time.Duration
+	// Fail is the fraction of calls (0 to 1) answered UNAVAILABLE instead: a failing replica.
+	// Failures are spread evenly (every second call at 0.5), so a test sees the fraction asked.
+	Fail  float64
+	calls atomic.Uint64
 }
 
 // Register adds s to g.
 func (s *Server) Register(g *grpc.Server) { stockpb.RegisterStockDataServer(g, s) }
 
 func (s *Server) quote(ctx context.Context, symbol string, padding int32) (*stockpb.Quote, error) {
+	if s.Fail > 0 {
+		n := float64(s.calls.Add(1))
+		if math.Floor(n*s.Fail) > math.Floor((n-1)*s.Fail) {
+			return nil, status.Errorf(codes.Unavailable, "replica %s fails %.0f%% of its calls (--fail)", s.ID, s.Fail*100)
+		}
+	}
 	symbol = strings.ToUpper(symbol)
 	known := false
 	for _, k := range Symbols {

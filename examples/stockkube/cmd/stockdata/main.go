@@ -20,14 +20,19 @@ func main() {
 	listen := flag.String("listen", ":8080", "address to serve gRPC on")
 	id := flag.String("id", envOr("STOCKDATA_ID", host), "replica name in every answer (env STOCKDATA_ID)")
 	delay := flag.Duration("delay", 0, "added to every answer")
+	fail := flag.Float64("fail", 0, "fraction of calls (0 to 1) answered UNAVAILABLE, spread evenly: a failing replica")
 	flag.Parse()
+	if *fail < 0 || *fail > 1 {
+		fmt.Fprintf(os.Stderr, "stockdata: --fail %v: want a fraction from 0 to 1\n", *fail)
+		os.Exit(2)
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "stockdata:", err)
 		os.Exit(1)
 	}
 	g := grpc.NewServer()
-	(&stockdata.Server{ID: *id, Delay: *delay}).Register(g)
+	(&stockdata.Server{ID: *id, Delay: *delay, Fail: *fail}).Register(g)
 	go func() {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
