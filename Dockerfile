@@ -6,7 +6,14 @@
 #
 #   make build && docker build -t detour .      # or: make image (buildah, no daemon)
 #
-# bin/detour comes from `make build` (CGO_ENABLED=0, -tags grpcnotrace).
+# The stage "controller" is the control plane's image: the static detour-controller alone
+# (it runs no iptables, so none of the first stage), user 2103:
+#
+#   docker build --target controller -t detour-controller .
+#
+# One file for both, so that the two images are built from one definition with the same
+# labels and version; the sidecar's image stays the last stage, the one a plain build makes.
+# bin/detour and bin/detour-controller come from `make build` (CGO_ENABLED=0, -tags grpcnotrace).
 FROM debian:bookworm-slim AS iptables
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables \
@@ -29,6 +36,16 @@ RUN set -eu; \
         copy "$f"; ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// {print $3}'; done | sort -u | while read -r lib; do copy "$lib"; done; \
     printf 'root:x:0:0:root:/root:/usr/sbin/nologin\ndetour:x:2102:2102:detour proxy:/nonexistent:/usr/sbin/nologin\n' >/out/etc/passwd; \
     printf 'root:x:0:\ndetour:x:2102:\n' >/out/etc/group
+
+FROM scratch AS controller
+COPY bin/detour-controller /usr/local/bin/detour-controller
+USER 2103:2103
+ENTRYPOINT ["/usr/local/bin/detour-controller"]
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="detour-controller" \
+      org.opencontainers.image.description="Detour service mesh: the controller (discovery, workload certificates, the injection webhook)" \
+      org.opencontainers.image.source="https://github.com/detourmesh/detour" \
+      org.opencontainers.image.version="${VERSION}"
 
 FROM scratch
 COPY --from=iptables /out/ /

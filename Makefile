@@ -13,7 +13,7 @@ TESTDEPS := $(DEPS) chromium=chromium $(CLUSTERDEPS)
 PKGS    := ./...
 TESTLOG := bin/integration.log
 
-.PHONY: build deps test demo bench lint clean generate k8s image cluster cluster-down
+.PHONY: build deps test demo bench lint clean generate k8s image cluster cluster-down demo-k8s
 
 # detour (the sidecar's binary: init, proxy, inject, install, demo), detour-controller (the
 # controller, which links client-go and so is kept out of the sidecar's binary), and the StockKube
@@ -53,6 +53,14 @@ cluster: build k8s image
 cluster-down:
 	@$(GO) build -o bin/kubecluster ./internal/kubecluster/cmd/kubecluster
 	@bin/kubecluster down
+
+# The seed's workflow on a one-node cluster of its own (internal/kubedemo): install Detour,
+# StockKube without the mesh, injected, scaled to 3, with StockWeb's Server column at each
+# step; it keeps the cluster until Ctrl-C, then removes it.
+demo-k8s: build k8s image
+	@scripts/deps.sh $(CLUSTERDEPS)
+	@$(GO) build -o bin/kubecluster ./internal/kubecluster/cmd/kubecluster
+	@bin/kubecluster demo $(DEMOFLAGS)
 
 # Unit tests and fuzz seed corpora everywhere, then the integration suite on real namespaces.
 # DETOUR_REQUIRE_ROOT=1 turns a would-be skip of a root test into a failure.

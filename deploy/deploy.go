@@ -50,7 +50,7 @@ const (
 	ControllerName    = "detour-controller"
 	CASecret          = "detour-ca"
 	WebhookConfig     = "detour-injector"
-	ControllerImage   = "detour-controller:dev"
-	ProxyImage        = "detour:dev"
+	ControllerImage   = "detour.local/detour-controller:dev"
+	ProxyImage        = "detour.local/detour:dev"
 	CASecretMountPath = "/var/run/detour/ca"
 )

@@ -79,7 +79,7 @@ const (
 
 // Defaults of Config.
 const (
-	DefaultImage          = "detour:dev"
+	DefaultImage          = "detour.local/detour:dev"
 	DefaultControllerAddr = "detour-controller.detour.svc:7086"
 	DefaultTrustDomain    = "cluster.local"
 )

@@ -211,3 +211,29 @@ func TestImage(t *testing.T) {
 		})
 	}
 }
+
+// TestControllerImage checks the controller's image (the Dockerfile's stage "controller") as
+// its Deployment (deploy/deployment.yaml) runs it: user 2103, entrypoint detour-controller,
+// nothing but the binary (no shell, no iptables).
+func TestControllerImage(t *testing.T) {
+	root, cfg := unpackImage(t, "detour-controller")
+	if cfg.Config.User != "2103:2103" {
+		t.Errorf("image user %q, want 2103:2103 (deploy/deployment.yaml's runAsUser)", cfg.Config.User)
+	}
+	if !slices.Equal(cfg.Config.Entrypoint, []string{"/usr/local/bin/detour-controller"}) {
+		t.Errorf("image entrypoint %q, want [/usr/local/bin/detour-controller]", cfg.Config.Entrypoint)
+	}
+	if cfg.Config.Labels["org.opencontainers.image.title"] != "detour-controller" {
+		t.Errorf("image labels %v, want title detour-controller", cfg.Config.Labels)
+	}
+	var files []string
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, strings.TrimPrefix(p, root))
+		}
+		return nil
+	})
+	if !slices.Equal(files, []string{"/usr/local/bin/detour-controller"}) {
+		t.Errorf("image holds %q, want the controller's binary alone", files)
+	}
+}

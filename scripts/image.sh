@@ -42,20 +42,23 @@ if ! "${BA[@]}" inspect --type image "$BASE" >/dev/null 2>&1; then
 	"${BA[@]}" commit -q --rm "$ctr" "$BASE" >/dev/null
 fi
 
-# build NAME DOCKERFILE: builds detour.local/NAME:TAG and writes bin/images/NAME.tar.
+# build NAME DOCKERFILE [BUILDAH-ARGS...]: builds detour.local/NAME:TAG and writes
+# bin/images/NAME.tar.
 build() {
 	local name=$1 file=$2 ref=detour.local/$1:$TAG
-	log "building $ref from $file"
-	"${BA[@]}" "${BUD[@]}" --build-arg VERSION="$TAG" -f "$file" -t "$ref" . >/dev/null
+	shift 2
+	log "building $ref from $file $*"
+	"${BA[@]}" "${BUD[@]}" --build-arg VERSION="$TAG" "$@" -f "$file" -t "$ref" . >/dev/null
 	rm -f "$OUT/$name.tar"
 	"${BA[@]}" push -q "$ref" "docker-archive:$OUT/$name.tar:$ref"
 	printf '%s\t%s\t%s\n' "$ref" "$OUT/$name.tar" "$(du -h "$OUT/$name.tar" | cut -f1)"
 }
-targets=${*:-detour stockdata stockweb pause coredns}
+targets=${*:-detour detour-controller stockdata stockweb pause coredns}
 K8S_BIN=${DETOUR_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/detour/k8s-v1.37.2}/bin
 for t in $targets; do
 	case $t in
 	detour) build detour Dockerfile ;;
+	detour-controller) build detour-controller Dockerfile --target controller ;;
 	stockdata | stockweb) build "$t" "examples/stockkube/$t.Dockerfile" ;;
 	pause) TAG=3.10 build pause internal/kubecluster/pause/Dockerfile ;;
 	coredns)

@@ -155,7 +155,9 @@ type controller struct {
 func startController(t *testing.T, caDir string, extra ...string) *controller {
 	t.Helper()
 	c := &controller{log: &syncbuf.Buffer{}, addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), done: make(chan struct{})}
-	args := append([]string{"--source", "kubernetes", "--kubeconfig", cluster.Kubeconfig, "--ca-dir", caDir, "--listen", c.addr}, extra...)
+	// No dashboard: its default address, 127.0.0.1:7080, is the one the integration
+	// package's demo forwards its dashboard to, and the two packages run at once.
+	args := append([]string{"--source", "kubernetes", "--kubeconfig", cluster.Kubeconfig, "--ca-dir", caDir, "--listen", c.addr, "--dashboard-listen="}, extra...)
 	// A later --kubeconfig in extra wins (pflag keeps the last).
 	c.cmd = exec.Command(controllerBin, args...)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log

@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/detourmesh/detour/internal/kubecluster"
+	"github.com/detourmesh/detour/internal/kubedemo"
 )
 
-const usage = `usage: kubecluster up|down|sweep [flags]
+const usage = `usage: kubecluster up|down|sweep|demo [flags]
   up      start a cluster; with --detach return once it is ready and leave it running
   down    stop the cluster (and remove what a crashed one left)
-  sweep   remove clusters whose owner is gone (crashed runs)`
+  sweep   remove clusters whose owner is gone (crashed runs)
+  demo    the StockKube workflow on a one-node cluster of its own (make demo-k8s), until Ctrl-C`
 
 func run(args []string) error {
 	if len(args) == 0 {
@@ -31,6 +33,7 @@ func run(args []string) error {
 	name := fs.String("name", "dev", "cluster name")
 	node := fs.Bool("node", false, "start the one-node cluster, not only the control plane (needs root and make image)")
 	detach := fs.Bool("detach", false, "up: run the cluster in the background, return when it is ready")
+	duration := fs.Duration("duration", 0, "demo: keep the cluster this long after the last step, then remove it (0: until Ctrl-C)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -42,6 +45,11 @@ func run(args []string) error {
 		return up(*root, *name, *node)
 	case "down":
 		return down(*root, *name)
+	case "demo":
+		if *name == "dev" {
+			*name = "demo" // beside a make cluster, not instead of it
+		}
+		return demo(*root, *name, *duration)
 	case "sweep":
 		removed, err := kubecluster.Sweep(*root)
 		for _, r := range removed {
@@ -190,4 +198,25 @@ func ownerAlive(pid int, start uint64) bool {
 	i := strings.LastIndexByte(string(b), ')')
 	f := strings.Fields(string(b[i+1:]))
 	return len(f) > 19 && f[0] != "Z" && f[19] == fmt.Sprint(start)
+}
+
+// demo runs kubedemo with this repository's binaries (bin/), manifests and images, until
+// SIGINT or SIGTERM (or --duration), and removes its cluster on the way out.
+func demo(root, name string, duration time.Duration) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	imgs, err := kubecluster.RepoImages()
+	if err != nil {
+		return err
+	}
+	repo := filepath.Dir(filepath.Dir(filepath.Dir(imgs[0]))) // REPO/bin/images/X.tar
+	err = kubedemo.Run(ctx, kubedemo.Options{
+		Bin: filepath.Join(repo, "bin"), Manifests: filepath.Join(repo, "deploy", "examples", "stockkube"),
+		Images: imgs, Name: name, Root: root, Duration: duration, Out: os.Stdout,
+	})
+	if err == context.Canceled {
+		fmt.Println("interrupted: the cluster is removed")
+		return nil
+	}
+	return err
 }
