@@ -3,6 +3,7 @@ package balance
 import (
 	"math"
 	"math/rand/v2"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,10 @@ type Options struct {
 	FailurePenalty time.Duration
 	// Now is the clock; default time.Now. Tests pass a fake.
 	Now func() time.Time
+	// Accrual configures the ejection of failing endpoints (both algorithms).
+	Accrual Accrual
+	// OnEject, if set, is told of every ejection and its length (metrics); it must not block.
+	OnEject func(addr netip.AddrPort, d time.Duration)
 }
 
 // P2C is the power-of-two-choices balancer over peak-EWMA latency (Mitzenmacher; linkerd2-proxy,
@@ -72,14 +77,10 @@ func NewP2C(opts Options) *P2C {
 		decayTicks: float64(opts.Decay) / (1 << tickShift),
 		penalty:    opts.FailurePenalty,
 	}
-	if opts.Now == nil {
-		// time.Since on a monotonic reading skips the wall clock: the cheapest clock Go has.
-		epoch := time.Now()
-		b.now = func() uint64 { return uint64(time.Since(epoch)) >> tickShift }
-	} else {
-		epoch := opts.Now()
-		b.now = func() uint64 { return uint64(opts.Now().Sub(epoch)) >> tickShift }
-	}
+	b.set.init(opts)
+	// time.Since on a monotonic reading skips the wall clock: the cheapest clock Go has.
+	clock := b.set.hs.clock
+	b.now = func() uint64 { return uint64(clock()) >> tickShift }
 	empty := []entry{}
 	b.picker.Store(&empty)
 	return b
@@ -92,18 +93,29 @@ func (b *P2C) Update(endpoints []discovery.Endpoint) {
 		st.ewma.Store(pack(-float32(b.defaultRTT), now))
 	})
 	b.picker.Store(&eps)
+	b.set.hs.recount(eps)
 }
 
 // Pick implements Balancer.
-func (b *P2C) Pick() (Pick, error) {
+func (b *P2C) Pick() (Pick, error) { return b.pick(netip.AddrPort{}) }
+
+// PickOther implements Balancer.
+func (b *P2C) PickOther(addr netip.AddrPort) (Pick, error) { return b.pick(addr) }
+
+// Eject implements Balancer.
+func (b *P2C) Eject(addr netip.AddrPort) { b.set.hs.ejectAddr(*b.picker.Load(), addr) }
+
+func (b *P2C) pick(avoid netip.AddrPort) (Pick, error) {
 	eps := *b.picker.Load()
 	n := uint64(len(eps))
 	var e *entry
-	switch n {
-	case 0:
+	switch {
+	case n == 0:
 		return Pick{}, ErrNoEndpoints
-	case 1:
+	case n == 1:
 		e = &eps[0]
+	case avoid.IsValid() || b.set.hs.ejected.Load() > 0:
+		e = b.set.hs.choose(eps, avoid, b.cheaper)
 	default:
 		// One 64-bit draw gives both indexes; Lemire's multiply-shift maps 32 random bits
 		// onto [0,n) without a division.
@@ -118,10 +130,10 @@ func (b *P2C) Pick() (Pick, error) {
 			e = f
 		}
 		e.st.inflight.Add(1)
-		return Pick{Endpoint: &e.ep, st: e.st, b: b}, nil
+		return Pick{Endpoint: &e.ep, e: e, hs: &b.set.hs, b: b}, nil
 	}
 	e.st.inflight.Add(1)
-	return Pick{Endpoint: &e.ep, st: e.st, b: b}, nil
+	return Pick{Endpoint: &e.ep, e: e, hs: &b.set.hs, b: b}, nil
 }
 
 // cheaper reports whether e costs less than f now. Both estimates decay by the same factor
@@ -197,6 +209,7 @@ func (b *P2C) Stats() []EndpointStats {
 	eps := *b.picker.Load()
 	now := b.now()
 	out := make([]EndpointStats, len(eps))
+	wall := time.Now()
 	for i := range eps {
 		v := eps[i].st.ewma.Load()
 		est, _ := unpack(v)
@@ -206,6 +219,7 @@ func (b *P2C) Stats() []EndpointStats {
 			RTT:      time.Duration(decayed(v, now, b.decayTicks)),
 			Sampled:  est >= 0,
 		}
+		b.set.hs.healthStats(&eps[i], &out[i], wall)
 	}
 	return out
 }

@@ -255,7 +255,7 @@ func (s *Server) goDial(p *pool) {
 func (s *Server) runJanitor() {
 	defer s.wg.Done()
 	cfg := &s.cfg
-	tick := min(time.Second, cfg.UpstreamIdleTimeout/4, cfg.IdleTimeout/4, cfg.WriteTimeout/4, cfg.UpstreamKeepalive/4)
+	tick := min(time.Second, cfg.UpstreamIdleTimeout/4, cfg.IdleTimeout/4, cfg.WriteTimeout/4, cfg.UpstreamKeepalive/4, cfg.UpstreamKeepaliveTimeout/4)
 	tick = max(tick, 5*time.Millisecond)
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -321,16 +321,21 @@ func (s *Server) sweep() {
 		p.mu.Lock()
 		active, idleSince := u.active, u.idleSince
 		p.mu.Unlock()
-		if active == 0 {
-			if time.Duration(now-idleSince) > cfg.UpstreamIdleTimeout {
-				p.drainConn(u)
-			}
+		if active == 0 && time.Duration(now-idleSince) > cfg.UpstreamIdleTimeout {
+			p.drainConn(u)
 			continue
 		}
+		// Idle connections are pinged too: a peer that vanished is found before a stream is
+		// sent to it, not by the stream.
 		if pa := u.pingAt.Load(); pa != 0 {
-			if time.Duration(now-pa) > cfg.UpstreamKeepalive {
-				cfg.Logger.Info("closing upstream connection: keepalive ping unanswered", "addr", p.addr)
+			if time.Duration(now-pa) > cfg.UpstreamKeepaliveTimeout {
+				cfg.Logger.Info("closing upstream connection: keepalive ping unanswered", "addr", p.addr,
+					"timeout", cfg.UpstreamKeepaliveTimeout, "streams", active)
+				u.keepaliveFailed.Store(true)
 				u.close()
+				if cfg.OnUpstreamFailure != nil {
+					cfg.OnUpstreamFailure(p.addr, ErrKeepalive)
+				}
 			}
 			continue
 		}

@@ -209,10 +209,18 @@ func (p *pool) dial() {
 		p.mu.Unlock()
 		srv.cfg.Logger.Debug("upstream dial failed", "addr", p.addr, "err", err)
 		err = fmt.Errorf("connecting to upstream %s: %w", p.addr, err)
+		if srv.cfg.OnUpstreamFailure != nil && !errors.Is(err, ErrServerClosed) {
+			srv.cfg.OnUpstreamFailure(p.addr, err)
+		}
 		for _, s := range failed {
 			s.mu.Lock()
-			fin := s.failLocked(err, true, 503, grpcUnavailable, &fl)
+			// Nothing of a queued stream went upstream: it may always go elsewhere.
+			rs := s.againLocked(RetryDialFailed, 0, -1, err, &fl)
+			fin := rs == nil && s.failLocked(err, true, 503, grpcUnavailable, &fl)
 			s.mu.Unlock()
+			if rs != nil {
+				rs.run(&fl)
+			}
 			if fin {
 				s.cleanup(&fl)
 			}
@@ -269,7 +277,8 @@ type upConn struct {
 	draining   bool
 	idleSince  int64
 
-	pingAt atomic.Int64 // srv clock of an unanswered keepalive PING, 0 if none
+	pingAt          atomic.Int64 // srv clock of an unanswered keepalive PING, 0 if none
+	keepaliveFailed atomic.Bool  // closed by the janitor: no PING answer in time
 }
 
 func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
@@ -513,14 +522,26 @@ func (u *upConn) teardown(err error) {
 		list = append(list, s)
 	}
 	u.mu.Unlock()
-	err = fmt.Errorf("%w: %s: %v", errUpstreamGone, u.pool.addr, err)
+	if u.keepaliveFailed.Load() {
+		err = ErrKeepalive
+	}
+	err = fmt.Errorf("%w: %s: %w", errUpstreamGone, u.pool.addr, err)
 	for _, s := range list {
 		s.mu.Lock()
 		var fin bool
+		var rs *resend
 		if s.up == u {
-			fin = s.failLocked(err, true, 502, grpcUnavailable, &u.fl)
+			if !s.gotFinal && s.canResend() {
+				rs = s.againLocked(RetryReset, 0, -1, err, &u.fl)
+			}
+			if rs == nil {
+				fin = s.failLocked(err, true, 502, grpcUnavailable, &u.fl)
+			}
 		}
 		s.mu.Unlock()
+		if rs != nil {
+			rs.run(&u.fl)
+		}
 		if fin {
 			s.cleanup(&u.fl)
 		}
@@ -578,8 +599,9 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 	fl := &u.fl
 	d := u.dec
 	var fin bool
+	var rs *resend
 	if !s.gotFinal {
-		fin = s.onResponseHead(d, end, fl)
+		fin, rs = s.onResponseHead(d, end, fl)
 	} else {
 		fields, reason := parseTrailers(d.fields)
 		if !end {
@@ -611,14 +633,18 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 		}
 	}
 	s.mu.Unlock()
+	if rs != nil {
+		rs.run(fl)
+	}
 	if fin {
 		s.cleanup(fl)
 	}
 	return nil
 }
 
-// onResponseHead forwards the upstream's response headers to the client. The caller holds s.mu.
-func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
+// onResponseHead forwards the upstream's response headers to the client, unless the stream's
+// Retrier sends it elsewhere instead (then it returns the resend to run). The caller holds s.mu.
+func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) (bool, *resend) {
 	addr := s.route.Addr
 	reason := d.bad
 	if d.tooLarge {
@@ -648,7 +674,21 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	}
 	if reason != "" {
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
-		return s.failLocked(fmt.Errorf("bad response from upstream %s: %s", addr, reason), true, 502, grpcInternal, fl)
+		return s.failLocked(fmt.Errorf("bad response from upstream %s: %s", addr, reason), true, 502, grpcInternal, fl), nil
+	}
+	if status >= 500 || (end && s.grpc && status >= 200) {
+		// A failure the Retrier may want to retry: held back until it has said.
+		gs := -1
+		if end {
+			gs = grpcStatus(regular)
+		}
+		if (status >= 500 || gs > 0) && s.canResend() {
+			s.resp.endRecv = end // so no RST_STREAM goes to a stream the upstream closed
+			if rs := s.againLocked(RetryStatus, status, gs, nil, fl); rs != nil {
+				return false, rs
+			}
+			s.resp.endRecv = false
+		}
 	}
 	cc := &s.cc.conn
 	if status >= 200 {
@@ -674,7 +714,7 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	if end {
 		s.resp.endSent = true
 	}
-	return s.complete() && s.finishLocked(nil, 0, false)
+	return s.complete() && s.finishLocked(nil, 0, false), nil
 }
 
 func (u *upConn) onData(f *http2.DataFrame) error {
@@ -747,24 +787,39 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) error {
 	}
 	fl := &u.fl
 	var fin bool
+	var rs *resend
 	switch code := f.ErrCode; {
 	case code == http2.ErrCodeRefusedStream:
-		// RFC 9113 §8.7: the request was not processed; replay it elsewhere if we can.
-		if old := s.retryLocked(); old != nil {
+		// RFC 9113 §8.7: the request was not processed; send it elsewhere if we can.
+		if s.route.Retry != nil {
+			if s.replayable && !s.gotFinal {
+				rs = s.againLocked(RetryRefused, 0, -1, upstreamReset(code), fl)
+			}
+		} else if old := s.retryLocked(); old != nil {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
 			s.srv.open(s, fl)
 			return nil
 		}
-		fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
+		if rs == nil {
+			fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
+		}
 	case code == http2.ErrCodeNo && s.resp.endRecv:
 		// The upstream sent its whole response and needs no more request (RFC 9113 §8.1).
 		s.req.endSent = true
 		fin = s.complete() && s.finishLocked(nil, 0, false)
 	default:
-		fin = s.abortLocked(upstreamReset(code), code, false, code != http2.ErrCodeCancel, fl)
+		if !s.gotFinal && s.canResend() {
+			rs = s.againLocked(RetryReset, 0, -1, upstreamReset(code), fl)
+		}
+		if rs == nil {
+			fin = s.abortLocked(upstreamReset(code), code, false, code != http2.ErrCodeCancel, fl)
+		}
 	}
 	s.mu.Unlock()
+	if rs != nil {
+		rs.run(fl)
+	}
 	if fin {
 		s.cleanup(fl)
 	}
@@ -791,7 +846,14 @@ func (u *upConn) onGoAway(f *http2.GoAwayFrame) {
 			s.mu.Unlock()
 			continue
 		}
-		if old := s.retryLocked(); old != nil {
+		if s.route.Retry != nil && s.replayable && !s.gotFinal {
+			err := fmt.Errorf("upstream %s refused the stream (GOAWAY %v)", u.pool.addr, f.ErrCode)
+			if rs := s.againLocked(RetryRefused, 0, -1, err, fl); rs != nil {
+				s.mu.Unlock()
+				rs.run(fl)
+				continue
+			}
+		} else if old := s.retryLocked(); old != nil {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
 			s.srv.open(s, fl)
