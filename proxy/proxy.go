@@ -185,8 +185,17 @@ func New(cfg Config) *Proxy {
 		dialH1 = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNHTTP1)
 		p.dialMesh = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNTCP)
 	}
+	p.routes.onEject = func(service string, addr netip.AddrPort, d time.Duration) {
+		p.metrics.Ejected(service, addr)
+		p.log.Info("endpoint ejected", "service", service, "endpoint", addr, "for", d.Round(time.Millisecond))
+	}
+	p.routes.build = p.buildRetriers
 	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Outbound), Dial: dialH2, Logger: cfg.Logger,
-		OnPanic: func(h2.Panic) { p.metrics.Panicked(metrics.Outbound, "h2") }})
+		OnPanic:           func(h2.Panic) { p.metrics.Panicked(metrics.Outbound, "h2") },
+		OnUpstreamFailure: func(addr netip.AddrPort, _ error) { p.routes.ejectEverywhere(addr) },
+		// Meshed endpoints are Detour proxies, which take frequent pings: a black-holed one is
+		// found in seconds.
+		PeerKeepalive: func(addr netip.AddrPort) bool { _, ok := p.routes.identity(addr); return ok }})
 	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger, MaxConnsPerEndpoint: 1,
 		OnPanic: func(h2.Panic) { p.metrics.Panicked(metrics.Inbound, "h2") }})
 	p.h1out = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Outbound), Dial: dialH1, Logger: cfg.Logger})

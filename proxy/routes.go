@@ -4,11 +4,13 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/proxy/balance"
+	"github.com/detourmesh/detour/proxy/retry"
 )
 
 // service is a discovered service with the balancer that spreads its requests. balancer is nil
@@ -17,6 +19,10 @@ type service struct {
 	*discovery.Service
 	balancer  balance.Balancer
 	authority string // label for metrics: the service's first authority, else its name
+	// budget bounds the service's retries; kept across updates while its settings stay.
+	budget *retry.Budget
+	// retriers are the service's route policies, then its own (resilience.go).
+	retriers []retrier
 }
 
 // table is one immutable routing view: a discovery snapshot and a balancer per resolved
@@ -58,15 +64,22 @@ func (t *table) lookup(dst netip.AddrPort) *service {
 type routes struct {
 	current atomic.Pointer[table]
 	opts    balance.Options
+	// onEject is told of every ejection (metrics, log); set before the first update.
+	onEject func(service string, addr netip.AddrPort, d time.Duration)
+	// build finishes a fresh service (its retriers); set before the first update.
+	build func(*service)
 
 	mu        sync.Mutex
 	balancers map[string]kept // by service name
 }
 
-// kept is a service's balancer and the algorithm it was made for.
+// kept is a service's balancer and budget, and the settings they were made for.
 type kept struct {
 	balance.Balancer
-	kind discovery.Balancer
+	kind    discovery.Balancer
+	accrual discovery.Accrual
+	budget  *retry.Budget
+	bset    discovery.Budget
 }
 
 func newRoutes(opts balance.Options) *routes {
@@ -104,13 +117,21 @@ func (r *routes) update(snap *discovery.Snapshot) (changed, reidentified []netip
 				continue
 			}
 		}
+		pol := s.PolicyOf()
 		k, ok := r.balancers[s.Name]
-		if !ok || k.kind != s.Balancer {
-			k = kept{balance.New(s.Balancer, r.opts), s.Balancer}
-			r.balancers[s.Name] = k
+		if !ok || k.kind != s.Balancer || k.accrual != pol.Accrual {
+			k.Balancer, k.kind, k.accrual = balance.New(s.Balancer, r.balanceOptions(s.Name, pol)), s.Balancer, pol.Accrual
 		}
+		if k.budget == nil || k.bset != pol.Budget {
+			k.budget, k.bset = retry.NewBudget(pol.Budget.Ratio, pol.Budget.MinPerSecond, pol.Budget.Window, r.opts.Now), pol.Budget
+		}
+		r.balancers[s.Name] = k
 		k.Update(s.Endpoints)
-		t.services[s] = &service{Service: s, balancer: k.Balancer, authority: authority(s)}
+		svc := &service{Service: s, balancer: k.Balancer, authority: authority(s), budget: k.budget}
+		if r.build != nil {
+			r.build(svc)
+		}
+		t.services[s] = svc
 		fresh = append(fresh, s)
 	}
 	for name := range r.balancers {

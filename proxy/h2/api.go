@@ -130,6 +130,10 @@ type Route struct {
 	// Retry, if not nil, is asked where a failed attempt goes next (see Retrier). Without it the
 	// engine replays only refused streams, on the same endpoint.
 	Retry Retrier
+	// RefuseUnreached resets a stream that could not reach Addr at all (its dial failed) with
+	// REFUSED_STREAM instead of answering 503: the client (another Detour proxy) then knows the
+	// request was not processed and sends it to another endpoint (RFC 9113 §8.7).
+	RefuseUnreached bool
 }
 
 // Retrier chooses where a stream goes after an attempt failed. The engine asks it only when the
@@ -237,7 +241,7 @@ type Result struct {
 }
 
 // ErrKeepalive is the error of an upstream connection closed because it did not answer a
-// keepalive PING in time (Config.UpstreamKeepaliveTimeout).
+// keepalive PING in time.
 var ErrKeepalive = errors.New("upstream did not answer a keepalive ping in time")
 
 // ErrDeadline is the error of a stream whose deadline passed.
@@ -271,12 +275,18 @@ type Config struct {
 	// UpstreamIdleTimeout closes a pooled upstream connection with no streams for this long.
 	// Default 90 s.
 	UpstreamIdleTimeout time.Duration
-	// UpstreamKeepalive pings an upstream connection, idle or busy, that has been silent this
-	// long; no answer within UpstreamKeepaliveTimeout closes it (ErrKeepalive), so a black-holed
-	// peer is found within their sum plus the janitor's tick. Default 2 s.
+	// UpstreamKeepalive pings an upstream connection that has streams but has been silent this
+	// long; no answer within another UpstreamKeepalive closes it (ErrKeepalive). Default 30 s:
+	// an application's gRPC server (grpc-go) counts pings more frequent than its keepalive
+	// enforcement allows (5 min without data) and closes the connection after a few, so an
+	// ordinary upstream is pinged rarely, and only while it holds streams.
 	UpstreamKeepalive time.Duration
-	// UpstreamKeepaliveTimeout is how long a keepalive PING may go unanswered. Default 2 s.
-	UpstreamKeepaliveTimeout time.Duration
+	// PeerKeepalive, if set, says which upstreams tolerate frequent pings (another Detour
+	// proxy does): a connection to one is pinged after PeerKeepaliveInterval of silence, idle or
+	// busy, and closed when a PING goes unanswered for PeerKeepaliveTimeout, so a black-holed
+	// peer is found within their sum plus the janitor's tick. Defaults 1 s and 2 s.
+	PeerKeepalive                               func(addr netip.AddrPort) bool
+	PeerKeepaliveInterval, PeerKeepaliveTimeout time.Duration
 	// OnUpstreamFailure, if set, is told of an endpoint found unreachable: a dial that failed, or
 	// a connection closed for want of a keepalive answer. It is called with no engine locks
 	// held and must not block: the proxy marks the endpoint down for every pick with it.
@@ -351,8 +361,9 @@ func (c *Config) setDefaults() {
 	}
 	defDur(&c.IdleTimeout, 5*time.Minute)
 	defDur(&c.UpstreamIdleTimeout, 90*time.Second)
-	defDur(&c.UpstreamKeepalive, 2*time.Second)
-	defDur(&c.UpstreamKeepaliveTimeout, 2*time.Second)
+	defDur(&c.UpstreamKeepalive, 30*time.Second)
+	defDur(&c.PeerKeepaliveInterval, time.Second)
+	defDur(&c.PeerKeepaliveTimeout, 2*time.Second)
 	defDur(&c.DialTimeout, 5*time.Second)
 	defDur(&c.WriteTimeout, 15*time.Second)
 	defInt := func(v *int, d int) {

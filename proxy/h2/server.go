@@ -255,7 +255,10 @@ func (s *Server) goDial(p *pool) {
 func (s *Server) runJanitor() {
 	defer s.wg.Done()
 	cfg := &s.cfg
-	tick := min(time.Second, cfg.UpstreamIdleTimeout/4, cfg.IdleTimeout/4, cfg.WriteTimeout/4, cfg.UpstreamKeepalive/4, cfg.UpstreamKeepaliveTimeout/4)
+	tick := min(time.Second, cfg.UpstreamIdleTimeout/4, cfg.IdleTimeout/4, cfg.WriteTimeout/4, cfg.UpstreamKeepalive/4)
+	if cfg.PeerKeepalive != nil {
+		tick = min(tick, cfg.PeerKeepaliveInterval/4, cfg.PeerKeepaliveTimeout/4)
+	}
 	tick = max(tick, 5*time.Millisecond)
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -325,12 +328,18 @@ func (s *Server) sweep() {
 			p.drainConn(u)
 			continue
 		}
-		// Idle connections are pinged too: a peer that vanished is found before a stream is
-		// sent to it, not by the stream.
+		interval, timeout := cfg.UpstreamKeepalive, cfg.UpstreamKeepalive
+		if u.peerKeepalive {
+			// Idle connections too: a peer that vanished is found before a stream is sent
+			// to it, not by the stream.
+			interval, timeout = cfg.PeerKeepaliveInterval, cfg.PeerKeepaliveTimeout
+		} else if active == 0 {
+			continue
+		}
 		if pa := u.pingAt.Load(); pa != 0 {
-			if time.Duration(now-pa) > cfg.UpstreamKeepaliveTimeout {
+			if time.Duration(now-pa) > timeout {
 				cfg.Logger.Info("closing upstream connection: keepalive ping unanswered", "addr", p.addr,
-					"timeout", cfg.UpstreamKeepaliveTimeout, "streams", active)
+					"timeout", timeout, "streams", active)
 				u.keepaliveFailed.Store(true)
 				u.close()
 				if cfg.OnUpstreamFailure != nil {
@@ -339,7 +348,7 @@ func (s *Server) sweep() {
 			}
 			continue
 		}
-		if time.Duration(now-u.lastRead.Load()) > cfg.UpstreamKeepalive {
+		if time.Duration(now-u.lastRead.Load()) > interval {
 			u.pingAt.Store(now)
 			u.wmu.Lock()
 			u.framePing(false, [8]byte{'d', 't', 'r', 'k', 'e', 'e', 'p', 'a'})

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -216,7 +217,14 @@ func (p *pool) dial() {
 			s.mu.Lock()
 			// Nothing of a queued stream went upstream: it may always go elsewhere.
 			rs := s.againLocked(RetryDialFailed, 0, -1, err, &fl)
-			fin := rs == nil && s.failLocked(err, true, 503, grpcUnavailable, &fl)
+			var fin bool
+			switch {
+			case rs != nil:
+			case s.route.RefuseUnreached && !s.respHeads:
+				fin = s.abortLocked(err, http2.ErrCodeRefusedStream, false, true, &fl)
+			default:
+				fin = s.failLocked(err, true, 503, grpcUnavailable, &fl)
+			}
 			s.mu.Unlock()
 			if rs != nil {
 				rs.run(&fl)
@@ -279,12 +287,14 @@ type upConn struct {
 
 	pingAt          atomic.Int64 // srv clock of an unanswered keepalive PING, 0 if none
 	keepaliveFailed atomic.Bool  // closed by the janitor: no PING answer in time
+	peerKeepalive   bool         // Config.PeerKeepalive said so: pinged often, idle or busy
 }
 
 func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
 	srv := p.srv
 	cfg := &srv.cfg
-	u := &upConn{pool: p, nextID: 1, maxStreams: initialMaxStreams, settled: make(chan struct{})}
+	u := &upConn{pool: p, nextID: 1, maxStreams: initialMaxStreams, settled: make(chan struct{}),
+		peerKeepalive: cfg.PeerKeepalive != nil && cfg.PeerKeepalive(p.addr)}
 	u.conn.init(srv, nc, false)
 	u.streams = make(map[uint32]*stream)
 	u.dec = newHdec(cfg.MaxHeaderListSize)
@@ -367,6 +377,11 @@ func (u *upConn) start(s *stream, fl *flusher) {
 	}
 	u.encField(":path", h.Path, false)
 	u.encFields(h.Header)
+	if s.retries > 0 {
+		// Tells the application (and its proxy's metrics) that this is a retry (Envoy's
+		// x-envoy-attempt-count): 2 for the first retry.
+		u.encField("detour-attempt", strconv.Itoa(s.retries+1), false)
+	}
 	u.frameHeaderBlock(uid, end)
 	u.wmu.Unlock()
 	fl.add(&u.conn)
