@@ -327,9 +327,9 @@ func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error)
 		info.sentTo(pk.addr)
 	}
 	done := pk.done
-	// A mesh peer is a Detour proxy: if the application cannot be reached, REFUSED_STREAM tells
-	// it the request was not processed, so it sends it to another replica.
-	route := h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }, RefuseUnreached: h.Conn.Peer != ""}
+	// A mesh peer is a Detour proxy: it learns from the failure whether the application saw
+	// the request (h2.Route.MeshClient), so it can send it to another replica.
+	route := h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }, MeshClient: h.Conn.Peer != ""}
 	if denied != "" {
 		return route, &h2.Refusal{Message: denied} // 403, or gRPC PERMISSION_DENIED
 	}

@@ -207,6 +207,78 @@ type serviceDoc struct {
 	Endpoints []endpointDoc `json:"endpoints"`
 	// Unresolved: the endpoints are not known (shown with ?all only).
 	Unresolved bool `json:"unresolved,omitempty"`
+	// Policy is the service's timeouts, retries, budget and accrual in force.
+	Policy *policyDoc `json:"policy,omitempty"`
+}
+
+// policyDoc is a discovery.Policy as /debug/endpoints shows it: durations as Go writes them.
+type policyDoc struct {
+	Timeout string           `json:"timeout,omitempty"`
+	Retry   *retryDoc        `json:"retry,omitempty"`
+	Budget  budgetDoc        `json:"budget"`
+	Accrual accrualDoc       `json:"accrual"`
+	Routes  []routePolicyDoc `json:"routes,omitempty"`
+}
+
+type retryDoc struct {
+	On         []string `json:"on"`
+	Attempts   int      `json:"attempts"`
+	Backoff    string   `json:"backoff"`
+	MaxBackoff string   `json:"max_backoff"`
+}
+
+type budgetDoc struct {
+	Ratio        float64 `json:"ratio"`
+	MinPerSecond float64 `json:"min_per_second"`
+	Window       string  `json:"window"`
+	// Requests and Retries are what the budget counted over its window, now.
+	Requests int64 `json:"requests"`
+	Retries  int64 `json:"retries"`
+}
+
+type accrualDoc struct {
+	ConsecutiveFailures int     `json:"consecutive_failures"`
+	FailureRate         float64 `json:"failure_rate,omitempty"`
+	Window              string  `json:"window"`
+	BaseEjection        string  `json:"base_ejection"`
+	MaxEjection         string  `json:"max_ejection"`
+}
+
+type routePolicyDoc struct {
+	Path       string    `json:"path"`
+	Method     string    `json:"method,omitempty"`
+	Timeout    string    `json:"timeout,omitempty"`
+	Retry      *retryDoc `json:"retry,omitempty"`
+	Idempotent bool      `json:"idempotent,omitempty"`
+}
+
+func durDoc(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return d.String()
+}
+
+func retryDocOf(r *discovery.RetryPolicy) *retryDoc {
+	if r == nil {
+		return nil
+	}
+	return &retryDoc{On: r.On.Names(), Attempts: r.Attempts, Backoff: r.Backoff.String(), MaxBackoff: r.MaxBackoff.String()}
+}
+
+func policyDocOf(p *discovery.Policy, b *retry.Budget) *policyDoc {
+	d := &policyDoc{Timeout: durDoc(p.Timeout), Retry: retryDocOf(p.Retry),
+		Budget: budgetDoc{Ratio: p.Budget.Ratio, MinPerSecond: p.Budget.MinPerSecond, Window: p.Budget.Window.String()},
+		Accrual: accrualDoc{ConsecutiveFailures: p.Accrual.ConsecutiveFailures, FailureRate: p.Accrual.FailureRate,
+			Window: p.Accrual.Window.String(), BaseEjection: p.Accrual.BaseEjection.String(), MaxEjection: p.Accrual.MaxEjection.String()}}
+	if b != nil {
+		d.Budget.Requests, d.Budget.Retries = b.Window()
+	}
+	for _, r := range p.Routes {
+		d.Routes = append(d.Routes, routePolicyDoc{Path: r.PathPrefix, Method: r.Method, Timeout: durDoc(r.Timeout),
+			Retry: retryDocOf(r.Retry), Idempotent: r.Idempotent})
+	}
+	return d
 }
 
 type endpointDoc struct {
@@ -217,6 +289,12 @@ type endpointDoc struct {
 	InFlight int64   `json:"in_flight"`
 	RTTms    float64 `json:"rtt_ms,omitempty"` // peak-EWMA estimate, p2c-ewma only
 	Sampled  bool    `json:"sampled,omitempty"`
+	// State is up, ejected (until EjectedUntil) or probing (failure accrual); "" for a
+	// service not resolved.
+	State               string     `json:"state,omitempty"`
+	EjectedUntil        *time.Time `json:"ejected_until,omitempty"`
+	ConsecutiveFailures int        `json:"consecutive_failures"`
+	Ejections           int64      `json:"ejections"`
 }
 
 func (r *routes) doc(all bool) endpointsDoc {
@@ -239,23 +317,26 @@ func (r *routes) doc(all bool) endpointsDoc {
 		}
 		sd.Addresses = append(sd.Addresses, s.Authorities...)
 		stats := map[netip.AddrPort]balance.EndpointStats{}
-		var b balance.Balancer
+		var budget *retry.Budget
 		if svc := t.services[s]; svc != nil {
-			b = svc.balancer
-		}
-		if st, ok := b.(interface {
-			Stats() []balance.EndpointStats
-		}); ok {
-			for _, e := range st.Stats() {
+			for _, e := range svc.balancer.Stats() {
 				stats[e.Endpoint.Addr] = e
 			}
+			budget = svc.budget
 		}
+		sd.Policy = policyDocOf(s.PolicyOf(), budget)
 		for _, e := range s.Endpoints {
 			st := stats[e.Addr]
-			sd.Endpoints = append(sd.Endpoints, endpointDoc{
+			ed := endpointDoc{
 				Address: e.Addr.String(), Identity: e.Identity, Weight: e.Weight, Zone: e.Zone,
 				InFlight: st.InFlight, RTTms: float64(st.RTT.Microseconds()) / 1000, Sampled: st.Sampled,
-			})
+				State: st.State, ConsecutiveFailures: st.ConsecutiveFailures, Ejections: st.Ejections,
+			}
+			if st.State == balance.StateEjected {
+				until := st.EjectedUntil.UTC()
+				ed.EjectedUntil = &until
+			}
+			sd.Endpoints = append(sd.Endpoints, ed)
 		}
 		doc.Services = append(doc.Services, sd)
 	}

@@ -130,11 +130,18 @@ type Route struct {
 	// Retry, if not nil, is asked where a failed attempt goes next (see Retrier). Without it the
 	// engine replays only refused streams, on the same endpoint.
 	Retry Retrier
-	// RefuseUnreached resets a stream that could not reach Addr at all (its dial failed) with
-	// REFUSED_STREAM instead of answering 503: the client (another Detour proxy) then knows the
-	// request was not processed and sends it to another endpoint (RFC 9113 §8.7).
-	RefuseUnreached bool
+	// MeshClient says the client is another Detour proxy, which can tell what became of the
+	// request from how the engine fails it: a stream that could not reach Addr at all (its
+	// dial failed) is reset with REFUSED_STREAM instead of answered 503, so the client knows
+	// it was not processed (RFC 9113 §8.7) and sends it elsewhere; a stream whose upstream
+	// connection was lost after the request went out is answered as usual, marked with the
+	// response header detour-proxy-error: reset, so the client retries it only as a reset
+	// (idempotent requests), not as the 502 or UNAVAILABLE an application answered.
+	MeshClient bool
 }
+
+// ProxyErrorHeader marks a response the engine synthesized for a MeshClient (see there).
+const ProxyErrorHeader = "detour-proxy-error"
 
 // Retrier chooses where a stream goes after an attempt failed. The engine asks it only when the
 // request can be sent again: for a refusal or a failed dial (RetryRefused, RetryDialFailed) the
@@ -300,6 +307,11 @@ type Config struct {
 	// does not take waits in its own bounded output queue.) Default 15 s.
 	WriteTimeout time.Duration
 
+	// QueueReroute is how long a stream with a Retrier waits for a connection still being
+	// dialled before it is sent elsewhere (RetryDialFailed: nothing of it went upstream), so a
+	// peer that drops SYNs costs a request this much, not DialTimeout. Default 1 s.
+	QueueReroute time.Duration
+
 	// MaxConnsPerEndpoint bounds pooled connections per upstream endpoint. Default 4.
 	MaxConnsPerEndpoint int
 	// MaxQueuedPerEndpoint bounds streams waiting for an upstream connection or a free stream
@@ -366,6 +378,7 @@ func (c *Config) setDefaults() {
 	defDur(&c.PeerKeepaliveTimeout, 2*time.Second)
 	defDur(&c.DialTimeout, 5*time.Second)
 	defDur(&c.WriteTimeout, 15*time.Second)
+	defDur(&c.QueueReroute, time.Second)
 	defInt := func(v *int, d int) {
 		if *v == 0 {
 			*v = d

@@ -257,7 +257,7 @@ func (s *Server) runJanitor() {
 	cfg := &s.cfg
 	tick := min(time.Second, cfg.UpstreamIdleTimeout/4, cfg.IdleTimeout/4, cfg.WriteTimeout/4, cfg.UpstreamKeepalive/4)
 	if cfg.PeerKeepalive != nil {
-		tick = min(tick, cfg.PeerKeepaliveInterval/4, cfg.PeerKeepaliveTimeout/4)
+		tick = min(tick, cfg.PeerKeepaliveInterval/4, cfg.PeerKeepaliveTimeout/4, cfg.QueueReroute/4)
 	}
 	tick = max(tick, 5*time.Millisecond)
 	t := time.NewTicker(tick)
@@ -286,15 +286,26 @@ func (s *Server) sweep() {
 	for u := range s.ups {
 		ups = append(ups, u)
 	}
+	var dialing []*pool
 	for addr, p := range s.pools {
 		p.mu.Lock()
 		if len(p.conns) == 0 && p.dialing == 0 && len(p.waiters) == 0 {
 			p.swept = true
 			delete(s.pools, addr)
 		}
+		if len(p.conns) == 0 && p.dialing > 0 && len(p.waiters) > 0 {
+			dialing = append(dialing, p)
+		}
 		p.mu.Unlock()
 	}
 	s.mu.Unlock()
+	if len(dialing) > 0 {
+		var fl flusher
+		for _, p := range dialing {
+			p.rerouteSlowDials(now, &fl)
+		}
+		fl.flush()
+	}
 
 	// The janitor only reads and appends (PING, GOAWAY): it never waits for a peer's socket.
 	stuck := func(c *conn) bool {

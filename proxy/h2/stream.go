@@ -110,6 +110,8 @@ type stream struct {
 	fieldBuf [12]hpack.HeaderField
 
 	closed atomic.Bool // mirrors done for lock-free checks by the pool
+	// waitSince is the srv clock when the stream last joined a pool's queue.
+	waitSince atomic.Int64
 
 	mu         sync.Mutex
 	up         *upConn // current upstream connection; nil while queued
@@ -132,6 +134,7 @@ type stream struct {
 	respLen     int64 // the response's content-length, -1 if none (RFC 9113 §8.1.1)
 	upReset     bool  // RST_STREAM sent on the upstream stream: only one (RFC 9113 §5.4.2)
 	timedOut    bool  // the deadline passed
+	lost        bool  // the upstream connection was lost after the request went out
 }
 
 func (s *stream) upConn() *conn {
@@ -411,6 +414,9 @@ func (s *stream) failLocked(err error, upFault bool, httpStatus, grpcCode int, f
 	case !s.respHeads && s.grpc:
 		cc.encField(":status", "200", false)
 		cc.encField("content-type", "application/grpc", false)
+		if s.lost && s.route.MeshClient {
+			cc.encField(ProxyErrorHeader, "reset", false)
+		}
 		cc.encField("grpc-status", strconv.Itoa(grpcCode), false)
 		cc.encField("grpc-message", encodeGRPCMessage(msg), false)
 		cc.frameHeaderBlock(s.id, true)
@@ -419,6 +425,9 @@ func (s *stream) failLocked(err error, upFault bool, httpStatus, grpcCode int, f
 		body := msg + "\n"
 		cc.encField(":status", statusText(httpStatus), false)
 		cc.encField("content-type", "text/plain; charset=utf-8", false)
+		if s.lost && s.route.MeshClient {
+			cc.encField(ProxyErrorHeader, "reset", false)
+		}
 		fits := int(s.resp.sendWindow) >= len(body) && int(cc.sendWindow) >= len(body) && int(cc.peerMaxFrame) >= len(body)
 		cc.frameHeaderBlock(s.id, !fits)
 		if fits {

@@ -81,6 +81,7 @@ func (p *pool) open(s *stream, fl *flusher) bool {
 		return true
 	}
 	p.waiters = append(p.waiters, s)
+	s.waitSince.Store(p.srv.now())
 	dial := p.dialing == 0 && len(p.conns) < p.srv.cfg.MaxConnsPerEndpoint
 	if dial {
 		p.dialing++
@@ -220,7 +221,7 @@ func (p *pool) dial() {
 			var fin bool
 			switch {
 			case rs != nil:
-			case s.route.RefuseUnreached && !s.respHeads:
+			case s.route.MeshClient && !s.respHeads:
 				fin = s.abortLocked(err, http2.ErrCodeRefusedStream, false, true, &fl)
 			default:
 				fin = s.failLocked(err, true, 503, grpcUnavailable, &fl)
@@ -550,6 +551,7 @@ func (u *upConn) teardown(err error) {
 				rs = s.againLocked(RetryReset, 0, -1, err, &u.fl)
 			}
 			if rs == nil {
+				s.lost = true
 				fin = s.failLocked(err, true, 502, grpcUnavailable, &u.fl)
 			}
 		}
@@ -698,8 +700,16 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) (bool, *resend) 
 			gs = grpcStatus(regular)
 		}
 		if (status >= 500 || gs > 0) && s.canResend() {
+			reason, err := RetryStatus, error(nil)
+			for i := range regular {
+				if regular[i].Name == ProxyErrorHeader && regular[i].Value == "reset" {
+					// The peer proxy lost its application's connection after sending the
+					// request: a reset, not an answer.
+					reason, err = RetryReset, fmt.Errorf("the upstream proxy %s lost the application's connection", addr)
+				}
+			}
 			s.resp.endRecv = end // so no RST_STREAM goes to a stream the upstream closed
-			if rs := s.againLocked(RetryStatus, status, gs, nil, fl); rs != nil {
+			if rs := s.againLocked(reason, status, gs, err, fl); rs != nil {
 				return false, rs
 			}
 			s.resp.endRecv = false
@@ -878,6 +888,45 @@ func (u *upConn) onGoAway(f *http2.GoAwayFrame) {
 		s.mu.Unlock()
 		if fin {
 			s.cleanup(fl)
+		}
+	}
+}
+
+// rerouteSlowDials sends elsewhere the streams that have waited more than QueueReroute for a
+// connection to p still being dialled (a peer that drops SYNs makes a dial last its whole
+// timeout): nothing of them went upstream, so it is safe, and their Retrier decides. A stream
+// its Retrier keeps goes back to the end of the queue. Called by the janitor.
+func (p *pool) rerouteSlowDials(now int64, fl *flusher) {
+	patience := p.srv.cfg.QueueReroute
+	p.mu.Lock()
+	if len(p.conns) > 0 || p.dialing == 0 || len(p.waiters) == 0 {
+		p.mu.Unlock()
+		return
+	}
+	var slow []*stream
+	keep := p.waiters[:0]
+	for _, w := range p.waiters {
+		if !w.closed.Load() && w.route.Retry != nil && time.Duration(now-w.waitSince.Load()) > patience {
+			slow = append(slow, w)
+			continue
+		}
+		keep = append(keep, w)
+	}
+	clear(p.waiters[len(keep):])
+	p.waiters = keep
+	p.mu.Unlock()
+	err := fmt.Errorf("connecting to upstream %s: still dialling after %v", p.addr, patience)
+	for _, s := range slow {
+		s.mu.Lock()
+		var rs *resend
+		if !s.done && s.up == nil {
+			rs = s.againLocked(RetryDialFailed, 0, -1, err, fl)
+		}
+		s.mu.Unlock()
+		if rs != nil {
+			rs.run(fl)
+		} else {
+			p.srv.open(s, fl)
 		}
 	}
 }
