@@ -37,6 +37,9 @@ func (r *retrier) Retry(a *h2.Attempt) (h2.Route, time.Duration, bool) {
 	svc := r.svc
 	var delay time.Duration
 	if a.Reason.Unreached() {
+		// It cannot take requests now (its application is down, or it is going away): out of
+		// every pick at once, probed back by accrual.
+		svc.balancer.Eject(a.Addr)
 		n := len(svc.Endpoints)
 		if a.Attempts >= maxUnreached(n) {
 			return h2.Route{}, 0, false

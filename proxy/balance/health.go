@@ -85,6 +85,10 @@ type healthSet struct {
 	ejected atomic.Int32 // endpoints not up (ejected or probing) across the current picker
 	// OnEject, if set, is told of each ejection (metrics); it must not block.
 	onEject func(addr netip.AddrPort, d time.Duration)
+	// onReadmit forgets what the balancer learnt of an endpoint before a probe readmitted it
+	// (P2C: the failures' latency penalty), so that it takes its share again at once rather
+	// than once the penalty has decayed, a minute later.
+	onReadmit func(*stats)
 }
 
 func newClock(now func() time.Time) func() int64 {
@@ -115,6 +119,9 @@ func (hs *healthSet) record(e *entry, failed bool) {
 			h.consec.Store(0)
 			h.ejections.Store(0)
 			hs.ejected.Add(-1)
+			if hs.onReadmit != nil {
+				hs.onReadmit(e.st)
+			}
 		}
 		return
 	case healthEjected:

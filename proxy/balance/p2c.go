@@ -81,6 +81,7 @@ func NewP2C(opts Options) *P2C {
 	// time.Since on a monotonic reading skips the wall clock: the cheapest clock Go has.
 	clock := b.set.hs.clock
 	b.now = func() uint64 { return uint64(clock()) >> tickShift }
+	b.set.hs.onReadmit = func(st *stats) { st.ewma.Store(pack(-float32(b.defaultRTT), b.now())) }
 	empty := []entry{}
 	b.picker.Store(&empty)
 	return b

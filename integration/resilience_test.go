@@ -1,0 +1,567 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/detourmesh/detour/examples/stockkube/stockdata"
+	"github.com/detourmesh/detour/examples/stockkube/stockpb"
+	"github.com/detourmesh/detour/internal/syncbuf"
+	"github.com/detourmesh/detour/netns"
+)
+
+// The resilience tests: a client pod and StockData replicas, every pod meshed with mutual TLS
+// by a controller, steady unary load over one client connection, and a fault in one replica.
+
+const getQuote = "/stockkube.v1.StockData/GetQuote"
+
+// retryAll is a policy retrying GetQuote on UNAVAILABLE and on resets (it is idempotent), with
+// ejections short enough that a recovered replica is readmitted within a test's seconds.
+const retryAll = `    retry: {on: [unavailable, reset], attempts: 3, backoff: 5ms}
+    accrual: {consecutiveFailures: 5, baseEjection: 500ms, maxEjection: 2s}
+    routes:
+      - {path: ` + getQuote + `, idempotent: true}
+`
+
+// resilientMesh is the topology of the resilience tests.
+type resilientMesh struct {
+	topo     *netns.Topology
+	ca       *meshCA
+	client   *meshPod
+	replicas []*netns.Pod
+	vip      netip.AddrPort
+	cc       *grpc.ClientConn
+}
+
+// newResilientMesh makes n replica pods (serve starts replica i's application), the StockData
+// service at a VIP with the replicas as meshed endpoints and policy (discovery file lines at the
+// service's indentation), and a meshed client with one gRPC connection to the VIP.
+func newResilientMesh(t *testing.T, n int, policy string, serve func(i int, pod *netns.Pod)) *resilientMesh {
+	t.Helper()
+	m := &resilientMesh{topo: nstestTopology(t), vip: netip.MustParseAddrPort("198.19.0.10:80")}
+	m.ca = newMeshCA(t, m.topo, 24*time.Hour)
+	client := addPod(t, m.topo, "client")
+	stockID := spiffeID("stocks", "stockdata")
+	var flags [][]string
+	for i := range n {
+		p := addPod(t, m.topo, fmt.Sprintf("stockdata-%d", i))
+		serve(i, p)
+		m.replicas = append(m.replicas, p)
+		flags = append(flags, m.ca.meshFlags(t, stockID))
+	}
+	cf := m.ca.meshFlags(t, spiffeID("web", "stockweb"))
+	m.ca.start(t, stockDiscoveryWithIdentity(m.vip, m.replicas, stockID)+policy)
+	for i, p := range m.replicas {
+		meshWithIdentity(t, p, flags[i])
+	}
+	m.client = meshWithIdentity(t, client, cf)
+	m.cc = grpcClientIn(t, client.NS, m.vip.String())
+	// Every replica answers before the load starts: the first calls also resolve the service.
+	sc := stockpb.NewStockDataClient(m.cc)
+	seen := map[string]bool{}
+	waitFor(t, 20*time.Second, "every replica to answer through the mesh", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if q, err := sc.GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "ACME"}); err == nil {
+			seen[q.Server] = true
+		}
+		return len(seen) == n
+	})
+	return m
+}
+
+func waitFor(t *testing.T, bound time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", bound, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// call is one call of a rateLoad.
+type call struct {
+	at, took time.Duration // since the load started
+	server   string
+	err      error
+}
+
+// rateLoad is unary GetQuote calls at a fixed rate over one connection, each with its own
+// deadline, for a bounded time.
+type rateLoad struct {
+	start time.Time
+	mu    sync.Mutex
+	calls []call
+	done  chan struct{}
+}
+
+func startRateLoad(cc *grpc.ClientConn, rate int, d, deadline time.Duration) *rateLoad {
+	l := &rateLoad{start: time.Now(), done: make(chan struct{})}
+	client := stockpb.NewStockDataClient(cc)
+	go func() {
+		defer close(l.done)
+		var wg sync.WaitGroup
+		interval := time.Second / time.Duration(rate)
+		for next := l.start; time.Since(l.start) < d; next = next.Add(interval) {
+			time.Sleep(time.Until(next))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				defer cancel()
+				at := time.Since(l.start)
+				q, err := client.GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "ACME"})
+				c := call{at: at, took: time.Since(l.start) - at, err: err}
+				if err == nil {
+					c.server = q.Server
+				}
+				l.mu.Lock()
+				l.calls = append(l.calls, c)
+				l.mu.Unlock()
+			}()
+		}
+		wg.Wait()
+	}()
+	return l
+}
+
+func (l *rateLoad) elapsed() time.Duration { return time.Since(l.start) }
+
+func (l *rateLoad) wait() []call {
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	slices.SortFunc(l.calls, func(a, b call) int { return int(a.at - b.at) })
+	return l.calls
+}
+
+// failures lists the failed calls' errors, at most a few of each kind.
+func failures(calls []call) (n int, sample []string) {
+	kinds := map[string]int{}
+	for _, c := range calls {
+		if c.err != nil {
+			n++
+			if k := c.err.Error(); kinds[k] < 2 {
+				kinds[k]++
+				sample = append(sample, fmt.Sprintf("at %v: %v", c.at.Round(time.Millisecond), c.err))
+			}
+		}
+	}
+	return n, sample
+}
+
+// p99 is the 99th percentile latency of the calls that started in [from, to).
+func p99(calls []call, from, to time.Duration) time.Duration {
+	var lat []time.Duration
+	for _, c := range calls {
+		if c.at >= from && c.at < to {
+			lat = append(lat, c.took)
+		}
+	}
+	if len(lat) == 0 {
+		return 0
+	}
+	slices.Sort(lat)
+	return lat[min(len(lat)-1, len(lat)*99/100)]
+}
+
+// stockProcess runs the stockdata binary in pod as replica id, ending it with the test.
+type stockProcess struct {
+	cmd    *exec.Cmd
+	exited chan error
+}
+
+func startStockProcess(t testing.TB, pod *netns.Pod, id string) *stockProcess {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(filepath.Dir(detourBin), "stockdata"), "--listen", ":8080", "--id", id)
+	log := &syncbuf.Buffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := pod.NS.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	sp := &stockProcess{cmd: cmd, exited: make(chan error, 1)}
+	go func() { sp.exited <- cmd.Wait() }()
+	t.Cleanup(func() { sp.kill() })
+	// Serving once its port takes connections (on loopback: the pod's own address would reach
+	// its proxy, which accepts whether or not the application listens).
+	waitFor(t.(*testing.T), 5*time.Second, "stockdata to listen", func() bool {
+		var c net.Conn
+		err := pod.NS.Do(func() (err error) {
+			c, err = net.DialTimeout("tcp", "127.0.0.1:8080", time.Second)
+			return err
+		})
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return sp
+}
+
+// kill ends the process with SIGKILL (once) and waits for it.
+func (sp *stockProcess) kill() {
+	if sp.cmd.ProcessState == nil {
+		sp.cmd.Process.Signal(syscall.SIGKILL)
+		err := <-sp.exited
+		sp.exited <- err
+	}
+}
+
+// metricValue sums the samples of name whose labels contain every one of labels.
+func metricSum(t *testing.T, m *meshPod, name string, labels ...string) float64 {
+	t.Helper()
+	_, body := adminAt(m.NS, netip.AddrPortFrom(m.IPv4, 7190), "/metrics")
+	sum := 0.0
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(line, l)
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		sum += v
+	}
+	return sum
+}
+
+// endpointState is the state /debug/endpoints gives the client's endpoint addr.
+func endpointState(t *testing.T, m *meshPod, addr netip.AddrPort) (state string, ejections int64) {
+	t.Helper()
+	_, body := m.admin(t, "/debug/endpoints")
+	var doc struct {
+		Services []struct {
+			Endpoints []struct {
+				Address   string `json:"address"`
+				State     string `json:"state"`
+				Ejections int64  `json:"ejections"`
+			} `json:"endpoints"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatalf("/debug/endpoints: %v\n%s", err, body)
+	}
+	for _, s := range doc.Services {
+		for _, e := range s.Endpoints {
+			if e.Address == addr.String() {
+				return e.State, e.Ejections
+			}
+		}
+	}
+	return "", 0
+}
+
+// TestReplicaKilledAndRestartedUnderLoad: one of three replicas is SIGKILLed 3 s into steady
+// load and restarted 3 s later. The client sees no failed call: calls the dead replica's proxy
+// could not deliver come back refused and go to another replica, calls in flight in the killed
+// process are retried (GetQuote is declared idempotent), and the restarted replica is probed
+// back into rotation.
+func TestReplicaKilledAndRestartedUnderLoad(t *testing.T) {
+	procs := make([]*stockProcess, 3)
+	m := newResilientMesh(t, 3, retryAll, func(i int, pod *netns.Pod) {
+		procs[i] = startStockProcess(t, pod, pod.Name)
+	})
+	victim := m.replicas[0]
+	l := startRateLoad(m.cc, 300, 10*time.Second, 5*time.Second)
+	waitFor(t, 5*time.Second, "the load's third second", func() bool { return l.elapsed() >= 3*time.Second })
+	killed := l.elapsed()
+	procs[0].kill()
+	waitFor(t, 5*time.Second, "3 s after the kill", func() bool { return l.elapsed() >= killed+3*time.Second })
+	restarted := l.elapsed()
+	startStockProcess(t, victim, victim.Name)
+	calls := l.wait()
+
+	failed, sample := failures(calls)
+	back := time.Duration(-1)
+	for _, c := range calls {
+		if c.server == victim.Name && c.at > restarted {
+			back = c.at - restarted
+			break
+		}
+	}
+	t.Logf("%d calls, %d failed; p99 %v during the fault (%v..%v), %v before it; the restarted replica answered again %v after its restart",
+		len(calls), failed, p99(calls, killed, restarted+time.Second), killed.Round(time.Millisecond), restarted.Round(time.Millisecond),
+		p99(calls, 0, killed), back)
+	t.Logf("client proxy: retries %v (refused %v, reset %v, status %v), ejections of the victim %v",
+		metricSum(t, m.client, "detour_retries_total"), metricSum(t, m.client, "detour_retries_total", `reason="refused"`),
+		metricSum(t, m.client, "detour_retries_total", `reason="reset"`), metricSum(t, m.client, "detour_retries_total", `reason="status"`),
+		metricSum(t, m.client, "detour_endpoint_ejections_total", victim.IPv4.String()))
+	if failed > 0 {
+		t.Errorf("%d of %d calls failed, want none: %v", failed, len(calls), sample)
+	}
+	if back < 0 || back > 4*time.Second {
+		t.Errorf("the restarted replica answered again %v after its restart, want within 4 s", back)
+	}
+}
+
+// TestReplicaBlackHoled: 3 s into steady load, every packet to and from one replica is dropped
+// on the node (no reset). Keepalive finds the dead connection within its bound (1 s of silence,
+// 2 s for the PING's answer), the calls in flight on it are retried elsewhere, and every call
+// succeeds within its deadline.
+func TestReplicaBlackHoled(t *testing.T) {
+	m := newResilientMesh(t, 3, retryAll, func(i int, pod *netns.Pod) { serveStockData(t, pod, pod.Name, 0) })
+	victim := m.replicas[0]
+	ep := netip.AddrPortFrom(victim.IPv4, 8080)
+	t.Cleanup(func() {
+		m.topo.Node.Do(func() error { _, err := cmdOut("ebtables", "-F", "FORWARD"); return err })
+	})
+	l := startRateLoad(m.cc, 300, 9*time.Second, 8*time.Second)
+	waitFor(t, 5*time.Second, "the load's third second", func() bool { return l.elapsed() >= 3*time.Second })
+	dropped := l.elapsed()
+	err := m.topo.Node.Do(func() error {
+		for _, dir := range []string{"--ip-src", "--ip-dst"} {
+			if _, err := cmdOut("ebtables", "-A", "FORWARD", "-p", "IPv4", dir, victim.IPv4.String(), "-j", "DROP"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found time.Duration
+	waitFor(t, 8*time.Second, "the black-holed endpoint to be ejected", func() bool {
+		state, _ := endpointState(t, m.client, ep)
+		found = l.elapsed() - dropped
+		return state == "ejected" || state == "probing"
+	})
+	calls := l.wait()
+	failed, sample := failures(calls)
+	t.Logf("%d calls, %d failed; the dead connection was found %v after the drop; p99 %v during the fault, %v before it",
+		len(calls), failed, found.Round(10*time.Millisecond), p99(calls, dropped, dropped+4*time.Second), p99(calls, 0, dropped))
+	if failed > 0 {
+		t.Errorf("%d of %d calls failed, want none: %v", failed, len(calls), sample)
+	}
+	m.client.waitLog(t, "closing upstream connection: keepalive ping unanswered")
+	if !strings.Contains(m.client.log.String(), ep.String()) {
+		t.Errorf("the keepalive did not close the connection to %v", ep)
+	}
+	if found > 4*time.Second {
+		t.Errorf("the dead connection was found %v after the drop, want within the keepalive's bound (about 3.5 s)", found)
+	}
+}
+
+// serveStockDataWith runs a StockData replica whose calls go through ic first.
+func serveStockDataWith(t testing.TB, pod *netns.Pod, id string, delay time.Duration, ic grpc.UnaryServerInterceptor) {
+	t.Helper()
+	var lns []net.Listener
+	err := pod.NS.Do(func() error {
+		for _, network := range []string{"tcp4", "tcp6"} {
+			ln, err := net.Listen(network, ":8080")
+			if err != nil {
+				return err
+			}
+			lns = append(lns, ln)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.UnaryInterceptor(ic))
+	(&stockdata.Server{ID: id, Delay: delay}).Register(g)
+	for _, ln := range lns {
+		go g.Serve(ln)
+	}
+	t.Cleanup(g.Stop)
+}
+
+// halfFailing answers every other GetQuote UNAVAILABLE, counting the calls it saw.
+func halfFailing(calls *atomic.Int64) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if calls.Add(1)%2 == 0 {
+			return nil, status.Error(codes.Unavailable, "replica overloaded")
+		}
+		return h(ctx, req)
+	}
+}
+
+func passThrough(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	return h(ctx, req)
+}
+
+// TestRetriesOfAReplicaFailingHalfItsCalls: one replica of three answers UNAVAILABLE to every
+// other call. With retries the client sees none of those; with a retry budget of zero it sees
+// them; and with every replica failing half its calls, retries stay within a 20 % budget.
+func TestRetriesOfAReplicaFailingHalfItsCalls(t *testing.T) {
+	const noEjection = "    accrual: {consecutiveFailures: 0}\n"
+	run := func(t *testing.T, policy string, allFailing bool) (m *resilientMesh, calls []call, seen int64) {
+		var counts [3]atomic.Int64
+		m = newResilientMesh(t, 3, policy, func(i int, pod *netns.Pod) {
+			ic := passThrough
+			if i == 0 || allFailing {
+				ic = halfFailing(&counts[i])
+			}
+			serveStockDataWith(t, pod, pod.Name, 0, ic)
+		})
+		for i := range counts {
+			counts[i].Store(0) // the warm-up's calls
+		}
+		base := metricSum(t, m.client, "detour_retries_total", `reason="status"`)
+		calls = startRateLoad(m.cc, 300, 2*time.Second, 5*time.Second).wait()
+		retries := metricSum(t, m.client, "detour_retries_total", `reason="status"`) - base
+		return m, calls, int64(retries)
+	}
+	t.Run("retried: the client sees no failure", func(t *testing.T) {
+		_, calls, retries := run(t, "    retry: {on: [unavailable]}\n"+noEjection, false)
+		failed, sample := failures(calls)
+		t.Logf("%d calls, %d failed, %d retries", len(calls), failed, retries)
+		if failed > 0 {
+			t.Errorf("%d calls failed with retries configured: %v", failed, sample)
+		}
+		if retries == 0 {
+			t.Error("no retry was counted: the failing replica was not exercised")
+		}
+	})
+	t.Run("a budget of zero: the client sees the failures", func(t *testing.T) {
+		m, calls, retries := run(t, "    retry: {on: [unavailable]}\n    budget: {ratio: 0, minPerSecond: 0}\n"+noEjection, false)
+		failed, _ := failures(calls)
+		exhausted := metricSum(t, m.client, "detour_retry_budget_exhausted_total")
+		t.Logf("%d calls, %d failed, %d retries, %v refused by the budget", len(calls), failed, retries, exhausted)
+		if failed == 0 || retries != 0 {
+			t.Errorf("with no retry budget: %d calls failed and %d were retried; want failures and no retry", failed, retries)
+		}
+		if exhausted < float64(failed) {
+			t.Errorf("budget exhaustion counted %v times for %d failures", exhausted, failed)
+		}
+	})
+	t.Run("every replica failing: retries stay within a 20 % budget", func(t *testing.T) {
+		_, calls, retries := run(t, "    retry: {on: [unavailable], attempts: 5}\n    budget: {ratio: 0.2, minPerSecond: 0}\n"+noEjection, true)
+		failed, _ := failures(calls)
+		t.Logf("%d calls, %d failed, %d retries (%.1f %%)", len(calls), failed, retries, 100*float64(retries)/float64(len(calls)))
+		// The warm-up's few calls count in the budget's window too.
+		if float64(retries) > 0.2*float64(len(calls)+30)+1 {
+			t.Errorf("%d retries for %d calls: more than the 20 %% budget", retries, len(calls))
+		}
+		if float64(retries) < 0.15*float64(len(calls)) {
+			t.Errorf("%d retries for %d calls with half of them failing: the budget was not used", retries, len(calls))
+		}
+		if failed == 0 {
+			t.Error("no call failed although the budget allows fewer retries than there are failures")
+		}
+	})
+}
+
+// TestRequestTimeout: a route timeout of 200 ms on GetQuote, a replica that takes 2 s: the
+// client gets DEADLINE_EXCEEDED after about 200 ms, and the server sees its call cancelled.
+func TestRequestTimeout(t *testing.T) {
+	cancelled := make(chan error, 16)
+	policy := "    routes:\n      - {path: " + getQuote + ", timeout: 200ms}\n"
+	var slow atomic.Bool
+	m := newResilientMesh(t, 1, policy, func(i int, pod *netns.Pod) {
+		serveStockDataWith(t, pod, pod.Name, 0, func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if !slow.Load() {
+				return h(ctx, req)
+			}
+			select {
+			case <-time.After(2 * time.Second):
+				cancelled <- nil
+			case <-ctx.Done():
+				cancelled <- ctx.Err()
+			}
+			return h(ctx, req)
+		})
+	})
+	slow.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := stockpb.NewStockDataClient(m.cc).GetQuote(ctx, &stockpb.QuoteRequest{Symbol: "ACME"})
+	took := time.Since(start)
+	t.Logf("answered %v after %v", status.Code(err), took.Round(time.Millisecond))
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("a call past its route's 200 ms timeout: %v, want DeadlineExceeded", err)
+	}
+	if took > time.Second {
+		t.Errorf("the 200 ms timeout answered after %v", took)
+	}
+	select {
+	case err := <-cancelled:
+		if err == nil {
+			t.Fatal("the server's call ran its 2 s: the cancellation did not reach it")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server's call never ended")
+	}
+	if n := metricSum(t, m.client, "detour_request_timeouts_total", `service="stockdata.stocks"`); n != 1 {
+		t.Errorf("detour_request_timeouts_total = %v, want 1", n)
+	}
+}
+
+// TestFlappingReplicaIsEjectedAndReadmitted: a replica answers UNAVAILABLE to everything for 4 s,
+// then recovers. Failure accrual ejects it (the client sees nothing, as its calls are retried)
+// and probes it back once it has recovered.
+func TestFlappingReplicaIsEjectedAndReadmitted(t *testing.T) {
+	var failing atomic.Bool
+	m := newResilientMesh(t, 3, retryAll, func(i int, pod *netns.Pod) {
+		ic := passThrough
+		if i == 0 {
+			ic = func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				if failing.Load() {
+					return nil, status.Error(codes.Unavailable, "flapping")
+				}
+				return h(ctx, req)
+			}
+		}
+		serveStockDataWith(t, pod, pod.Name, 0, ic)
+	})
+	victim := m.replicas[0]
+	ep := netip.AddrPortFrom(victim.IPv4, 8080)
+	l := startRateLoad(m.cc, 200, 9*time.Second, 5*time.Second)
+	waitFor(t, 5*time.Second, "the load's first second", func() bool { return l.elapsed() >= time.Second })
+	failing.Store(true)
+	began := l.elapsed()
+	waitFor(t, 6*time.Second, "the flapping replica's ejection", func() bool {
+		state, _ := endpointState(t, m.client, ep)
+		return state == "ejected" || state == "probing"
+	})
+	ejectedAfter := l.elapsed() - began
+	waitFor(t, 5*time.Second, "4 s of failures", func() bool { return l.elapsed() >= began+4*time.Second })
+	failing.Store(false)
+	recovered := l.elapsed()
+	calls := l.wait()
+	failed, sample := failures(calls)
+	back := time.Duration(-1)
+	for _, c := range calls {
+		if c.server == victim.Name && c.at > recovered {
+			back = c.at - recovered
+			break
+		}
+	}
+	state, ejections := endpointState(t, m.client, ep)
+	t.Logf("%d calls, %d failed; ejected %v after it began failing, readmitted %v after it recovered (%d ejections, now %s)",
+		len(calls), failed, ejectedAfter.Round(time.Millisecond), back, ejections, state)
+	if failed > 0 {
+		t.Errorf("%d calls failed: %v", failed, sample)
+	}
+	if back < 0 {
+		t.Error("the recovered replica got no call back")
+	}
+	if state != "up" {
+		t.Errorf("the recovered replica is %q, want up", state)
+	}
+}
