@@ -102,7 +102,7 @@ func (p Pick) DoneWith(rtt time.Duration, failed bool) {
 		rtt = p.b.penalty
 	}
 	if rtt > 0 {
-		st.observe(p.b.now(), float64(rtt), p.b.decayTicks)
+		st.observe(p.b.now(), float64(rtt), p.b.decayTicks, failed)
 	}
 }
 
@@ -142,8 +142,12 @@ const (
 	stampMask = 1<<stampBits - 1
 )
 
+// penaltyBit, the estimate's lowest mantissa bit (a relative 3e-5 of it), marks an estimate
+// that is a failure's penalty rather than a latency.
+const penaltyBit = 1 << stampBits
+
 func pack(est float32, tick uint64) uint64 {
-	return uint64(math.Float32bits(est)>>8)<<stampBits | tick&stampMask
+	return (uint64(math.Float32bits(est)>>8)<<stampBits | tick&stampMask) &^ penaltyBit
 }
 
 func unpack(v uint64) (est float32, tick uint64) {

@@ -172,3 +172,32 @@ func TestPickDoneAllocatesNothing(t *testing.T) {
 		t.Fatalf("Pick/PickOther/Done allocate %v times", n)
 	}
 }
+
+// TestP2CFailurePenaltyIsForgottenOnRecovery: a failure's penalty keeps P2C away from an
+// endpoint for FailurePenaltyFor only; then the endpoint is tried again, and once it succeeds it
+// takes its share back at once (not a minute later, when the penalty would have decayed).
+func TestP2CFailurePenaltyIsForgottenOnRecovery(t *testing.T) {
+	clock := newFakeClock()
+	b := NewP2C(Options{Now: clock.Now, Accrual: Accrual{ConsecutiveFailures: -1}})
+	b.Update(endpoints(1, 1, 1))
+	failing := true
+	run := func(n int) map[netip.AddrPort]int {
+		c := map[netip.AddrPort]int{}
+		for range n {
+			p, _ := b.Pick()
+			c[p.Endpoint.Addr]++
+			clock.Advance(time.Millisecond)
+			p.DoneWith(time.Millisecond, failing && p.Endpoint.Addr == addr(3))
+		}
+		return c
+	}
+	// 2 s of a failing endpoint: tried about once per 250 ms, not a third of the time.
+	if c := run(2000); c[addr(3)] > 20 || c[addr(3)] < 4 {
+		t.Fatalf("a failing endpoint got %d of 2000 picks in 2 s, want a few (one per penalty period)", c[addr(3)])
+	}
+	failing = false
+	clock.Advance(300 * time.Millisecond)
+	if c := run(3000); c[addr(3)] < 800 {
+		t.Fatalf("a recovered endpoint got %d of 3000 picks, want its share back", c[addr(3)])
+	}
+}
