@@ -357,12 +357,12 @@ func parseRetryOnList(names []string) (RetryOn, error) {
 // Kubernetes source maps them; every other annotation is ignored.
 const (
 	AnnotationPrefix           = "config.detour.io/"
-	AnnotationTimeout          = AnnotationPrefix + "timeout"             // "2s"
-	AnnotationRetryOn          = AnnotationPrefix + "retry-on"            // "unavailable,503,reset"; enables retries
-	AnnotationRetryAttempts    = AnnotationPrefix + "retry-attempts"      // "3"
-	AnnotationRetryBackoff     = AnnotationPrefix + "retry-backoff"       // "25ms"
-	AnnotationRetryMaxBackoff  = AnnotationPrefix + "retry-max-backoff"   // "250ms"
-	AnnotationBudgetRatio      = AnnotationPrefix + "retry-budget-ratio"  // "0.2"
+	AnnotationTimeout          = AnnotationPrefix + "timeout"            // "2s"
+	AnnotationRetryOn          = AnnotationPrefix + "retry-on"           // "unavailable,503,reset"; enables retries
+	AnnotationRetryAttempts    = AnnotationPrefix + "retry-attempts"     // "3"
+	AnnotationRetryBackoff     = AnnotationPrefix + "retry-backoff"      // "25ms"
+	AnnotationRetryMaxBackoff  = AnnotationPrefix + "retry-max-backoff"  // "250ms"
+	AnnotationBudgetRatio      = AnnotationPrefix + "retry-budget-ratio" // "0.2"
 	AnnotationBudgetMinPerSec  = AnnotationPrefix + "retry-budget-min-per-second"
 	AnnotationBudgetWindow     = AnnotationPrefix + "retry-budget-window" // "10s"
 	AnnotationAccrualFailures  = AnnotationPrefix + "failure-accrual-consecutive"

@@ -59,7 +59,7 @@ type P2C struct {
 	defaultRTT float64
 	decayTicks float64 // Decay in ticks
 	penalty    time.Duration
-	penaltyFor int64 // FailurePenaltyFor in ticks
+	penaltyFor int64         // FailurePenaltyFor in ticks
 	now        func() uint64 // ticks
 }
 
