@@ -2,9 +2,12 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -55,6 +60,13 @@ type resilientMesh struct {
 // service's indentation), and a meshed client with one gRPC connection to the VIP.
 func newResilientMesh(t *testing.T, n int, policy string, serve func(i int, pod *netns.Pod)) *resilientMesh {
 	t.Helper()
+	return newResilientMeshOf(t, n, policy, serve, true)
+}
+
+// newResilientMeshOf is newResilientMesh for any application: with grpc false, it makes no gRPC
+// connection and no warm-up call.
+func newResilientMeshOf(t *testing.T, n int, policy string, serve func(i int, pod *netns.Pod), grpcApp bool) *resilientMesh {
+	t.Helper()
 	m := &resilientMesh{topo: nstestTopology(t), vip: netip.MustParseAddrPort("198.19.0.10:80")}
 	m.ca = newMeshCA(t, m.topo, 24*time.Hour)
 	client := addPod(t, m.topo, "client")
@@ -72,6 +84,9 @@ func newResilientMesh(t *testing.T, n int, policy string, serve func(i int, pod 
 		meshWithIdentity(t, p, flags[i])
 	}
 	m.client = meshWithIdentity(t, client, cf)
+	if !grpcApp {
+		return m
+	}
 	m.cc = grpcClientIn(t, client.NS, m.vip.String())
 	// Every replica answers before the load starts: the first calls also resolve the service.
 	sc := stockpb.NewStockDataClient(m.cc)
@@ -563,5 +578,83 @@ func TestFlappingReplicaIsEjectedAndReadmitted(t *testing.T) {
 	}
 	if state != "up" {
 		t.Errorf("the recovered replica is %q, want up", state)
+	}
+}
+
+// resettingApp is an HTTP/2 (h2c) application in pod that reads each request to its end, counts
+// it by method, and resets its connection (SO_LINGER 0) instead of answering.
+func resettingApp(t *testing.T, pod *netns.Pod, seen *sync.Map) {
+	t.Helper()
+	serveTCP(t, pod, 8080, func(c net.Conn) {
+		defer c.Close()
+		pre := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(c, pre); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, c)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		method := ""
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			end := false
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.MetaHeadersFrame:
+				method, end = f.PseudoValue("method"), f.StreamEnded()
+			case *http2.DataFrame:
+				end = f.StreamEnded()
+			}
+			if end {
+				n, _ := seen.LoadOrStore(method, new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+				c.(*net.TCPConn).SetLinger(0)
+				return
+			}
+		}
+	})
+}
+
+// TestResetAfterTheRequestIsRetriedOnlyIfIdempotent: an application resets its connection once
+// it has read a request. A POST is not retried (it may have been acted on), even with resets
+// and 502 among the outcomes to retry; a PUT, idempotent, is.
+func TestResetAfterTheRequestIsRetriedOnlyIfIdempotent(t *testing.T) {
+	var seen sync.Map
+	m := newResilientMeshOf(t, 1, "    retry: {on: [reset, \"502\"], attempts: 3, backoff: 5ms}\n", func(i int, pod *netns.Pod) {
+		resettingApp(t, pod, &seen)
+	}, false)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return m.client.NS.DialContext(ctx, network, addr)
+		}}}
+	count := func(method string) int64 {
+		if n, ok := seen.Load(method); ok {
+			return n.(*atomic.Int64).Load()
+		}
+		return 0
+	}
+	for _, tt := range []struct {
+		method string
+		want   int64
+	}{{"POST", 1}, {"PUT", 3}} {
+		req, _ := http.NewRequest(tt.method, "http://"+m.vip.String()+"/orders", strings.NewReader("one order"))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.method, err)
+		}
+		resp.Body.Close()
+		t.Logf("%s: %d, the application saw it %d times", tt.method, resp.StatusCode, count(tt.method))
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Errorf("%s: status %d, want 502", tt.method, resp.StatusCode)
+		}
+		if got := count(tt.method); got != tt.want {
+			t.Errorf("%s reached the application %d times, want %d", tt.method, got, tt.want)
+		}
 	}
 }
