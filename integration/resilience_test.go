@@ -58,14 +58,14 @@ type resilientMesh struct {
 // newResilientMesh makes n replica pods (serve starts replica i's application), the StockData
 // service at a VIP with the replicas as meshed endpoints and policy (discovery file lines at the
 // service's indentation), and a meshed client with one gRPC connection to the VIP.
-func newResilientMesh(t *testing.T, n int, policy string, serve func(i int, pod *netns.Pod)) *resilientMesh {
+func newResilientMesh(t testing.TB, n int, policy string, serve func(i int, pod *netns.Pod)) *resilientMesh {
 	t.Helper()
 	return newResilientMeshOf(t, n, policy, serve, true)
 }
 
 // newResilientMeshOf is newResilientMesh for any application: with grpc false, it makes no gRPC
 // connection and no warm-up call.
-func newResilientMeshOf(t *testing.T, n int, policy string, serve func(i int, pod *netns.Pod), grpcApp bool) *resilientMesh {
+func newResilientMeshOf(t testing.TB, n int, policy string, serve func(i int, pod *netns.Pod), grpcApp bool) *resilientMesh {
 	t.Helper()
 	m := &resilientMesh{topo: nstestTopology(t), vip: netip.MustParseAddrPort("198.19.0.10:80")}
 	m.ca = newMeshCA(t, m.topo, 24*time.Hour)
@@ -102,7 +102,7 @@ func newResilientMeshOf(t *testing.T, n int, policy string, serve func(i int, po
 	return m
 }
 
-func waitFor(t *testing.T, bound time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, bound time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(bound)
 	for !cond() {
@@ -218,7 +218,7 @@ func startStockProcess(t testing.TB, pod *netns.Pod, id string) *stockProcess {
 	t.Cleanup(func() { sp.kill() })
 	// Serving once its port takes connections (on loopback: the pod's own address would reach
 	// its proxy, which accepts whether or not the application listens).
-	waitFor(t.(*testing.T), 5*time.Second, "stockdata to listen", func() bool {
+	waitFor(t, 5*time.Second, "stockdata to listen", func() bool {
 		var c net.Conn
 		err := pod.NS.Do(func() (err error) {
 			c, err = net.DialTimeout("tcp", "127.0.0.1:8080", time.Second)
@@ -242,7 +242,7 @@ func (sp *stockProcess) kill() {
 }
 
 // metricValue sums the samples of name whose labels contain every one of labels.
-func metricSum(t *testing.T, m *meshPod, name string, labels ...string) float64 {
+func metricSum(t testing.TB, m *meshPod, name string, labels ...string) float64 {
 	t.Helper()
 	_, body := adminAt(m.NS, netip.AddrPortFrom(m.IPv4, 7190), "/metrics")
 	sum := 0.0
@@ -296,40 +296,79 @@ func endpointState(t *testing.T, m *meshPod, addr netip.AddrPort) (state string,
 // process are retried (GetQuote is declared idempotent), and the restarted replica is probed
 // back into rotation.
 func TestReplicaKilledAndRestartedUnderLoad(t *testing.T) {
-	procs := make([]*stockProcess, 3)
-	m := newResilientMesh(t, 3, retryAll, func(i int, pod *netns.Pod) {
-		procs[i] = startStockProcess(t, pod, pod.Name)
-	})
-	victim := m.replicas[0]
-	l := startRateLoad(m.cc, 300, 10*time.Second, 5*time.Second)
-	waitFor(t, 5*time.Second, "the load's third second", func() bool { return l.elapsed() >= 3*time.Second })
-	killed := l.elapsed()
-	procs[0].kill()
-	waitFor(t, 5*time.Second, "3 s after the kill", func() bool { return l.elapsed() >= killed+3*time.Second })
-	restarted := l.elapsed()
-	startStockProcess(t, victim, victim.Name)
-	calls := l.wait()
+	f := killAndRestart(t, retryAll)
+	t.Logf("%d calls, %d failed; p99 %v during the fault (%v..%v), %v before it; the restarted replica answered again %v after its restart",
+		len(f.calls), f.failed, f.faultP99, f.killed.Round(time.Millisecond), f.restarted.Round(time.Millisecond), f.beforeP99, f.readmitted)
+	t.Logf("client proxy: retries %v (refused %v, reset %v, status %v), ejections of the victim %v",
+		metricSum(t, f.client, "detour_retries_total"), metricSum(t, f.client, "detour_retries_total", `reason="refused"`),
+		metricSum(t, f.client, "detour_retries_total", `reason="reset"`), metricSum(t, f.client, "detour_retries_total", `reason="status"`),
+		metricSum(t, f.client, "detour_endpoint_ejections_total", f.victim.IPv4.String()))
+	if f.failed > 0 {
+		t.Errorf("%d of %d calls failed, want none: %v", f.failed, len(f.calls), f.sample)
+	}
+	if f.readmitted < 0 || f.readmitted > 4*time.Second {
+		t.Errorf("the restarted replica answered again %v after its restart, want within 4 s", f.readmitted)
+	}
+}
 
-	failed, sample := failures(calls)
-	back := time.Duration(-1)
-	for _, c := range calls {
-		if c.server == victim.Name && c.at > restarted {
-			back = c.at - restarted
+// failover is the outcome of killAndRestart.
+type failover struct {
+	calls               []call
+	failed              int
+	sample              []string
+	killed, restarted   time.Duration
+	faultP99, beforeP99 time.Duration
+	readmitted          time.Duration // -1: never
+	client              *meshPod
+	victim              *netns.Pod
+}
+
+// killAndRestart is the failover run: 300 calls/s for 10 s over one client connection to three
+// replicas, one SIGKILLed 3 s in and restarted 3 s later; the service has policy.
+func killAndRestart(tb testing.TB, policy string) failover {
+	procs := make([]*stockProcess, 3)
+	m := newResilientMesh(tb, 3, policy, func(i int, pod *netns.Pod) {
+		procs[i] = startStockProcess(tb, pod, pod.Name)
+	})
+	f := failover{client: m.client, victim: m.replicas[0], readmitted: -1}
+	l := startRateLoad(m.cc, 300, 10*time.Second, 5*time.Second)
+	waitFor(tb, 5*time.Second, "the load's third second", func() bool { return l.elapsed() >= 3*time.Second })
+	f.killed = l.elapsed()
+	procs[0].kill()
+	waitFor(tb, 5*time.Second, "3 s after the kill", func() bool { return l.elapsed() >= f.killed+3*time.Second })
+	f.restarted = l.elapsed()
+	startStockProcess(tb, f.victim, f.victim.Name)
+	f.calls = l.wait()
+	f.failed, f.sample = failures(f.calls)
+	for _, c := range f.calls {
+		if c.server == f.victim.Name && c.at > f.restarted {
+			f.readmitted = c.at - f.restarted
 			break
 		}
 	}
-	t.Logf("%d calls, %d failed; p99 %v during the fault (%v..%v), %v before it; the restarted replica answered again %v after its restart",
-		len(calls), failed, p99(calls, killed, restarted+time.Second), killed.Round(time.Millisecond), restarted.Round(time.Millisecond),
-		p99(calls, 0, killed), back)
-	t.Logf("client proxy: retries %v (refused %v, reset %v, status %v), ejections of the victim %v",
-		metricSum(t, m.client, "detour_retries_total"), metricSum(t, m.client, "detour_retries_total", `reason="refused"`),
-		metricSum(t, m.client, "detour_retries_total", `reason="reset"`), metricSum(t, m.client, "detour_retries_total", `reason="status"`),
-		metricSum(t, m.client, "detour_endpoint_ejections_total", victim.IPv4.String()))
-	if failed > 0 {
-		t.Errorf("%d of %d calls failed, want none: %v", failed, len(calls), sample)
-	}
-	if back < 0 || back > 4*time.Second {
-		t.Errorf("the restarted replica answered again %v after its restart, want within 4 s", back)
+	f.faultP99, f.beforeP99 = p99(f.calls, f.killed, f.restarted+time.Second), p99(f.calls, 0, f.killed)
+	return f
+}
+
+// BenchmarkFailover measures the failover run (killAndRestart): calls failed, p99 latency while
+// a replica is down and just after it is back, and the time the restarted replica takes to get
+// calls again. One run per iteration; `make bench` runs one.
+//
+// "retries" is the service with GetQuote declared idempotent and retried (retryAll); "defaults"
+// is a service with no policy: only what never reached the application is resent, so the calls
+// in flight in the killed process fail.
+func BenchmarkFailover(b *testing.B) {
+	for _, run := range []struct{ name, policy string }{{"retries", retryAll}, {"defaults", ""}} {
+		b.Run(run.name, func(b *testing.B) {
+			for b.Loop() {
+				f := killAndRestart(b, run.policy)
+				b.ReportMetric(float64(f.failed), "failed-calls")
+				b.ReportMetric(float64(len(f.calls)), "calls")
+				b.ReportMetric(ms(f.faultP99), "fault-p99-ms")
+				b.ReportMetric(ms(f.beforeP99), "steady-p99-ms")
+				b.ReportMetric(ms(f.readmitted), "readmit-ms")
+			}
+		})
 	}
 }
 
