@@ -125,7 +125,9 @@ type Route struct {
 	Done func(Result)
 	// Timeout, if positive, bounds the stream from its request headers: past it (or past the
 	// request's own grpc-timeout, if shorter) the upstream stream is reset with CANCEL and the
-	// client answered DEADLINE_EXCEEDED (gRPC) or 504, Result.TimedOut set.
+	// client answered DEADLINE_EXCEEDED (gRPC) or 504, Result.TimedOut set. Without it a
+	// grpc-timeout is left to the client, which resets the stream when it expires (the engine
+	// passes the CANCEL upstream); either way nothing is retried past the deadline.
 	Timeout time.Duration
 	// Retry, if not nil, is asked where a failed attempt goes next (see Retrier). Without it the
 	// engine replays only refused streams, on the same endpoint.

@@ -588,8 +588,11 @@ func (rs *resend) run(fl *flusher) {
 	})
 }
 
-// startTimer arms the stream's deadline: the shorter of the route's timeout and the request's
-// grpc-timeout. Called once, with s.mu held, before the stream goes upstream.
+// startTimer sets the stream's deadline: the shorter of the route's timeout and the request's
+// grpc-timeout. A timer enforces it only when the route has a timeout: a grpc-timeout alone is
+// the client's own, which cancels the stream itself when it expires (RST_STREAM CANCEL, passed
+// upstream), so the engine only uses it to retry nothing past it, and the common stream arms
+// no timer (no allocation). Called once, with s.mu held, before the stream goes upstream.
 func (s *stream) startTimer() {
 	d := s.route.Timeout
 	if s.grpc {
@@ -603,7 +606,9 @@ func (s *stream) startTimer() {
 		return
 	}
 	s.deadline = s.start.Add(d)
-	s.timer = time.AfterFunc(time.Until(s.deadline), s.expire)
+	if s.route.Timeout > 0 {
+		s.timer = time.AfterFunc(time.Until(s.deadline), s.expire)
+	}
 }
 
 // expire ends a stream whose deadline passed: the upstream stream is reset with CANCEL (so the
