@@ -375,12 +375,16 @@ const (
 	AnnotationRouteTimeouts    = AnnotationPrefix + "route-timeouts"    // "/stocks.StockData/GetQuote=200ms"
 )
 
+// sourceAnnotations are the config.detour.io/ annotations the Kubernetes source reads itself
+// (controller/kube): not policy, and not unknown.
+var sourceAnnotations = []string{AnnotationPrefix + "protocol", AnnotationPrefix + "opaque-ports", AnnotationPrefix + "balancer"}
+
 // ParseAnnotations returns the policy that a Service's config.detour.io/ annotations set, nil
 // if they set none. Errors name the annotation.
 func ParseAnnotations(ann map[string]string) (*Policy, error) {
 	keys := make([]string, 0, len(ann))
 	for k := range ann {
-		if strings.HasPrefix(k, AnnotationPrefix) {
+		if strings.HasPrefix(k, AnnotationPrefix) && !slices.Contains(sourceAnnotations, k) {
 			keys = append(keys, k)
 		}
 	}
@@ -499,7 +503,11 @@ func ParseAnnotations(ann map[string]string) (*Policy, error) {
 	}
 	p.Retry = retry
 	for _, k := range order {
-		p.Routes = append(p.Routes, *routes[k])
+		r := *routes[k]
+		if t := routes[" "+r.PathPrefix]; t != nil && r.Timeout == 0 {
+			r.Timeout = t.Timeout // a route timeout is for the path, whatever the method
+		}
+		p.Routes = append(p.Routes, r)
 	}
 	if errs := p.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("annotations %s...: %w", AnnotationPrefix, errs[0])
