@@ -510,9 +510,25 @@ func ParseAnnotations(ann map[string]string) (*Policy, error) {
 		p.Routes = append(p.Routes, r)
 	}
 	if errs := p.Validate(); len(errs) > 0 {
-		return nil, fmt.Errorf("annotations %s...: %w", AnnotationPrefix, errs[0])
+		name := AnnotationPrefix + "..."
+		if a, ok := annotationOf[errs[0].Field]; ok {
+			name = a
+		} else if strings.HasPrefix(errs[0].Field, "routes[") {
+			name = AnnotationRouteTimeouts + " or " + AnnotationIdempotentRoutes
+		}
+		return nil, fmt.Errorf("annotation %s: %s", name, errs[0].Msg)
 	}
 	return &p, nil
+}
+
+// annotationOf names the annotation that sets a Policy field.
+var annotationOf = map[string]string{
+	"timeout": AnnotationTimeout, "retry.on": AnnotationRetryOn, "retry.attempts": AnnotationRetryAttempts,
+	"retry.backoff": AnnotationRetryBackoff, "retry.maxBackoff": AnnotationRetryMaxBackoff,
+	"budget.ratio": AnnotationBudgetRatio, "budget.minPerSecond": AnnotationBudgetMinPerSec, "budget.window": AnnotationBudgetWindow,
+	"accrual.consecutiveFailures": AnnotationAccrualFailures, "accrual.failureRate": AnnotationAccrualRate,
+	"accrual.window": AnnotationAccrualWindow, "accrual.minRequests": AnnotationAccrualMinReqs,
+	"accrual.baseEjection": AnnotationEjectionBase, "accrual.maxEjection": AnnotationEjectionMax,
 }
 
 // PolicyToProto converts a policy to its wire form; nil for nil (the defaults).
