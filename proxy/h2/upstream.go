@@ -826,7 +826,12 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) error {
 			s.srv.open(s, fl)
 			return nil
 		}
-		if rs == nil {
+		switch {
+		case rs != nil:
+		case s.route.Retry != nil && !s.respHeads:
+			// Every endpoint tried refused it: answered like a failed dial.
+			fin = s.failLocked(fmt.Errorf("upstream %s refused the stream and no other endpoint took it", u.pool.addr), true, 503, grpcUnavailable, fl)
+		default:
 			fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
 		}
 	case code == http2.ErrCodeNo && s.resp.endRecv:
