@@ -2,6 +2,7 @@ package h2
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -200,4 +202,37 @@ func TestParseGRPCTimeout(t *testing.T) {
 			t.Errorf("%q accepted", v)
 		}
 	}
+}
+
+// TestKeepaliveFindsASilentPeer: a peer that takes a request and then answers nothing, PINGs
+// included (a black hole), has its connection closed by keepalive within interval + timeout,
+// OnUpstreamFailure is told, and the stream (a whole, idempotent request) goes to another
+// endpoint.
+func TestKeepaliveFindsASilentPeer(t *testing.T) {
+	silent := startRawUpstream(t, func(*rawServerConn, int64, *http2.MetaHeadersFrame) {})
+	good := startGRPCServer(t, "good")
+	f := &failover{addrs: []netip.AddrPort{silent.addr, good.addr}}
+	failed := make(chan error, 4)
+	addr, _, _ := startProxy(t, Config{Router: f, Logger: discardLogger(),
+		PeerKeepalive:         func(a netip.AddrPort) bool { return a == silent.addr },
+		PeerKeepaliveInterval: 100 * time.Millisecond, PeerKeepaliveTimeout: 200 * time.Millisecond,
+		OnUpstreamFailure: func(_ netip.AddrPort, err error) { failed <- err }})
+	in, out := []byte("x"), []byte(nil)
+	start := time.Now()
+	if err := dialGRPC(t, addr).Invoke(ctxT(t), mUnary, &in, &out); err != nil {
+		t.Fatalf("a call whose first endpoint went silent: %v", err)
+	}
+	took := time.Since(start)
+	select {
+	case err := <-failed:
+		if !errors.Is(err, ErrKeepalive) {
+			t.Fatalf("OnUpstreamFailure: %v, want ErrKeepalive", err)
+		}
+	default:
+		t.Fatal("OnUpstreamFailure was not told of the silent peer")
+	}
+	if a := f.attempts(); len(a) != 1 || a[0].Reason != RetryReset || !errors.Is(a[0].Err, ErrKeepalive) {
+		t.Fatalf("attempts %+v, want one reset by keepalive", a)
+	}
+	t.Logf("answered after %v (keepalive 100 ms + 200 ms)", took)
 }
