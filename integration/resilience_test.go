@@ -697,3 +697,26 @@ func TestResetAfterTheRequestIsRetriedOnlyIfIdempotent(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowReplicaGetsLessTraffic: with mutual TLS and under steady load, a replica that takes
+// 30 ms per call gets fewer calls than its fast peers.
+func TestSlowReplicaGetsLessTraffic(t *testing.T) {
+	m := newResilientMesh(t, 3, "", func(i int, pod *netns.Pod) {
+		delay := time.Duration(0)
+		if i == 0 {
+			delay = 30 * time.Millisecond
+		}
+		serveStockData(t, pod, pod.Name, delay)
+	})
+	calls := startRateLoad(m.cc, 200, 3*time.Second, 5*time.Second).wait()
+	counts := map[string]int{}
+	for _, c := range calls {
+		counts[c.server]++
+	}
+	slow := counts[m.replicas[0].Name]
+	fast := min(counts[m.replicas[1].Name], counts[m.replicas[2].Name])
+	t.Logf("calls per replica: %v", counts)
+	if slow*2 > fast {
+		t.Errorf("the slow replica served %d calls, its fast peers at least %d: want it under half", slow, fast)
+	}
+}

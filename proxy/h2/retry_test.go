@@ -236,3 +236,25 @@ func TestKeepaliveFindsASilentPeer(t *testing.T) {
 	}
 	t.Logf("answered after %v (keepalive 100 ms + 200 ms)", took)
 }
+
+// TestRequestLargerThanTheReplayBufferIsNotRetried: a request body beyond MaxReplayBytes is not
+// kept, so once it went upstream the request is never sent twice.
+func TestRequestLargerThanTheReplayBufferIsNotRetried(t *testing.T) {
+	var failed atomic.Int64
+	var seen sync.Map
+	bad, good := failing(t, &failed), attemptHeader(t, &seen)
+	f := &failover{addrs: []netip.AddrPort{bad.addr, good.addr}}
+	addr, _, _ := startProxy(t, Config{Router: f, MaxReplayBytes: 1024})
+	cc := dialGRPC(t, addr)
+	small, large, out := make([]byte, 512), make([]byte, 4096), []byte(nil)
+	if err := cc.Invoke(ctxT(t), mUnary, &small, &out); err != nil {
+		t.Fatalf("a request within the replay buffer was not retried: %v", err)
+	}
+	err := cc.Invoke(ctxT(t), mUnary, &large, &out)
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "replica failing" {
+		t.Fatalf("a request larger than the replay buffer: %v, want the replica's own UNAVAILABLE", err)
+	}
+	if a := f.attempts(); len(a) != 1 {
+		t.Fatalf("the Retrier was asked %d times, want once (for the small request)", len(a))
+	}
+}
