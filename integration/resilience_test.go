@@ -45,6 +45,9 @@ const retryAll = `    retry: {on: [unavailable, reset], attempts: 3, backoff: 5m
       - {path: ` + getQuote + `, idempotent: true}
 `
 
+// roundRobin is the policy line that makes the service balance round robin.
+const roundRobin = "    balancer: round-robin\n"
+
 // resilientMesh is the topology of the resilience tests.
 type resilientMesh struct {
 	topo     *netns.Topology
@@ -205,9 +208,9 @@ type stockProcess struct {
 	exited chan error
 }
 
-func startStockProcess(t testing.TB, pod *netns.Pod, id string) *stockProcess {
+func startStockProcess(t testing.TB, pod *netns.Pod, id string, delay time.Duration) *stockProcess {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(filepath.Dir(detourBin), "stockdata"), "--listen", ":8080", "--id", id)
+	cmd := exec.Command(filepath.Join(filepath.Dir(detourBin), "stockdata"), "--listen", ":8080", "--id", id, "--delay", delay.String())
 	log := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := pod.NS.Start(cmd); err != nil {
@@ -294,9 +297,11 @@ func endpointState(t *testing.T, m *meshPod, addr netip.AddrPort) (state string,
 // load and restarted 3 s later. The client sees no failed call: calls the dead replica's proxy
 // could not deliver come back refused and go to another replica, calls in flight in the killed
 // process are retried (GetQuote is declared idempotent), and the restarted replica is probed
-// back into rotation.
+// back into rotation. The service balances round robin, so that the time the restarted replica
+// takes to get calls measures the probing alone: P2C may keep preferring its peers for their
+// latency (a replica whose first calls were slow is left alone until its estimate decays).
 func TestReplicaKilledAndRestartedUnderLoad(t *testing.T) {
-	f := killAndRestart(t, retryAll)
+	f := killAndRestart(t, retryAll+roundRobin)
 	t.Logf("%d calls, %d failed; p99 %v during the fault (%v..%v), %v before it; the restarted replica answered again %v after its restart",
 		len(f.calls), f.failed, f.faultP99, f.killed.Round(time.Millisecond), f.restarted.Round(time.Millisecond), f.beforeP99, f.readmitted)
 	t.Logf("client proxy: retries %v (refused %v, reset %v, status %v), ejections of the victim %v",
@@ -324,11 +329,13 @@ type failover struct {
 }
 
 // killAndRestart is the failover run: 300 calls/s for 10 s over one client connection to three
-// replicas, one SIGKILLed 3 s in and restarted 3 s later; the service has policy.
+// replicas taking 10 ms a call (so that calls are in flight in the process killed), one
+// SIGKILLed 3 s in and restarted 3 s later; the service has policy.
 func killAndRestart(tb testing.TB, policy string) failover {
+	const serviceTime = 10 * time.Millisecond
 	procs := make([]*stockProcess, 3)
 	m := newResilientMesh(tb, 3, policy, func(i int, pod *netns.Pod) {
-		procs[i] = startStockProcess(tb, pod, pod.Name)
+		procs[i] = startStockProcess(tb, pod, pod.Name, serviceTime)
 	})
 	f := failover{client: m.client, victim: m.replicas[0], readmitted: -1}
 	l := startRateLoad(m.cc, 300, 10*time.Second, 5*time.Second)
@@ -337,7 +344,7 @@ func killAndRestart(tb testing.TB, policy string) failover {
 	procs[0].kill()
 	waitFor(tb, 5*time.Second, "3 s after the kill", func() bool { return l.elapsed() >= f.killed+3*time.Second })
 	f.restarted = l.elapsed()
-	startStockProcess(tb, f.victim, f.victim.Name)
+	startStockProcess(tb, f.victim, f.victim.Name, serviceTime)
 	f.calls = l.wait()
 	f.failed, f.sample = failures(f.calls)
 	for _, c := range f.calls {
@@ -356,9 +363,10 @@ func killAndRestart(tb testing.TB, policy string) failover {
 //
 // "retries" is the service with GetQuote declared idempotent and retried (retryAll); "defaults"
 // is a service with no policy: only what never reached the application is resent, so the calls
-// in flight in the killed process fail.
+// in flight in the killed process fail. Both balance round robin (see the test); the last run is
+// "retries" with the default balancer, P2C.
 func BenchmarkFailover(b *testing.B) {
-	for _, run := range []struct{ name, policy string }{{"retries", retryAll}, {"defaults", ""}} {
+	for _, run := range []struct{ name, policy string }{{"retries", retryAll + roundRobin}, {"defaults", roundRobin}, {"retries, p2c-ewma", retryAll}} {
 		b.Run(run.name, func(b *testing.B) {
 			for b.Loop() {
 				f := killAndRestart(b, run.policy)
