@@ -102,44 +102,65 @@ func debugCheck(t *testing.T, pod string) (checkReport, int) {
 	return rep, r.code
 }
 
-// healthy checks that pod passes `detour debug check`.
+// settleWithin bounds how long healthy and faulty wait for the report they expect: a fault
+// (or its repair) is in place when they are called, but what the check observes through the
+// kernel (a neighbour entry resolving, a proxy noticing its rules) may take a moment to follow.
+const settleWithin = 10 * time.Second
+
+// healthy waits until pod passes `detour debug check`.
 func healthy(t *testing.T, pod string) checkReport {
 	t.Helper()
-	rep, code := debugCheck(t, pod)
-	for _, l := range rep.Checks {
-		if l.Status == "failed" {
-			t.Errorf("check %s failed: %s", l.Check, l.Detail)
-		}
-	}
-	if code != 0 || t.Failed() {
-		t.Fatalf("a healthy pod: exit %d\n%s", code, rep)
-	}
-	return rep
-}
-
-// faulty checks that `detour debug check pod` exits non-zero and that, for each check named in
-// want, a failed line of that check says the text given, with a hint.
-func faulty(t *testing.T, pod string, want map[string]string) checkReport {
-	t.Helper()
-	rep, code := debugCheck(t, pod)
-	if code == 0 {
-		t.Errorf("exit 0 with the fault in place")
-	}
-	for check, text := range want {
-		found := false
+	return settle(t, pod, func(rep checkReport, code int) []string {
+		var bad []string
 		for _, l := range rep.Checks {
-			if l.Check == check && l.Status == "failed" && strings.Contains(l.Detail, text) && l.Hint != "" {
-				found = true
+			if l.Status == "failed" {
+				bad = append(bad, fmt.Sprintf("check %s failed: %s", l.Check, l.Detail))
 			}
 		}
-		if !found {
-			t.Errorf("no failed %s line with a hint saying %q", check, text)
+		if code != 0 && len(bad) == 0 {
+			bad = append(bad, fmt.Sprintf("exit %d with no failed check", code))
 		}
+		return bad
+	})
+}
+
+// faulty waits until `detour debug check pod` exits non-zero and, for each check named in want,
+// a failed line of that check says the text given, with a hint.
+func faulty(t *testing.T, pod string, want map[string]string) checkReport {
+	t.Helper()
+	return settle(t, pod, func(rep checkReport, code int) []string {
+		var bad []string
+		if code == 0 {
+			bad = append(bad, "exit 0 with the fault in place")
+		}
+		for check, text := range want {
+			if !slices.ContainsFunc(rep.Checks, func(l checkLine) bool {
+				return l.Check == check && l.Status == "failed" && strings.Contains(l.Detail, text) && l.Hint != ""
+			}) {
+				bad = append(bad, fmt.Sprintf("no failed %s line with a hint saying %q", check, text))
+			}
+		}
+		return bad
+	})
+}
+
+// settle runs `detour debug check pod` until judge finds nothing wrong with its report, and
+// fails the test with the last report and judgement after settleWithin.
+func settle(t *testing.T, pod string, judge func(checkReport, int) []string) checkReport {
+	t.Helper()
+	deadline := time.Now().Add(settleWithin)
+	for {
+		rep, code := debugCheck(t, pod)
+		bad := judge(rep, code)
+		if len(bad) == 0 {
+			return rep
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s, detour debug check %s (exit %d):\n%s\n%s", settleWithin, pod, code, strings.Join(bad, "\n"), rep)
+		}
+		t.Logf("not yet (%s); checking again", strings.Join(bad, "; "))
+		time.Sleep(250 * time.Millisecond)
 	}
-	if t.Failed() {
-		t.Fatalf("detour debug check %s:\n%s", pod, rep)
-	}
-	return rep
 }
 
 // debugDemo runs `detour demo` until the test ends, stopping it with SIGTERM (and, should that
