@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -676,10 +675,10 @@ func TestResetAfterTheRequestIsRetriedOnlyIfIdempotent(t *testing.T) {
 	m := newResilientMeshOf(t, 1, "    retry: {on: [reset, \"502\"], attempts: 3, backoff: 5ms}\n", func(i int, pod *netns.Pod) {
 		resettingApp(t, pod, &seen)
 	}, false)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return m.client.NS.DialContext(ctx, network, addr)
-		}}}
+	tr := &http.Transport{DialContext: m.client.NS.DialContext, Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true) // prior knowledge h2c, as a gRPC client speaks
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	count := func(method string) int64 {
 		if n, ok := seen.Load(method); ok {
 			return n.(*atomic.Int64).Load()
