@@ -429,6 +429,12 @@ func TestReplicaBlackHoled(t *testing.T) {
 // serveStockDataWith runs a StockData replica whose calls go through ic first.
 func serveStockDataWith(t testing.TB, pod *netns.Pod, id string, delay time.Duration, ic grpc.UnaryServerInterceptor) {
 	t.Helper()
+	serveStockDataOpts(t, pod, id, delay, grpc.UnaryInterceptor(ic))
+}
+
+// serveStockDataOpts runs a StockData replica on a gRPC server with opts.
+func serveStockDataOpts(t testing.TB, pod *netns.Pod, id string, delay time.Duration, opts ...grpc.ServerOption) {
+	t.Helper()
 	var lns []net.Listener
 	err := pod.NS.Do(func() error {
 		for _, network := range []string{"tcp4", "tcp6"} {
@@ -443,7 +449,7 @@ func serveStockDataWith(t testing.TB, pod *netns.Pod, id string, delay time.Dura
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer(grpc.UnaryInterceptor(ic))
+	g := grpc.NewServer(opts...)
 	(&stockdata.Server{ID: id, Delay: delay}).Register(g)
 	for _, ln := range lns {
 		go g.Serve(ln)
@@ -467,7 +473,9 @@ func passThrough(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.U
 
 // TestRetriesOfAReplicaFailingHalfItsCalls: one replica of three answers UNAVAILABLE to every
 // other call. With retries the client sees none of those; with a retry budget of zero it sees
-// them; and with every replica failing half its calls, retries stay within a 20 % budget.
+// them; and with every replica failing half its calls, retries stay within a 20 % budget. The
+// first two balance round robin, so the failing replica takes its full third of the calls (P2C
+// would steer most of them away from it).
 func TestRetriesOfAReplicaFailingHalfItsCalls(t *testing.T) {
 	const noEjection = "    accrual: {consecutiveFailures: 0}\n"
 	run := func(t *testing.T, policy string, allFailing bool) (m *resilientMesh, calls []call, seen int64) {
@@ -488,7 +496,7 @@ func TestRetriesOfAReplicaFailingHalfItsCalls(t *testing.T) {
 		return m, calls, int64(retries)
 	}
 	t.Run("retried: the client sees no failure", func(t *testing.T) {
-		_, calls, retries := run(t, "    retry: {on: [unavailable]}\n"+noEjection, false)
+		_, calls, retries := run(t, "    retry: {on: [unavailable]}\n"+noEjection+roundRobin, false)
 		failed, sample := failures(calls)
 		t.Logf("%d calls, %d failed, %d retries", len(calls), failed, retries)
 		if failed > 0 {
@@ -499,7 +507,7 @@ func TestRetriesOfAReplicaFailingHalfItsCalls(t *testing.T) {
 		}
 	})
 	t.Run("a budget of zero: the client sees the failures", func(t *testing.T) {
-		m, calls, retries := run(t, "    retry: {on: [unavailable]}\n    budget: {ratio: 0, minPerSecond: 0}\n"+noEjection, false)
+		m, calls, retries := run(t, "    retry: {on: [unavailable]}\n    budget: {ratio: 0, minPerSecond: 0}\n"+noEjection+roundRobin, false)
 		failed, _ := failures(calls)
 		exhausted := metricSum(t, m.client, "detour_retry_budget_exhausted_total")
 		t.Logf("%d calls, %d failed, %d retries, %v refused by the budget", len(calls), failed, retries, exhausted)
@@ -725,5 +733,40 @@ func TestSlowReplicaGetsLessTraffic(t *testing.T) {
 	t.Logf("calls per replica: %v", counts)
 	if slow*2 > fast {
 		t.Errorf("the slow replica served %d calls, its fast peers at least %d: want it under half", slow, fast)
+	}
+}
+
+// TestStreamingCallIsNotRetriedAfterItsFirstMessage: a client stream whose replica fails it
+// after its first message, the client still sending, is not sent again (its replica saw it),
+// although the policy retries UNAVAILABLE and resets of every route.
+func TestStreamingCallIsNotRetriedAfterItsFirstMessage(t *testing.T) {
+	var streams atomic.Int64
+	fail := grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		streams.Add(1)
+		var tr stockpb.Trade
+		if err := ss.RecvMsg(&tr); err != nil {
+			return err
+		}
+		return status.Error(codes.Unavailable, "replica failing mid-stream")
+	})
+	m := newResilientMesh(t, 2, "    retry: {on: [unavailable, reset]}\n    routes:\n      - {path: /, idempotent: true}\n", func(i int, pod *netns.Pod) {
+		serveStockDataOpts(t, pod, pod.Name, 0, fail)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := stockpb.NewStockDataClient(m.cc).RecordTrades(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&stockpb.Trade{Symbol: "ACME", Shares: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var sum stockpb.TradeSummary
+	err = st.RecvMsg(&sum) // still sending: no CloseSend
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("a client stream failed after its first message: %v, want the replica's UNAVAILABLE", err)
+	}
+	if n := streams.Load(); n != 1 {
+		t.Fatalf("the stream reached replicas %d times, want once", n)
 	}
 }
