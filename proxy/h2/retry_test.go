@@ -41,8 +41,9 @@ func (f *failover) Route(netip.AddrPort, *Head) (Route, error) { return f.route(
 func (f *failover) Retry(a *Attempt) (Route, time.Duration, bool) {
 	f.mu.Lock()
 	f.tries = append(f.tries, Attempt{Addr: a.Addr, Reason: a.Reason, Status: a.Status, GRPCStatus: a.GRPCStatus, Err: a.Err, Attempts: a.Attempts})
+	allow := f.allow
 	f.mu.Unlock()
-	if a.Attempts >= len(f.addrs) || f.allow != nil && !f.allow(a) {
+	if a.Attempts >= len(f.addrs) || allow != nil && !allow(a) {
 		return Route{}, 0, false
 	}
 	return f.route(a.Attempts), time.Millisecond, true
@@ -125,7 +126,9 @@ func TestHeldBackUnavailableIsRetriedWithAttemptHeader(t *testing.T) {
 		t.Fatalf("the retry did not carry detour-attempt: 2 (saw %v)", got)
 	}
 	// Refused by the Retrier: the client gets the upstream's own answer.
+	f.mu.Lock()
 	f.allow = func(*Attempt) bool { return false }
+	f.mu.Unlock()
 	err := dialGRPC(t, addr).Invoke(ctxT(t), mUnary, &in, &out)
 	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "replica failing" {
 		t.Fatalf("a failure not retried: %v, want the replica's UNAVAILABLE", err)
