@@ -421,8 +421,10 @@ func TestReplicaBlackHoled(t *testing.T) {
 	if !strings.Contains(m.client.log.String(), ep.String()) {
 		t.Errorf("the keepalive did not close the connection to %v", ep)
 	}
-	if found > 4*time.Second {
-		t.Errorf("the dead connection was found %v after the drop, want within the keepalive's bound (about 3.5 s)", found)
+	// The bound: a PING at the first janitor tick (250 ms) after 1 s of silence, unanswered for
+	// 2 s, seen at the next tick: 3.5 s; a second more for a loaded machine's scheduling.
+	if found > 4500*time.Millisecond {
+		t.Errorf("the dead connection was found %v after the drop, want within the keepalive's bound (3.5 s)", found)
 	}
 }
 
@@ -582,11 +584,12 @@ func TestRequestTimeout(t *testing.T) {
 }
 
 // TestFlappingReplicaIsEjectedAndReadmitted: a replica answers UNAVAILABLE to everything for 4 s,
-// then recovers. Failure accrual ejects it (the client sees nothing, as its calls are retried)
-// and probes it back once it has recovered.
+// then recovers. Failure accrual (3 failures in a row here) ejects it (the client sees nothing,
+// as its calls are retried) and probes it back once it has recovered.
 func TestFlappingReplicaIsEjectedAndReadmitted(t *testing.T) {
 	var failing atomic.Bool
-	m := newResilientMesh(t, 3, retryAll, func(i int, pod *netns.Pod) {
+	policy := strings.Replace(retryAll, "consecutiveFailures: 5", "consecutiveFailures: 3", 1)
+	m := newResilientMesh(t, 3, policy, func(i int, pod *netns.Pod) {
 		ic := passThrough
 		if i == 0 {
 			ic = func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -604,7 +607,7 @@ func TestFlappingReplicaIsEjectedAndReadmitted(t *testing.T) {
 	waitFor(t, 5*time.Second, "the load's first second", func() bool { return l.elapsed() >= time.Second })
 	failing.Store(true)
 	began := l.elapsed()
-	waitFor(t, 6*time.Second, "the flapping replica's ejection", func() bool {
+	waitFor(t, 5*time.Second, "the flapping replica's ejection", func() bool {
 		state, _ := endpointState(t, m.client, ep)
 		return state == "ejected" || state == "probing"
 	})
