@@ -10,7 +10,6 @@
 // per request. The design:
 //
 //   - One read goroutine per connection, downstream and upstream. Nothing else reads.
-//
 //   - Nobody waits for a peer's socket but that peer's own writer. Whoever holds a frame appends
 //     it to the destination connection's output queue under that connection's write mutex (wmu),
 //     and a read loop flushes the connections it wrote to once its own input has no complete
@@ -23,7 +22,6 @@
 //     for the same writer; only a connection that can be tried neither way has its writer run
 //     for every flush. So one peer that stops reading stalls only its own streams: the read
 //     loops and the janitor keep serving everyone else.
-//
 //   - The output queue is bounded. DATA enters it only while it holds less than maxQueuedData
 //     (64 KiB); past that a stream waits on the connection's blocked list as if the peer's window
 //     were closed, its bytes stay in its own buffer (bounded by the window the engine advertised,
@@ -31,27 +29,21 @@
 //     queue has drained. Frames without flow control (HEADERS, RST_STREAM, WINDOW_UPDATE, PING,
 //     SETTINGS, GOAWAY) are always queued; a connection whose queue exceeds maxQueued (1 MiB) is
 //     closed, and one whose writer makes no progress for WriteTimeout is closed by the janitor.
-//
 //   - No goroutine per stream. A stream is a small struct linking a client stream id to an upstream
 //     stream id; its state is guarded by its own mutex.
-//
 //   - DATA payloads go from the reader's buffer straight into the destination's output queue.
 //     Bytes are copied into a pooled per-stream buffer only when the destination's flow-control
 //     window (or its queue) is full, or (request side, up to Config.MaxReplayBytes) so a stream
 //     can be sent again: replayed after a refusal, or retried on another endpoint.
-//
 //   - Plain TCP sockets are read and written with raw non-blocking system calls through their
 //     RawConn (proxy/rawsock), so that an idle-between-requests proxy does not wake Go's sysmon
 //     thread on every request.
-//
 //   - An idle connection holds no buffer: read and write buffers come from a pool when there are
 //     bytes to move and go back when they are consumed or written, and a read waiting for input
 //     holds none (in.go). Idle connections cost a few KB each, mostly the read goroutine's stack.
-//
 //   - Flow control is end to end: the engine grants WINDOW_UPDATE to a sender only for bytes it has
 //     forwarded, so a slow reader on one side slows the writer on the other, and buffered bytes per
 //     stream never exceed the window the engine advertised.
-//
 //   - Failures are the Router's to judge, the engine's to act on: when an attempt fails in a
 //     way that lets the request be sent again (a failed dial, a refusal, a response held back
 //     for its 5xx or gRPC status, a reset, all with the request's bytes at hand), the Route's
