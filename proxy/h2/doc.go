@@ -61,5 +61,6 @@
 // Lock order: stream.mu, then a connection's stream-map mutex, then a connection's write mutex;
 // a pool's mutex is always taken alone. No lock is held across a socket write that may wait: a
 // writer takes wmu only to take the queue, and resumes blocked streams with no lock held.
-// Router.Route and Route.Done run without engine locks held.
+// Router.Route and Route.Done run without engine locks held; Retrier.Retry runs with the
+// stream's mutex held and must take none of the engine's.
 package h2
