@@ -75,11 +75,12 @@ demo: deps build
 
 # The mesh benchmark (direct vs two proxies, plaintext and mutual TLS, gRPC over one connection),
 # discovery at scale (2,000 services, 20,000 endpoints, 100 proxies), the init install and the
-# mutual TLS handshake.
+# mutual TLS handshake, and the failover run (a replica SIGKILLed under load and restarted).
 bench: build
 	@scripts/deps.sh $(BENCHDEPS)
 	$(GO) test -run '^$$' -bench Mesh -benchtime 1x -count 1 -v ./integration/
 	$(GO) test -run '^$$' -bench DiscoveryScale -benchtime 1x -count 1 -v ./integration/
+	$(GO) test -run '^$$' -bench Failover -benchtime 1x -count 1 -v ./integration/
 	$(GO) test -run '^$$' -bench Install -benchtime 20x -count 1 ./init/apply/
 	$(GO) test -run '^$$' -bench Handshake -benchtime 2s -count 1 ./proxy/mtls/
 	$(GO) test -run '^$$' -bench 'CollectionCost|CollectorMemory' -benchtime 10x -count 1 ./controller/telemetry/

@@ -19,7 +19,38 @@ type (
 		Addresses []string       `yaml:"addresses,flow"`
 		Protocol  string         `yaml:"protocol,omitempty"`
 		Balancer  string         `yaml:"balancer,omitempty"`
+		Timeout   string         `yaml:"timeout,omitempty"`
+		Retry     *fileRetry     `yaml:"retry,omitempty"`
+		Budget    *fileBudget    `yaml:"budget,omitempty"`
+		Accrual   *fileAccrual   `yaml:"accrual,omitempty"`
+		Routes    []fileRoute    `yaml:"routes,omitempty"`
 		Endpoints []fileEndpoint `yaml:"endpoints"`
+	}
+	fileRetry struct {
+		On         []string `yaml:"on,flow"`
+		Attempts   int      `yaml:"attempts"`
+		Backoff    string   `yaml:"backoff"`
+		MaxBackoff string   `yaml:"maxBackoff"`
+	}
+	fileBudget struct {
+		Ratio        float64 `yaml:"ratio"`
+		MinPerSecond float64 `yaml:"minPerSecond"`
+		Window       string  `yaml:"window"`
+	}
+	fileAccrual struct {
+		ConsecutiveFailures int     `yaml:"consecutiveFailures"`
+		FailureRate         float64 `yaml:"failureRate"`
+		Window              string  `yaml:"window"`
+		MinRequests         int     `yaml:"minRequests"`
+		BaseEjection        string  `yaml:"baseEjection"`
+		MaxEjection         string  `yaml:"maxEjection"`
+	}
+	fileRoute struct {
+		Path       string     `yaml:"path"`
+		Method     string     `yaml:"method,omitempty"`
+		Timeout    string     `yaml:"timeout,omitempty"`
+		Retry      *fileRetry `yaml:"retry,omitempty"`
+		Idempotent bool       `yaml:"idempotent,omitempty"`
 	}
 	fileEndpoint struct {
 		Address  string `yaml:"address"`
@@ -42,6 +73,21 @@ func Format(s *Snapshot) []byte {
 			Balancer:  svc.Balancer.String(),
 			Endpoints: make([]fileEndpoint, 0, len(svc.Endpoints)),
 		}
+		if p := svc.Policy; p != nil {
+			fs.Timeout = p.Timeout.String()
+			fs.Retry = formatRetry(p.Retry)
+			fs.Budget = &fileBudget{Ratio: p.Budget.Ratio, MinPerSecond: p.Budget.MinPerSecond, Window: p.Budget.Window.String()}
+			a := p.Accrual
+			fs.Accrual = &fileAccrual{ConsecutiveFailures: a.ConsecutiveFailures, FailureRate: a.FailureRate, Window: a.Window.String(),
+				MinRequests: a.MinRequests, BaseEjection: a.BaseEjection.String(), MaxEjection: a.MaxEjection.String()}
+			for _, r := range p.Routes {
+				fr := fileRoute{Path: r.PathPrefix, Method: r.Method, Retry: formatRetry(r.Retry), Idempotent: r.Idempotent}
+				if r.Timeout != 0 {
+					fr.Timeout = r.Timeout.String()
+				}
+				fs.Routes = append(fs.Routes, fr)
+			}
+		}
 		for _, a := range svc.Addresses {
 			fs.Addresses = append(fs.Addresses, a.String())
 		}
@@ -63,4 +109,11 @@ func Format(s *Snapshot) []byte {
 	_ = enc.Encode(doc)
 	_ = enc.Close()
 	return b.Bytes()
+}
+
+func formatRetry(r *RetryPolicy) *fileRetry {
+	if r == nil {
+		return nil
+	}
+	return &fileRetry{On: r.On.Names(), Attempts: r.Attempts, Backoff: r.Backoff.String(), MaxBackoff: r.MaxBackoff.String()}
 }

@@ -111,6 +111,9 @@ type Service struct {
 	Protocol Protocol
 	// Balancer is the endpoint-choice algorithm.
 	Balancer Balancer
+	// Policy is the service's timeouts, retries, retry budget and failure accrual; nil means
+	// the defaults (PolicyOf). It is part of the entry, like Protocol.
+	Policy *Policy
 	// Endpoints are the backends, in file order. A service may have none: it is known, but a
 	// request to it fails rather than leaving the mesh.
 	Endpoints []Endpoint
@@ -124,7 +127,7 @@ type Service struct {
 // policy, whatever their endpoints. A field added to Service must be added here.
 func (s *Service) EqualEntry(o *Service) bool {
 	return s.Name == o.Name && slices.Equal(s.Addresses, o.Addresses) && slices.Equal(s.Authorities, o.Authorities) &&
-		s.Protocol == o.Protocol && s.Balancer == o.Balancer
+		s.Protocol == o.Protocol && s.Balancer == o.Balancer && equalPolicy(s.Policy, o.Policy)
 }
 
 // Equal reports whether s and o describe the same service: the same entry, resolution and

@@ -328,8 +328,14 @@ func (p *parser) document(root *yaml.Node) (TrustDomain, []*Service) {
 func (p *parser) service(st *docState, n *yaml.Node, path string) *Service {
 	svc := &Service{}
 	var addrNodes, epNodes []*yaml.Node
-	seen := p.fields(n, path, []string{"name", "addresses", "protocol", "balancer", "endpoints"}, func(key string, v *yaml.Node) {
+	pp := newPolicyParser(p, path)
+	known := append([]string{"name", "addresses", "protocol", "balancer", "endpoints"}, policyFields...)
+	seen := p.fields(n, path, known, func(key string, v *yaml.Node) {
 		field := join(path, key)
+		if contains(policyFields, key) {
+			pp.field(key, v)
+			return
+		}
 		switch key {
 		case "name":
 			s, ok := p.str(v, field)
@@ -378,6 +384,7 @@ func (p *parser) service(st *docState, n *yaml.Node, path string) *Service {
 		return nil
 	}
 	p.require(seen, n, path, "name", "addresses")
+	svc.Policy = pp.finish(n)
 	for i, v := range addrNodes {
 		field := path + ".addresses[" + strconv.Itoa(i) + "]"
 		s, ok := p.str(v, field)

@@ -29,6 +29,7 @@ func EntryToProto(s *Service) *discoverypb.Service {
 		Authorities: s.Authorities,
 		Protocol:    s.Protocol.String(),
 		Balancer:    s.Balancer.String(),
+		Policy:      PolicyToProto(s.Policy),
 	}
 	for _, a := range s.Addresses {
 		pb.Addresses = append(pb.Addresses, a.String())
@@ -104,6 +105,11 @@ func EntryFromProto(pb *discoverypb.Service, field string) (*Service, error) {
 		}
 		svc.Balancer = bal
 	}
+	pol, err := PolicyFromProto(pb.GetPolicy(), join(field, "policy"))
+	if err != nil {
+		return nil, err
+	}
+	svc.Policy = pol
 	return svc, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/detourmesh/detour/discovery"
+	"github.com/detourmesh/detour/proxy/balance"
 	"github.com/detourmesh/detour/proxy/h2"
 	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/metrics"
@@ -180,6 +181,8 @@ type outcome struct {
 	// server stream must not make a healthy endpoint look slow for minutes.
 	served              time.Duration
 	reqBytes, respBytes int64
+	retried             bool // the attempt failed and the request went on to another
+	timedOut            bool // the request's deadline passed
 }
 
 // endpointLatency is outcome.served from a result's times: response headers after, the whole
@@ -203,31 +206,42 @@ type picked struct {
 }
 
 // pickOutbound chooses the endpoint of dst's service for one request.
-func (p *Proxy) pickOutbound(dst netip.AddrPort) (picked, error) {
+func (p *Proxy) pickOutbound(dst netip.AddrPort) (picked, *service, error) {
 	svc, entry := p.routes.current.Load().find(dst)
 	switch {
 	case svc == nil && entry != nil:
-		return picked{service: entry.Name}, fmt.Errorf("service %s: its endpoints are not known yet (discovery has not answered)", entry.Name)
+		return picked{service: entry.Name}, nil, fmt.Errorf("service %s: its endpoints are not known yet (discovery has not answered)", entry.Name)
 	case svc == nil:
-		return picked{}, fmt.Errorf("no service at %s any more", dst)
+		return picked{}, nil, fmt.Errorf("no service at %s any more", dst)
 	}
 	pick, err := svc.balancer.Pick()
 	if err != nil {
-		return picked{service: svc.Name}, fmt.Errorf("service %s: %w", svc.Name, err)
+		return picked{service: svc.Name}, svc, fmt.Errorf("service %s: %w", svc.Name, err)
 	}
+	svc.budget.Deposit()
+	return p.outboundPicked(svc, pick), svc, nil
+}
+
+// outboundPicked is where a request (or a retry of it) goes once the balancer has chosen: it
+// feeds the balancer each attempt's result and counts in metrics the attempt that answers the
+// client.
+func (p *Proxy) outboundPicked(svc *service, pick balance.Pick) picked {
 	peer := ""
 	if p.cfg.Identity != nil {
 		peer = pick.Endpoint.Identity // the identity the mesh dialer makes the endpoint prove
 	}
 	m := p.metrics.Route(metrics.Outbound, svc.authority, pick.Endpoint.Addr, peer)
-	return picked{addr: pick.Endpoint.Addr, service: svc.Name, peer: peer, done: func(o outcome) {
-		var blame error
-		if o.upstream {
-			blame = o.err
+	name := svc.Name
+	return picked{addr: pick.Endpoint.Addr, service: name, peer: peer, done: func(o outcome) {
+		pick.DoneWith(o.served, o.accrualFailure())
+		if o.retried {
+			return // the client saw nothing of this attempt: detour_retries_total counted it
 		}
-		pick.Done(blame, o.served)
 		m.Observe(o.status, o.grpcStatus, o.failed(), o.took)
-	}}, nil
+		if o.timedOut {
+			p.metrics.TimedOut(name)
+		}
+	}}
 }
 
 // pickInbound sends every request to the application at the address the client dialled (see
@@ -275,7 +289,7 @@ func (p *Proxy) denied(port uint16, peer, why string) {
 func h2Outcome(r h2.Result) outcome {
 	return outcome{status: r.Status, grpcStatus: r.GRPCStatus, err: r.Err, upstream: r.Upstream,
 		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued),
-		reqBytes: r.ReqBytes, respBytes: r.RespBytes}
+		reqBytes: r.ReqBytes, respBytes: r.RespBytes, retried: r.Retried, timedOut: r.TimedOut}
 }
 
 func h1Outcome(r http1.Result) outcome {
@@ -289,7 +303,7 @@ func h1Outcome(r http1.Result) outcome {
 // taps the proxy, publish the request to the tap.
 
 func (p *Proxy) routeH2Outbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error) {
-	pk, err := p.pickOutbound(dst)
+	pk, svc, err := p.pickOutbound(dst)
 	if p.tap.Active() {
 		pk = p.tapped(pk, h2TapEvent(metrics.Outbound, dst, h), err)
 	}
@@ -300,7 +314,8 @@ func (p *Proxy) routeH2Outbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error
 		info.sentTo(pk.addr)
 	}
 	done := pk.done // the closure keeps only what it calls
-	return h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}, nil
+	rt := svc.route(h.Method, h.Path)
+	return h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }, Retry: rt, Timeout: rt.timeout}, nil
 }
 
 func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error) {
@@ -312,7 +327,9 @@ func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error)
 		info.sentTo(pk.addr)
 	}
 	done := pk.done
-	route := h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }}
+	// A mesh peer is a Detour proxy: it learns from the failure whether the application saw
+	// the request (h2.Route.MeshClient), so it can send it to another replica.
+	route := h2.Route{Addr: pk.addr, Done: func(r h2.Result) { done(h2Outcome(r)) }, MeshClient: h.Conn.Peer != ""}
 	if denied != "" {
 		return route, &h2.Refusal{Message: denied} // 403, or gRPC PERMISSION_DENIED
 	}
@@ -320,7 +337,7 @@ func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error)
 }
 
 func (p *Proxy) routeH1Outbound(dst netip.AddrPort, r *http.Request) (http1.Route, error) {
-	pk, err := p.pickOutbound(dst)
+	pk, _, err := p.pickOutbound(dst)
 	if p.tap.Active() {
 		pk = p.tapped(pk, h1TapEvent(metrics.Outbound, dst, r), err)
 	}

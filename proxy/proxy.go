@@ -185,11 +185,29 @@ func New(cfg Config) *Proxy {
 		dialH1 = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNHTTP1)
 		p.dialMesh = mtls.Dialer(cfg.Identity, p.routes.identity, mtls.ALPNTCP)
 	}
+	p.routes.onEject = func(service string, addr netip.AddrPort, d time.Duration) {
+		p.metrics.Ejected(service, addr)
+		p.log.Info("endpoint ejected", "service", service, "endpoint", addr, "for", d.Round(time.Millisecond))
+	}
+	p.routes.build = p.buildRetriers
 	p.h2out = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Outbound), Dial: dialH2, Logger: cfg.Logger,
-		OnPanic: func(h2.Panic) { p.metrics.Panicked(metrics.Outbound, "h2") }})
+		OnPanic:           func(h2.Panic) { p.metrics.Panicked(metrics.Outbound, "h2") },
+		OnUpstreamFailure: func(addr netip.AddrPort, _ error) { p.routes.ejectEverywhere(addr) },
+		// Meshed endpoints are Detour proxies, which take frequent pings: a black-holed one is
+		// found in seconds.
+		PeerKeepalive: func(addr netip.AddrPort) bool { _, ok := p.routes.identity(addr); return ok }})
 	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger, MaxConnsPerEndpoint: 1,
 		OnPanic: func(h2.Panic) { p.metrics.Panicked(metrics.Inbound, "h2") }})
-	p.h1out = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Outbound), Dial: dialH1, Logger: cfg.Logger})
+	// A failed HTTP/1 dial marks the endpoint down for every pick, as an HTTP/2 one does (the
+	// HTTP/1 engine does not resend requests elsewhere).
+	dialH1Out := func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+		c, err := dialH1(ctx, addr)
+		if err != nil && ctx.Err() == nil {
+			p.routes.ejectEverywhere(addr)
+		}
+		return c, err
+	}
+	p.h1out = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Outbound), Dial: dialH1Out, Logger: cfg.Logger})
 	p.h1in = http1.NewServer(http1.Config{Router: http1.RouterFunc(p.routeH1Inbound), Logger: cfg.Logger})
 	return p
 }

@@ -4,11 +4,13 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/proxy/balance"
+	"github.com/detourmesh/detour/proxy/retry"
 )
 
 // service is a discovered service with the balancer that spreads its requests. balancer is nil
@@ -17,6 +19,10 @@ type service struct {
 	*discovery.Service
 	balancer  balance.Balancer
 	authority string // label for metrics: the service's first authority, else its name
+	// budget bounds the service's retries; kept across updates while its settings stay.
+	budget *retry.Budget
+	// retriers are the service's route policies, then its own (resilience.go).
+	retriers []retrier
 }
 
 // table is one immutable routing view: a discovery snapshot and a balancer per resolved
@@ -58,15 +64,22 @@ func (t *table) lookup(dst netip.AddrPort) *service {
 type routes struct {
 	current atomic.Pointer[table]
 	opts    balance.Options
+	// onEject is told of every ejection (metrics, log); set before the first update.
+	onEject func(service string, addr netip.AddrPort, d time.Duration)
+	// build finishes a fresh service (its retriers); set before the first update.
+	build func(*service)
 
 	mu        sync.Mutex
 	balancers map[string]kept // by service name
 }
 
-// kept is a service's balancer and the algorithm it was made for.
+// kept is a service's balancer and budget, and the settings they were made for.
 type kept struct {
 	balance.Balancer
-	kind discovery.Balancer
+	kind    discovery.Balancer
+	accrual discovery.Accrual
+	budget  *retry.Budget
+	bset    discovery.Budget
 }
 
 func newRoutes(opts balance.Options) *routes {
@@ -104,13 +117,21 @@ func (r *routes) update(snap *discovery.Snapshot) (changed, reidentified []netip
 				continue
 			}
 		}
+		pol := s.PolicyOf()
 		k, ok := r.balancers[s.Name]
-		if !ok || k.kind != s.Balancer {
-			k = kept{balance.New(s.Balancer, r.opts), s.Balancer}
-			r.balancers[s.Name] = k
+		if !ok || k.kind != s.Balancer || k.accrual != pol.Accrual {
+			k.Balancer, k.kind, k.accrual = balance.New(s.Balancer, r.balanceOptions(s.Name, pol)), s.Balancer, pol.Accrual
 		}
+		if k.budget == nil || k.bset != pol.Budget {
+			k.budget, k.bset = retry.NewBudget(pol.Budget.Ratio, pol.Budget.MinPerSecond, pol.Budget.Window, r.opts.Now), pol.Budget
+		}
+		r.balancers[s.Name] = k
 		k.Update(s.Endpoints)
-		t.services[s] = &service{Service: s, balancer: k.Balancer, authority: authority(s)}
+		svc := &service{Service: s, balancer: k.Balancer, authority: authority(s), budget: k.budget}
+		if r.build != nil {
+			r.build(svc)
+		}
+		t.services[s] = svc
 		fresh = append(fresh, s)
 	}
 	for name := range r.balancers {
@@ -186,6 +207,78 @@ type serviceDoc struct {
 	Endpoints []endpointDoc `json:"endpoints"`
 	// Unresolved: the endpoints are not known (shown with ?all only).
 	Unresolved bool `json:"unresolved,omitempty"`
+	// Policy is the service's timeouts, retries, budget and accrual in force.
+	Policy *policyDoc `json:"policy,omitempty"`
+}
+
+// policyDoc is a discovery.Policy as /debug/endpoints shows it: durations as Go writes them.
+type policyDoc struct {
+	Timeout string           `json:"timeout,omitempty"`
+	Retry   *retryDoc        `json:"retry,omitempty"`
+	Budget  budgetDoc        `json:"budget"`
+	Accrual accrualDoc       `json:"accrual"`
+	Routes  []routePolicyDoc `json:"routes,omitempty"`
+}
+
+type retryDoc struct {
+	On         []string `json:"on"`
+	Attempts   int      `json:"attempts"`
+	Backoff    string   `json:"backoff"`
+	MaxBackoff string   `json:"max_backoff"`
+}
+
+type budgetDoc struct {
+	Ratio        float64 `json:"ratio"`
+	MinPerSecond float64 `json:"min_per_second"`
+	Window       string  `json:"window"`
+	// Requests and Retries are what the budget counted over its window, now.
+	Requests int64 `json:"requests"`
+	Retries  int64 `json:"retries"`
+}
+
+type accrualDoc struct {
+	ConsecutiveFailures int     `json:"consecutive_failures"`
+	FailureRate         float64 `json:"failure_rate,omitempty"`
+	Window              string  `json:"window"`
+	BaseEjection        string  `json:"base_ejection"`
+	MaxEjection         string  `json:"max_ejection"`
+}
+
+type routePolicyDoc struct {
+	Path       string    `json:"path"`
+	Method     string    `json:"method,omitempty"`
+	Timeout    string    `json:"timeout,omitempty"`
+	Retry      *retryDoc `json:"retry,omitempty"`
+	Idempotent bool      `json:"idempotent,omitempty"`
+}
+
+func durDoc(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return d.String()
+}
+
+func retryDocOf(r *discovery.RetryPolicy) *retryDoc {
+	if r == nil {
+		return nil
+	}
+	return &retryDoc{On: r.On.Names(), Attempts: r.Attempts, Backoff: r.Backoff.String(), MaxBackoff: r.MaxBackoff.String()}
+}
+
+func policyDocOf(p *discovery.Policy, b *retry.Budget) *policyDoc {
+	d := &policyDoc{Timeout: durDoc(p.Timeout), Retry: retryDocOf(p.Retry),
+		Budget: budgetDoc{Ratio: p.Budget.Ratio, MinPerSecond: p.Budget.MinPerSecond, Window: p.Budget.Window.String()},
+		Accrual: accrualDoc{ConsecutiveFailures: p.Accrual.ConsecutiveFailures, FailureRate: p.Accrual.FailureRate,
+			Window: p.Accrual.Window.String(), BaseEjection: p.Accrual.BaseEjection.String(), MaxEjection: p.Accrual.MaxEjection.String()}}
+	if b != nil {
+		d.Budget.Requests, d.Budget.Retries = b.Window()
+	}
+	for _, r := range p.Routes {
+		d.Routes = append(d.Routes, routePolicyDoc{Path: r.PathPrefix, Method: r.Method, Timeout: durDoc(r.Timeout),
+			Retry: retryDocOf(r.Retry), Idempotent: r.Idempotent})
+	}
+	return d
 }
 
 type endpointDoc struct {
@@ -196,6 +289,12 @@ type endpointDoc struct {
 	InFlight int64   `json:"in_flight"`
 	RTTms    float64 `json:"rtt_ms,omitempty"` // peak-EWMA estimate, p2c-ewma only
 	Sampled  bool    `json:"sampled,omitempty"`
+	// State is up, ejected (until EjectedUntil) or probing (failure accrual); "" for a
+	// service not resolved.
+	State               string     `json:"state,omitempty"`
+	EjectedUntil        *time.Time `json:"ejected_until,omitempty"`
+	ConsecutiveFailures int        `json:"consecutive_failures"`
+	Ejections           int64      `json:"ejections"`
 }
 
 func (r *routes) doc(all bool) endpointsDoc {
@@ -218,23 +317,26 @@ func (r *routes) doc(all bool) endpointsDoc {
 		}
 		sd.Addresses = append(sd.Addresses, s.Authorities...)
 		stats := map[netip.AddrPort]balance.EndpointStats{}
-		var b balance.Balancer
+		var budget *retry.Budget
 		if svc := t.services[s]; svc != nil {
-			b = svc.balancer
-		}
-		if st, ok := b.(interface {
-			Stats() []balance.EndpointStats
-		}); ok {
-			for _, e := range st.Stats() {
+			for _, e := range svc.balancer.Stats() {
 				stats[e.Endpoint.Addr] = e
 			}
+			budget = svc.budget
 		}
+		sd.Policy = policyDocOf(s.PolicyOf(), budget)
 		for _, e := range s.Endpoints {
 			st := stats[e.Addr]
-			sd.Endpoints = append(sd.Endpoints, endpointDoc{
+			ed := endpointDoc{
 				Address: e.Addr.String(), Identity: e.Identity, Weight: e.Weight, Zone: e.Zone,
 				InFlight: st.InFlight, RTTms: float64(st.RTT.Microseconds()) / 1000, Sampled: st.Sampled,
-			})
+				State: st.State, ConsecutiveFailures: st.ConsecutiveFailures, Ejections: st.Ejections,
+			}
+			if st.State == balance.StateEjected {
+				until := st.EjectedUntil.UTC()
+				ed.EjectedUntil = &until
+			}
+			sd.Endpoints = append(sd.Endpoints, ed)
 		}
 		doc.Services = append(doc.Services, sd)
 	}

@@ -260,7 +260,7 @@ func TestAServiceWhoseEndpointsNeverComeFailsItsRequests(t *testing.T) {
 		t.Fatalf("after the timeout: %+v, want the service without a balancer", svc)
 	}
 	// Never its original destination: the request fails, naming why.
-	if _, err := p.pickOutbound(vip); err == nil || !strings.Contains(err.Error(), "not known yet") {
+	if _, _, err := p.pickOutbound(vip); err == nil || !strings.Contains(err.Error(), "not known yet") {
 		t.Errorf("a request: %v", err)
 	}
 }

@@ -117,6 +117,22 @@ func (p *Proxy) relayTCP(ctx context.Context, direction string, svc *service, ds
 	up, err := dial(ctx, target)
 	if pick != nil {
 		pick.Done(err, time.Since(start)) // a connection's cost to the balancer is its connect time
+		// A connection that could not be made reached no application: mark the endpoint down
+		// for every pick and try the others.
+		for tries := 1; err != nil && tries < min(len(svc.Endpoints), 3) && ctx.Err() == nil; tries++ {
+			svc.balancer.Eject(target)
+			pk, perr := svc.balancer.PickOther(target)
+			if perr != nil || pk.Endpoint.Addr == target {
+				break
+			}
+			p.metrics.Retried(svc.Name, target, "dial_failed")
+			target, start = pk.Endpoint.Addr, time.Now()
+			up, err = dial(ctx, target)
+			pk.Done(err, time.Since(start))
+		}
+		if err != nil {
+			svc.balancer.Eject(target)
+		}
 	}
 	if err != nil {
 		p.log.Debug("relay dial failed", "direction", direction, "target", target, "err", err)

@@ -360,12 +360,15 @@ func (x *ServiceTable) GetRemoved() []string {
 // Service is one entry of the table. Per-service policy travels here, so a change of policy is
 // a change of the table.
 type Service struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`               // namespace-qualified, e.g. stockdata.stocks
-	Addresses     []string               `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`     // VIPs, "198.19.0.10:80" or "[fd00:de71::10]:80"
-	Authorities   []string               `protobuf:"bytes,3,rep,name=authorities,proto3" json:"authorities,omitempty"` // "stockdata.stocks:80"
-	Protocol      string                 `protobuf:"bytes,4,opt,name=protocol,proto3" json:"protocol,omitempty"`       // auto | http1 | http2 | opaque; "" is auto
-	Balancer      string                 `protobuf:"bytes,5,opt,name=balancer,proto3" json:"balancer,omitempty"`       // p2c-ewma | round-robin; "" is p2c-ewma
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`               // namespace-qualified, e.g. stockdata.stocks
+	Addresses   []string               `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`     // VIPs, "198.19.0.10:80" or "[fd00:de71::10]:80"
+	Authorities []string               `protobuf:"bytes,3,rep,name=authorities,proto3" json:"authorities,omitempty"` // "stockdata.stocks:80"
+	Protocol    string                 `protobuf:"bytes,4,opt,name=protocol,proto3" json:"protocol,omitempty"`       // auto | http1 | http2 | opaque; "" is auto
+	Balancer    string                 `protobuf:"bytes,5,opt,name=balancer,proto3" json:"balancer,omitempty"`       // p2c-ewma | round-robin; "" is p2c-ewma
+	// Timeouts, retries, retry budget and failure accrual; absent means the defaults. When
+	// present every value is literal (zero means zero), as the discovery file resolves them.
+	Policy        *Policy `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -435,6 +438,377 @@ func (x *Service) GetBalancer() string {
 	return ""
 }
 
+func (x *Service) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type Policy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TimeoutMs     int64                  `protobuf:"varint,1,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"` // 0: none
+	Retry         *RetryPolicy           `protobuf:"bytes,2,opt,name=retry,proto3" json:"retry,omitempty"`                           // absent: failures in the application are not retried
+	Budget        *Budget                `protobuf:"bytes,3,opt,name=budget,proto3" json:"budget,omitempty"`
+	Accrual       *Accrual               `protobuf:"bytes,4,opt,name=accrual,proto3" json:"accrual,omitempty"`
+	Routes        []*RoutePolicy         `protobuf:"bytes,5,rep,name=routes,proto3" json:"routes,omitempty"` // first match wins
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_api_discoverypb_discovery_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Policy) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *Policy) GetRetry() *RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+func (x *Policy) GetBudget() *Budget {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+func (x *Policy) GetAccrual() *Accrual {
+	if x != nil {
+		return x.Accrual
+	}
+	return nil
+}
+
+func (x *Policy) GetRoutes() []*RoutePolicy {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+type RetryPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	On            []string               `protobuf:"bytes,1,rep,name=on,proto3" json:"on,omitempty"`              // unavailable, internal, resource-exhausted, 500, 502, 503, 504, 5xx, reset
+	Attempts      uint32                 `protobuf:"varint,2,opt,name=attempts,proto3" json:"attempts,omitempty"` // the first included
+	BackoffMs     int64                  `protobuf:"varint,3,opt,name=backoff_ms,json=backoffMs,proto3" json:"backoff_ms,omitempty"`
+	MaxBackoffMs  int64                  `protobuf:"varint,4,opt,name=max_backoff_ms,json=maxBackoffMs,proto3" json:"max_backoff_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryPolicy) Reset() {
+	*x = RetryPolicy{}
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryPolicy) ProtoMessage() {}
+
+func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
+func (*RetryPolicy) Descriptor() ([]byte, []int) {
+	return file_api_discoverypb_discovery_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RetryPolicy) GetOn() []string {
+	if x != nil {
+		return x.On
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetBackoffMs() int64 {
+	if x != nil {
+		return x.BackoffMs
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetMaxBackoffMs() int64 {
+	if x != nil {
+		return x.MaxBackoffMs
+	}
+	return 0
+}
+
+type Budget struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ratio         float64                `protobuf:"fixed64,1,opt,name=ratio,proto3" json:"ratio,omitempty"`
+	MinPerSecond  float64                `protobuf:"fixed64,2,opt,name=min_per_second,json=minPerSecond,proto3" json:"min_per_second,omitempty"`
+	WindowMs      int64                  `protobuf:"varint,3,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Budget) Reset() {
+	*x = Budget{}
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Budget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Budget) ProtoMessage() {}
+
+func (x *Budget) ProtoReflect() protoreflect.Message {
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Budget.ProtoReflect.Descriptor instead.
+func (*Budget) Descriptor() ([]byte, []int) {
+	return file_api_discoverypb_discovery_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Budget) GetRatio() float64 {
+	if x != nil {
+		return x.Ratio
+	}
+	return 0
+}
+
+func (x *Budget) GetMinPerSecond() float64 {
+	if x != nil {
+		return x.MinPerSecond
+	}
+	return 0
+}
+
+func (x *Budget) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+type Accrual struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	ConsecutiveFailures uint32                 `protobuf:"varint,1,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"` // 0: off
+	FailureRate         float64                `protobuf:"fixed64,2,opt,name=failure_rate,json=failureRate,proto3" json:"failure_rate,omitempty"`                        // 0: off
+	WindowMs            int64                  `protobuf:"varint,3,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	MinRequests         uint32                 `protobuf:"varint,4,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
+	BaseEjectionMs      int64                  `protobuf:"varint,5,opt,name=base_ejection_ms,json=baseEjectionMs,proto3" json:"base_ejection_ms,omitempty"`
+	MaxEjectionMs       int64                  `protobuf:"varint,6,opt,name=max_ejection_ms,json=maxEjectionMs,proto3" json:"max_ejection_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *Accrual) Reset() {
+	*x = Accrual{}
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Accrual) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Accrual) ProtoMessage() {}
+
+func (x *Accrual) ProtoReflect() protoreflect.Message {
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Accrual.ProtoReflect.Descriptor instead.
+func (*Accrual) Descriptor() ([]byte, []int) {
+	return file_api_discoverypb_discovery_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Accrual) GetConsecutiveFailures() uint32 {
+	if x != nil {
+		return x.ConsecutiveFailures
+	}
+	return 0
+}
+
+func (x *Accrual) GetFailureRate() float64 {
+	if x != nil {
+		return x.FailureRate
+	}
+	return 0
+}
+
+func (x *Accrual) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+func (x *Accrual) GetMinRequests() uint32 {
+	if x != nil {
+		return x.MinRequests
+	}
+	return 0
+}
+
+func (x *Accrual) GetBaseEjectionMs() int64 {
+	if x != nil {
+		return x.BaseEjectionMs
+	}
+	return 0
+}
+
+func (x *Accrual) GetMaxEjectionMs() int64 {
+	if x != nil {
+		return x.MaxEjectionMs
+	}
+	return 0
+}
+
+type RoutePolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PathPrefix    string                 `protobuf:"bytes,1,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	Method        string                 `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`                         // "" any
+	TimeoutMs     int64                  `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"` // 0: the service's
+	Retry         *RetryPolicy           `protobuf:"bytes,4,opt,name=retry,proto3" json:"retry,omitempty"`                           // absent: the service's
+	Idempotent    bool                   `protobuf:"varint,5,opt,name=idempotent,proto3" json:"idempotent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoutePolicy) Reset() {
+	*x = RoutePolicy{}
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoutePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoutePolicy) ProtoMessage() {}
+
+func (x *RoutePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoutePolicy.ProtoReflect.Descriptor instead.
+func (*RoutePolicy) Descriptor() ([]byte, []int) {
+	return file_api_discoverypb_discovery_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RoutePolicy) GetPathPrefix() string {
+	if x != nil {
+		return x.PathPrefix
+	}
+	return ""
+}
+
+func (x *RoutePolicy) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RoutePolicy) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *RoutePolicy) GetRetry() *RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+func (x *RoutePolicy) GetIdempotent() bool {
+	if x != nil {
+		return x.Idempotent
+	}
+	return false
+}
+
 // Endpoints is the change to one subscribed service's endpoints.
 type Endpoints struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -455,7 +829,7 @@ type Endpoints struct {
 
 func (x *Endpoints) Reset() {
 	*x = Endpoints{}
-	mi := &file_api_discoverypb_discovery_proto_msgTypes[5]
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +841,7 @@ func (x *Endpoints) String() string {
 func (*Endpoints) ProtoMessage() {}
 
 func (x *Endpoints) ProtoReflect() protoreflect.Message {
-	mi := &file_api_discoverypb_discovery_proto_msgTypes[5]
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +854,7 @@ func (x *Endpoints) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoints.ProtoReflect.Descriptor instead.
 func (*Endpoints) Descriptor() ([]byte, []int) {
-	return file_api_discoverypb_discovery_proto_rawDescGZIP(), []int{5}
+	return file_api_discoverypb_discovery_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Endpoints) GetService() string {
@@ -537,7 +911,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_api_discoverypb_discovery_proto_msgTypes[6]
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +923,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_discoverypb_discovery_proto_msgTypes[6]
+	mi := &file_api_discoverypb_discovery_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +936,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_api_discoverypb_discovery_proto_rawDescGZIP(), []int{6}
+	return file_api_discoverypb_discovery_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -617,13 +991,48 @@ const file_api_discoverypb_discovery_proto_rawDesc = "" +
 	"\fbase_version\x18\x02 \x01(\tR\vbaseVersion\x12!\n" +
 	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\x128\n" +
 	"\bservices\x18\x04 \x03(\v2\x1c.detour.discovery.v2.ServiceR\bservices\x12\x18\n" +
-	"\aremoved\x18\x05 \x03(\tR\aremoved\"\x9b\x01\n" +
+	"\aremoved\x18\x05 \x03(\tR\aremoved\"\xd0\x01\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\taddresses\x18\x02 \x03(\tR\taddresses\x12 \n" +
 	"\vauthorities\x18\x03 \x03(\tR\vauthorities\x12\x1a\n" +
 	"\bprotocol\x18\x04 \x01(\tR\bprotocol\x12\x1a\n" +
-	"\bbalancer\x18\x05 \x01(\tR\bbalancerJ\x04\b\x06\x10\a\"\xd3\x01\n" +
+	"\bbalancer\x18\x05 \x01(\tR\bbalancer\x123\n" +
+	"\x06policy\x18\a \x01(\v2\x1b.detour.discovery.v2.PolicyR\x06policyJ\x04\b\x06\x10\a\"\x86\x02\n" +
+	"\x06Policy\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x01 \x01(\x03R\ttimeoutMs\x126\n" +
+	"\x05retry\x18\x02 \x01(\v2 .detour.discovery.v2.RetryPolicyR\x05retry\x123\n" +
+	"\x06budget\x18\x03 \x01(\v2\x1b.detour.discovery.v2.BudgetR\x06budget\x126\n" +
+	"\aaccrual\x18\x04 \x01(\v2\x1c.detour.discovery.v2.AccrualR\aaccrual\x128\n" +
+	"\x06routes\x18\x05 \x03(\v2 .detour.discovery.v2.RoutePolicyR\x06routes\"~\n" +
+	"\vRetryPolicy\x12\x0e\n" +
+	"\x02on\x18\x01 \x03(\tR\x02on\x12\x1a\n" +
+	"\battempts\x18\x02 \x01(\rR\battempts\x12\x1d\n" +
+	"\n" +
+	"backoff_ms\x18\x03 \x01(\x03R\tbackoffMs\x12$\n" +
+	"\x0emax_backoff_ms\x18\x04 \x01(\x03R\fmaxBackoffMs\"a\n" +
+	"\x06Budget\x12\x14\n" +
+	"\x05ratio\x18\x01 \x01(\x01R\x05ratio\x12$\n" +
+	"\x0emin_per_second\x18\x02 \x01(\x01R\fminPerSecond\x12\x1b\n" +
+	"\twindow_ms\x18\x03 \x01(\x03R\bwindowMs\"\xf1\x01\n" +
+	"\aAccrual\x121\n" +
+	"\x14consecutive_failures\x18\x01 \x01(\rR\x13consecutiveFailures\x12!\n" +
+	"\ffailure_rate\x18\x02 \x01(\x01R\vfailureRate\x12\x1b\n" +
+	"\twindow_ms\x18\x03 \x01(\x03R\bwindowMs\x12!\n" +
+	"\fmin_requests\x18\x04 \x01(\rR\vminRequests\x12(\n" +
+	"\x10base_ejection_ms\x18\x05 \x01(\x03R\x0ebaseEjectionMs\x12&\n" +
+	"\x0fmax_ejection_ms\x18\x06 \x01(\x03R\rmaxEjectionMs\"\xbd\x01\n" +
+	"\vRoutePolicy\x12\x1f\n" +
+	"\vpath_prefix\x18\x01 \x01(\tR\n" +
+	"pathPrefix\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\x126\n" +
+	"\x05retry\x18\x04 \x01(\v2 .detour.discovery.v2.RetryPolicyR\x05retry\x12\x1e\n" +
+	"\n" +
+	"idempotent\x18\x05 \x01(\bR\n" +
+	"idempotent\"\xd3\x01\n" +
 	"\tEndpoints\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12!\n" +
@@ -651,29 +1060,40 @@ func file_api_discoverypb_discovery_proto_rawDescGZIP() []byte {
 	return file_api_discoverypb_discovery_proto_rawDescData
 }
 
-var file_api_discoverypb_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_api_discoverypb_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_api_discoverypb_discovery_proto_goTypes = []any{
 	(*DiscoveryRequest)(nil),  // 0: detour.discovery.v2.DiscoveryRequest
 	(*Subscription)(nil),      // 1: detour.discovery.v2.Subscription
 	(*DiscoveryResponse)(nil), // 2: detour.discovery.v2.DiscoveryResponse
 	(*ServiceTable)(nil),      // 3: detour.discovery.v2.ServiceTable
 	(*Service)(nil),           // 4: detour.discovery.v2.Service
-	(*Endpoints)(nil),         // 5: detour.discovery.v2.Endpoints
-	(*Endpoint)(nil),          // 6: detour.discovery.v2.Endpoint
+	(*Policy)(nil),            // 5: detour.discovery.v2.Policy
+	(*RetryPolicy)(nil),       // 6: detour.discovery.v2.RetryPolicy
+	(*Budget)(nil),            // 7: detour.discovery.v2.Budget
+	(*Accrual)(nil),           // 8: detour.discovery.v2.Accrual
+	(*RoutePolicy)(nil),       // 9: detour.discovery.v2.RoutePolicy
+	(*Endpoints)(nil),         // 10: detour.discovery.v2.Endpoints
+	(*Endpoint)(nil),          // 11: detour.discovery.v2.Endpoint
 }
 var file_api_discoverypb_discovery_proto_depIdxs = []int32{
-	1, // 0: detour.discovery.v2.DiscoveryRequest.subscribe:type_name -> detour.discovery.v2.Subscription
-	3, // 1: detour.discovery.v2.DiscoveryResponse.table:type_name -> detour.discovery.v2.ServiceTable
-	5, // 2: detour.discovery.v2.DiscoveryResponse.endpoints:type_name -> detour.discovery.v2.Endpoints
-	4, // 3: detour.discovery.v2.ServiceTable.services:type_name -> detour.discovery.v2.Service
-	6, // 4: detour.discovery.v2.Endpoints.endpoints:type_name -> detour.discovery.v2.Endpoint
-	0, // 5: detour.discovery.v2.Discovery.Stream:input_type -> detour.discovery.v2.DiscoveryRequest
-	2, // 6: detour.discovery.v2.Discovery.Stream:output_type -> detour.discovery.v2.DiscoveryResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	1,  // 0: detour.discovery.v2.DiscoveryRequest.subscribe:type_name -> detour.discovery.v2.Subscription
+	3,  // 1: detour.discovery.v2.DiscoveryResponse.table:type_name -> detour.discovery.v2.ServiceTable
+	10, // 2: detour.discovery.v2.DiscoveryResponse.endpoints:type_name -> detour.discovery.v2.Endpoints
+	4,  // 3: detour.discovery.v2.ServiceTable.services:type_name -> detour.discovery.v2.Service
+	5,  // 4: detour.discovery.v2.Service.policy:type_name -> detour.discovery.v2.Policy
+	6,  // 5: detour.discovery.v2.Policy.retry:type_name -> detour.discovery.v2.RetryPolicy
+	7,  // 6: detour.discovery.v2.Policy.budget:type_name -> detour.discovery.v2.Budget
+	8,  // 7: detour.discovery.v2.Policy.accrual:type_name -> detour.discovery.v2.Accrual
+	9,  // 8: detour.discovery.v2.Policy.routes:type_name -> detour.discovery.v2.RoutePolicy
+	6,  // 9: detour.discovery.v2.RoutePolicy.retry:type_name -> detour.discovery.v2.RetryPolicy
+	11, // 10: detour.discovery.v2.Endpoints.endpoints:type_name -> detour.discovery.v2.Endpoint
+	0,  // 11: detour.discovery.v2.Discovery.Stream:input_type -> detour.discovery.v2.DiscoveryRequest
+	2,  // 12: detour.discovery.v2.Discovery.Stream:output_type -> detour.discovery.v2.DiscoveryResponse
+	12, // [12:13] is the sub-list for method output_type
+	11, // [11:12] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_api_discoverypb_discovery_proto_init() }
@@ -687,7 +1107,7 @@ func file_api_discoverypb_discovery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_discoverypb_discovery_proto_rawDesc), len(file_api_discoverypb_discovery_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,8 +24,9 @@ const (
 	AnnotationOpaquePorts = "config.detour.io/opaque-ports"
 	// AnnotationBalancer chooses the balancer: p2c-ewma (default) or round-robin.
 	AnnotationBalancer = "config.detour.io/balancer"
-	// The retry, timeout and failure-accrual annotations of the resilience work (issue 12) are
-	// read in serviceConfig, beside these, and travel with the Service the same way.
+	// The timeout, retry, budget and failure-accrual annotations (discovery.ParseAnnotations,
+	// discovery.Annotation*) are read in serviceConfig, beside these, and travel with the
+	// Service the same way.
 )
 
 // Input is what a rebuild reads: the informers' objects at one moment. The build is a pure
@@ -101,12 +102,16 @@ func Build(in Input) ([]*discovery.Service, []Problem) {
 			proto := cfg.protocol(port)
 			eps := endpoints(in, svc, port, svcSlices)
 			if headless {
-				out = append(out, headlessServices(in, svc, port, prefix, proto, cfg.balancer, eps)...)
+				for _, ds := range headlessServices(in, svc, port, prefix, proto, cfg.balancer, eps) {
+					ds.Policy = cfg.policy
+					out = append(out, ds)
+				}
 				continue
 			}
 			ds := &discovery.Service{
 				Name:     prefix + svc.Name + "." + svc.Namespace,
 				Protocol: proto, Balancer: cfg.balancer, Endpoints: make([]discovery.Endpoint, len(eps)),
+				Policy: cfg.policy,
 			}
 			for i, e := range eps {
 				ds.Endpoints[i] = e.Endpoint

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -222,6 +223,38 @@ func TestBuildAnnotations(t *testing.T) {
 	m = byName(t, got)
 	if len(problems) != 3 || m["80.stockdata.stocks"].Protocol != discovery.ProtocolHTTP2 || m["80.stockdata.stocks"].Balancer != discovery.BalancerP2CEWMA {
 		t.Errorf("bad annotations: problems %v, protocol %v, balancer %v", problems, m["80.stockdata.stocks"].Protocol, m["80.stockdata.stocks"].Balancer)
+	}
+}
+
+// TestBuildPolicyAnnotations: the config.detour.io/ policy annotations become the Service's
+// discovery.Policy on every port; a bad one is reported and leaves the default policy.
+func TestBuildPolicyAnnotations(t *testing.T) {
+	f := stockFixture()
+	f.svcs[0].Annotations = map[string]string{
+		AnnotationBalancer:                   "round-robin",
+		discovery.AnnotationRetryOn:          "unavailable,reset",
+		discovery.AnnotationBudgetRatio:      "0.1",
+		discovery.AnnotationIdempotentRoutes: "POST /stockkube.v1.StockData/GetQuote",
+		discovery.AnnotationRouteTimeouts:    "/stockkube.v1.StockData/GetQuote=200ms",
+	}
+	got, problems := Build(f.input())
+	m := byName(t, got)
+	for _, name := range []string{"80.stockdata.stocks", "9090.stockdata.stocks"} {
+		p := m[name].Policy
+		if p == nil || p.Retry == nil || p.Retry.On != discovery.RetryUnavailable|discovery.RetryReset || p.Budget.Ratio != 0.1 {
+			t.Fatalf("%s: policy %+v, problems %v", name, p, problems)
+		}
+		if r := p.Match("POST", "/stockkube.v1.StockData/GetQuote"); r == nil || !r.Idempotent || r.Timeout != 200*time.Millisecond {
+			t.Fatalf("%s: route %+v", name, r)
+		}
+	}
+	if len(problems) != 0 {
+		t.Fatalf("problems %v", problems)
+	}
+	f.svcs[0].Annotations = map[string]string{discovery.AnnotationRetryAttempts: "100"}
+	got, problems = Build(f.input())
+	if m := byName(t, got); m["80.stockdata.stocks"].Policy != nil || len(problems) != 1 || !strings.Contains(problems[0].Msg, "retry-attempts") {
+		t.Fatalf("a bad policy annotation: policy %+v, problems %v", m["80.stockdata.stocks"].Policy, problems)
 	}
 }
 

@@ -11,10 +11,10 @@ import (
 	"github.com/detourmesh/detour/init/plan"
 )
 
-// svcConfig is a Service's mesh configuration, read from its annotations. The resilience
-// settings (retries, timeouts, budgets: issue 12) belong here too, so they travel with the
-// Service like the protocol and the balancer.
+// svcConfig is a Service's mesh configuration, read from its annotations: the protocol, the
+// balancer and the policy (timeouts, retries, budget, failure accrual) travel with the Service.
 type svcConfig struct {
+	policy      *discovery.Policy // nil: the defaults
 	protocol    func(corev1.ServicePort) discovery.Protocol
 	balancer    discovery.Balancer
 	declared    discovery.Protocol // from AnnotationProtocol
@@ -51,6 +51,11 @@ func serviceConfig(svc *corev1.Service) (svcConfig, []string) {
 			errs = append(errs, fmt.Sprintf("annotation %s is %q: want p2c-ewma or round-robin; using p2c-ewma", AnnotationBalancer, v))
 		}
 	}
+	pol, err := discovery.ParseAnnotations(ann)
+	if err != nil {
+		errs = append(errs, fmt.Sprintf("%v; the service keeps the default policy", err))
+	}
+	c.policy = pol
 	c.protocol = func(port corev1.ServicePort) discovery.Protocol {
 		if slices.ContainsFunc(c.opaque, func(r plan.PortRange) bool {
 			return uint32(r.First) <= uint32(port.Port) && uint32(port.Port) <= uint32(r.Last)

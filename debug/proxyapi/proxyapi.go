@@ -219,6 +219,8 @@ type Service struct {
 	Endpoints []Endpoint `json:"endpoints"`
 	// Unresolved: the proxy does not follow this service's endpoints (listed with all only).
 	Unresolved bool `json:"unresolved,omitempty"`
+	// Policy is the service's timeouts, retries, budget and accrual, as the proxy wrote them.
+	Policy json.RawMessage `json:"policy,omitempty"`
 }
 
 // Endpoint is one endpoint of a Service. Other holds the fields this client does not know (a

@@ -37,20 +37,32 @@ import (
 var ErrNoEndpoints = errors.New("service has no endpoints")
 
 // Balancer chooses endpoints for requests to one service.
+//
+// Endpoints that fail too often are ejected (failure accrual, see Accrual): picks avoid them
+// until their ejection ends and a probe request succeeds, except when every endpoint is ejected,
+// when picks go on over all of them (panic mode), as Envoy does: ejection never empties a service.
 type Balancer interface {
 	// Pick chooses an endpoint for one request and counts the request as in flight there.
 	// The caller must call Done on the result exactly once when the request ends. It fails
 	// only with ErrNoEndpoints.
 	Pick() (Pick, error)
+	// PickOther is Pick avoiding the endpoint at addr (a retry goes elsewhere); it returns
+	// that endpoint only when it is the service's only one.
+	PickOther(addr netip.AddrPort) (Pick, error)
+	// Eject takes the endpoint at addr out of picks at once (a dial to it failed), as failures
+	// would; it is probed back like any ejected endpoint. No-op for an address not in the set.
+	Eject(addr netip.AddrPort)
 	// Update replaces the endpoint set. Endpoints keep their statistics across updates while
 	// their address stays in the set. The balancer copies endpoints.
 	Update(endpoints []discovery.Endpoint)
+	// Stats returns every endpoint's load and state, for debugging. It allocates.
+	Stats() []EndpointStats
 }
 
 // New returns the balancer a service asks for.
 func New(kind discovery.Balancer, opts Options) Balancer {
 	if kind == discovery.BalancerRoundRobin {
-		return NewRoundRobin()
+		return NewRoundRobinWith(opts)
 	}
 	return NewP2C(opts)
 }
@@ -59,7 +71,8 @@ func New(kind discovery.Balancer, opts Options) Balancer {
 type Pick struct {
 	// Endpoint is the chosen endpoint. It is shared and must not be modified.
 	Endpoint *discovery.Endpoint
-	st       *stats
+	e        *entry
+	hs       *healthSet
 	b        *P2C // nil for round robin: no latency to feed
 }
 
@@ -67,22 +80,29 @@ type Pick struct {
 // sending the request to receiving the response headers (the time the endpoint made the
 // caller wait); rtt <= 0 means no sample (for a relayed TCP connection, call Done when it closes
 // with rtt 0, or with the connect time). A non-nil err marks a failure the endpoint is to blame
-// for (connect refused, reset, timeout) and counts as a latency of at least
-// Options.FailurePenalty, so P2C steers away from the endpoint until the penalty decays;
-// application errors (an HTTP 500) are successes here. Call Done exactly once.
-func (p Pick) Done(err error, rtt time.Duration) {
-	if p.st == nil {
+// for (connect refused, reset, timeout): see DoneWith. Call Done or DoneWith exactly once.
+func (p Pick) Done(err error, rtt time.Duration) { p.DoneWith(rtt, err != nil) }
+
+// DoneWith is Done with the caller's verdict: failed marks a failure of the endpoint (one the
+// caller classifies so: a lost connection, an HTTP 503, a gRPC UNAVAILABLE). A failure counts
+// as a latency of at least Options.FailurePenalty, so P2C steers away from the endpoint until
+// the penalty decays, and toward its ejection (Accrual). Other application errors (an HTTP 404,
+// a gRPC NOT_FOUND) are successes here.
+func (p Pick) DoneWith(rtt time.Duration, failed bool) {
+	if p.e == nil {
 		return
 	}
-	p.st.inflight.Add(-1)
+	st := p.e.st
+	st.inflight.Add(-1)
+	p.hs.record(p.e, failed)
 	if p.b == nil {
 		return
 	}
-	if err != nil && rtt < p.b.penalty {
+	if failed && rtt < p.b.penalty {
 		rtt = p.b.penalty
 	}
 	if rtt > 0 {
-		p.st.observe(p.b.now(), float64(rtt), p.b.decayTicks)
+		st.observe(p.b.now(), float64(rtt), p.b.decayTicks, failed)
 	}
 }
 
@@ -94,6 +114,12 @@ type EndpointStats struct {
 	// sample yet it is the decayed default and Sampled is false. Zero for round robin.
 	RTT     time.Duration
 	Sampled bool
+	// State is StateUp, StateEjected (until EjectedUntil) or StateProbing; the failures in a
+	// row so far and the ejections ever.
+	State               string
+	EjectedUntil        time.Time
+	ConsecutiveFailures int
+	Ejections           int64
 }
 
 // stats is what the balancer knows about one endpoint address. It outlives pickers: Update
@@ -105,8 +131,9 @@ type stats struct {
 	// with its 8 low mantissa bits dropped (relative precision 3e-5), negative while the
 	// value is the unsampled default; the low 40 bits are the update time in ticks of
 	// 2^17 ns (131 µs), which wrap after 4.5 years.
-	ewma atomic.Uint64
-	_    [48]byte // keep endpoints' counters on separate cache lines
+	ewma   atomic.Uint64
+	health health
+	_      [64]byte // keep endpoints' counters on separate cache lines
 }
 
 const (
@@ -115,8 +142,12 @@ const (
 	stampMask = 1<<stampBits - 1
 )
 
+// penaltyBit, the estimate's lowest mantissa bit (a relative 3e-5 of it), marks an estimate
+// that is a failure's penalty rather than a latency.
+const penaltyBit = 1 << stampBits
+
 func pack(est float32, tick uint64) uint64 {
-	return uint64(math.Float32bits(est)>>8)<<stampBits | tick&stampMask
+	return (uint64(math.Float32bits(est)>>8)<<stampBits | tick&stampMask) &^ penaltyBit
 }
 
 func unpack(v uint64) (est float32, tick uint64) {
@@ -130,10 +161,19 @@ type entry struct {
 	invWeight float64
 }
 
-// endpointSet carries statistics across updates; shared by both algorithms.
+// endpointSet carries statistics across updates and the failure accrual; shared by both
+// algorithms.
 type endpointSet struct {
 	mu    sync.Mutex
 	stats map[netip.AddrPort]*stats
+	hs    healthSet
+}
+
+func (s *endpointSet) init(opts Options) {
+	s.hs.cfg = opts.Accrual
+	s.hs.cfg.setDefaults()
+	s.hs.clock = newClock(opts.Now)
+	s.hs.onEject = opts.OnEject
 }
 
 // entries builds picker entries for eps, reusing the stats of addresses already known and

@@ -3,6 +3,7 @@ package balance
 import (
 	"math"
 	"math/rand/v2"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -23,13 +24,20 @@ type Options struct {
 	// zero, so an endpoint that was slow once is tried again rather than shunned for ever.
 	Decay time.Duration
 	// FailurePenalty is the least latency a failed request counts as; default 1 s. It is what
-	// makes P2C avoid an endpoint that fails fast (a refused connection looks quick). A
-	// penalized endpoint competes again after about Decay*ln(FailurePenalty/peer cost), under
-	// a minute with the defaults, and is penalized again if it still fails: the hook that
-	// later outlier ejection builds on.
-	FailurePenalty time.Duration
+	// makes P2C avoid an endpoint that fails fast (a refused connection looks quick). The
+	// penalty holds for FailurePenaltyFor: past it, an endpoint that has not failed again is
+	// judged by its load alone, so it gets a request now and then, which either succeeds
+	// (the penalty is forgotten: its latency is what it was) or fails and renews it, and
+	// counts toward its ejection (Accrual). Without that limit a single failure would keep a
+	// recovered endpoint out for about Decay×ln(FailurePenalty/peer latency), a minute.
+	FailurePenalty    time.Duration
+	FailurePenaltyFor time.Duration // default 250 ms
 	// Now is the clock; default time.Now. Tests pass a fake.
 	Now func() time.Time
+	// Accrual configures the ejection of failing endpoints (both algorithms).
+	Accrual Accrual
+	// OnEject, if set, is told of every ejection and its length (metrics); it must not block.
+	OnEject func(addr netip.AddrPort, d time.Duration)
 }
 
 // P2C is the power-of-two-choices balancer over peak-EWMA latency (Mitzenmacher; linkerd2-proxy,
@@ -51,6 +59,7 @@ type P2C struct {
 	defaultRTT float64
 	decayTicks float64 // Decay in ticks
 	penalty    time.Duration
+	penaltyFor int64         // FailurePenaltyFor in ticks
 	now        func() uint64 // ticks
 }
 
@@ -67,19 +76,20 @@ func NewP2C(opts Options) *P2C {
 	if opts.FailurePenalty <= 0 {
 		opts.FailurePenalty = time.Second
 	}
+	if opts.FailurePenaltyFor <= 0 {
+		opts.FailurePenaltyFor = 250 * time.Millisecond
+	}
 	b := &P2C{
 		defaultRTT: float64(opts.DefaultRTT),
 		decayTicks: float64(opts.Decay) / (1 << tickShift),
 		penalty:    opts.FailurePenalty,
+		penaltyFor: int64(opts.FailurePenaltyFor) >> tickShift,
 	}
-	if opts.Now == nil {
-		// time.Since on a monotonic reading skips the wall clock: the cheapest clock Go has.
-		epoch := time.Now()
-		b.now = func() uint64 { return uint64(time.Since(epoch)) >> tickShift }
-	} else {
-		epoch := opts.Now()
-		b.now = func() uint64 { return uint64(opts.Now().Sub(epoch)) >> tickShift }
-	}
+	b.set.init(opts)
+	// time.Since on a monotonic reading skips the wall clock: the cheapest clock Go has.
+	clock := b.set.hs.clock
+	b.now = func() uint64 { return uint64(clock()) >> tickShift }
+	b.set.hs.onReadmit = func(st *stats) { st.ewma.Store(pack(-float32(b.defaultRTT), b.now())) }
 	empty := []entry{}
 	b.picker.Store(&empty)
 	return b
@@ -92,18 +102,29 @@ func (b *P2C) Update(endpoints []discovery.Endpoint) {
 		st.ewma.Store(pack(-float32(b.defaultRTT), now))
 	})
 	b.picker.Store(&eps)
+	b.set.hs.recount(eps)
 }
 
 // Pick implements Balancer.
-func (b *P2C) Pick() (Pick, error) {
+func (b *P2C) Pick() (Pick, error) { return b.pick(netip.AddrPort{}) }
+
+// PickOther implements Balancer.
+func (b *P2C) PickOther(addr netip.AddrPort) (Pick, error) { return b.pick(addr) }
+
+// Eject implements Balancer.
+func (b *P2C) Eject(addr netip.AddrPort) { b.set.hs.ejectAddr(*b.picker.Load(), addr) }
+
+func (b *P2C) pick(avoid netip.AddrPort) (Pick, error) {
 	eps := *b.picker.Load()
 	n := uint64(len(eps))
 	var e *entry
-	switch n {
-	case 0:
+	switch {
+	case n == 0:
 		return Pick{}, ErrNoEndpoints
-	case 1:
+	case n == 1:
 		e = &eps[0]
+	case avoid.IsValid() || b.set.hs.ejected.Load() > 0:
+		e = b.set.hs.choose(eps, avoid, b.cheaper)
 	default:
 		// One 64-bit draw gives both indexes; Lemire's multiply-shift maps 32 random bits
 		// onto [0,n) without a division.
@@ -118,10 +139,10 @@ func (b *P2C) Pick() (Pick, error) {
 			e = f
 		}
 		e.st.inflight.Add(1)
-		return Pick{Endpoint: &e.ep, st: e.st, b: b}, nil
+		return Pick{Endpoint: &e.ep, e: e, hs: &b.set.hs, b: b}, nil
 	}
 	e.st.inflight.Add(1)
-	return Pick{Endpoint: &e.ep, st: e.st, b: b}, nil
+	return Pick{Endpoint: &e.ep, e: e, hs: &b.set.hs, b: b}, nil
 }
 
 // cheaper reports whether e costs less than f now. Both estimates decay by the same factor
@@ -131,16 +152,19 @@ func (b *P2C) cheaper(e, f *entry) bool {
 	ev, fv := e.st.ewma.Load(), f.st.ewma.Load()
 	eEst, eTick := unpack(ev)
 	fEst, fTick := unpack(fv)
-	if eEst < 0 || fEst < 0 {
-		// One side has no latency sample yet: judge by load alone rather than against a guess.
-		// Otherwise the first endpoints to answer a burst look faster than the default RTT
-		// and draw the rest of it, however equal the endpoints are.
+	// The tick difference, sign-extended from 40 bits: positive when e was updated later.
+	d := int64((eTick-fTick)<<(64-stampBits)) >> (64 - stampBits)
+	ePen, fPen := ev&penaltyBit != 0, fv&penaltyBit != 0
+	if eEst < 0 || fEst < 0 || ePen && !fPen && -d > b.penaltyFor || fPen && !ePen && d > b.penaltyFor {
+		// One side has no latency sample yet, or a failure's penalty that is over (it has not
+		// failed again since its peer's later samples): judge by load alone rather than
+		// against a guess. Otherwise the first endpoints to answer a burst look faster than
+		// the default RTT and draw the rest of it, however equal the endpoints are.
 		return float64(e.st.inflight.Load()+1)*e.invWeight < float64(f.st.inflight.Load()+1)*f.invWeight
 	}
 	ec := math.Abs(float64(eEst)) * float64(e.st.inflight.Load()+1) * e.invWeight
 	fc := math.Abs(float64(fEst)) * float64(f.st.inflight.Load()+1) * f.invWeight
-	// The tick difference, sign-extended from 40 bits: positive when e was updated later.
-	if d := int64((eTick-fTick)<<(64-stampBits)) >> (64 - stampBits); d > 0 {
+	if d > 0 {
 		fc *= expNeg(float64(d) / b.decayTicks)
 	} else if d < 0 {
 		ec *= expNeg(float64(-d) / b.decayTicks)
@@ -168,14 +192,15 @@ func decayed(v uint64, now uint64, decayTicks float64) float64 {
 	return e
 }
 
-// observe folds one latency sample (ns) into the estimate.
-func (st *stats) observe(now uint64, sample float64, decayTicks float64) {
+// observe folds one latency sample (ns) into the estimate; failed marks it a failure's
+// penalty, and the first success after one replaces it.
+func (st *stats) observe(now uint64, sample float64, decayTicks float64, failed bool) {
 	for {
 		old := st.ewma.Load()
 		est, tick := unpack(old)
 		var next float64
 		switch {
-		case est < 0 || float64(est) < sample:
+		case est < 0 || float64(est) < sample || !failed && old&penaltyBit != 0:
 			// The first sample replaces the guessed default; a sample above the estimate is
 			// taken at once: the peak.
 			next = sample
@@ -186,7 +211,11 @@ func (st *stats) observe(now uint64, sample float64, decayTicks float64) {
 			}
 			next = float64(est)*w + sample*(1-w)
 		}
-		if st.ewma.CompareAndSwap(old, pack(float32(next), now)) {
+		v := pack(float32(next), now)
+		if failed {
+			v |= penaltyBit
+		}
+		if st.ewma.CompareAndSwap(old, v) {
 			return
 		}
 	}
@@ -197,6 +226,7 @@ func (b *P2C) Stats() []EndpointStats {
 	eps := *b.picker.Load()
 	now := b.now()
 	out := make([]EndpointStats, len(eps))
+	wall := time.Now()
 	for i := range eps {
 		v := eps[i].st.ewma.Load()
 		est, _ := unpack(v)
@@ -206,6 +236,7 @@ func (b *P2C) Stats() []EndpointStats {
 			RTT:      time.Duration(decayed(v, now, b.decayTicks)),
 			Sampled:  est >= 0,
 		}
+		b.set.hs.healthStats(&eps[i], &out[i], wall)
 	}
 	return out
 }

@@ -1,7 +1,9 @@
 package balance
 
 import (
+	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/detourmesh/detour/discovery"
 )
@@ -27,9 +29,15 @@ type rrPicker struct {
 // keeps proportions to within one slot in maxSchedule.
 const maxSchedule = 4096
 
-// NewRoundRobin returns an empty round-robin balancer; Update gives it endpoints.
-func NewRoundRobin() *RoundRobin {
+// NewRoundRobin returns an empty round-robin balancer with the default Options; Update gives
+// it endpoints.
+func NewRoundRobin() *RoundRobin { return NewRoundRobinWith(Options{}) }
+
+// NewRoundRobinWith returns an empty round-robin balancer; of opts it uses the clock and the
+// accrual settings.
+func NewRoundRobinWith(opts Options) *RoundRobin {
 	b := &RoundRobin{}
+	b.set.init(opts)
 	b.picker.Store(&rrPicker{})
 	return b
 }
@@ -38,10 +46,19 @@ func NewRoundRobin() *RoundRobin {
 func (b *RoundRobin) Update(endpoints []discovery.Endpoint) {
 	eps := b.set.entries(endpoints, func(*stats) {})
 	b.picker.Store(&rrPicker{eps: eps, schedule: schedule(eps)})
+	b.set.hs.recount(eps)
 }
 
 // Pick implements Balancer.
-func (b *RoundRobin) Pick() (Pick, error) {
+func (b *RoundRobin) Pick() (Pick, error) { return b.pick(netip.AddrPort{}) }
+
+// PickOther implements Balancer.
+func (b *RoundRobin) PickOther(addr netip.AddrPort) (Pick, error) { return b.pick(addr) }
+
+// Eject implements Balancer.
+func (b *RoundRobin) Eject(addr netip.AddrPort) { b.set.hs.ejectAddr(b.picker.Load().eps, addr) }
+
+func (b *RoundRobin) pick(avoid netip.AddrPort) (Pick, error) {
 	p := b.picker.Load()
 	if len(p.eps) == 0 {
 		return Pick{}, ErrNoEndpoints
@@ -53,8 +70,12 @@ func (b *RoundRobin) Pick() (Pick, error) {
 	} else {
 		e = &p.eps[p.schedule[n%uint64(len(p.schedule))]]
 	}
+	if len(p.eps) > 1 && (e.ep.Addr == avoid || b.set.hs.ejected.Load() > 0 && !b.set.hs.available(e, b.set.hs.clock)) {
+		// Off the cycle: the next endpoint that may take it.
+		e = b.set.hs.choose(p.eps, avoid, nil)
+	}
 	e.st.inflight.Add(1)
-	return Pick{Endpoint: &e.ep, st: e.st}, nil
+	return Pick{Endpoint: &e.ep, e: e, hs: &b.set.hs}, nil
 }
 
 // schedule lays out one smooth weighted round-robin cycle, or returns nil when the weights are
@@ -119,8 +140,10 @@ func gcd(a, b uint64) uint64 {
 func (b *RoundRobin) Stats() []EndpointStats {
 	p := b.picker.Load()
 	out := make([]EndpointStats, len(p.eps))
+	wall := time.Now()
 	for i := range p.eps {
 		out[i] = EndpointStats{Endpoint: p.eps[i].ep, InFlight: p.eps[i].st.inflight.Load()}
+		b.set.hs.healthStats(&p.eps[i], &out[i], wall)
 	}
 	return out
 }

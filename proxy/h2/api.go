@@ -118,10 +118,94 @@ func (f RouterFunc) Route(dst netip.AddrPort, h *Head) (Route, error) { return f
 type Route struct {
 	// Addr is the upstream endpoint; streams to the same Addr share pooled connections.
 	Addr netip.AddrPort
-	// Done, if not nil, is called exactly once when the stream ends, from whichever engine
-	// goroutine ended it, with no engine locks held. It must not block: it feeds the balancer
-	// (latency, in-flight counts) and metrics.
+	// Done, if not nil, is called exactly once per attempt: when the stream ends, and, when Retry
+	// sent the stream elsewhere, for the attempt it left (Result.Retried set). It is called from
+	// whichever engine goroutine ended the attempt, with no engine locks held. It must not
+	// block: it feeds the balancer (latency, in-flight counts) and metrics.
 	Done func(Result)
+	// Timeout, if positive, bounds the stream from its request headers: past it (or past the
+	// request's own grpc-timeout, if shorter) the upstream stream is reset with CANCEL and the
+	// client answered DEADLINE_EXCEEDED (gRPC) or 504, Result.TimedOut set. Without it a
+	// grpc-timeout is left to the client, which resets the stream when it expires (the engine
+	// passes the CANCEL upstream); either way nothing is retried past the deadline.
+	Timeout time.Duration
+	// Retry, if not nil, is asked where a failed attempt goes next (see Retrier). Without it the
+	// engine replays only refused streams, on the same endpoint.
+	Retry Retrier
+	// MeshClient says the client is another Detour proxy, which can tell what became of the
+	// request from how the engine fails it: a stream that could not reach Addr at all (its
+	// dial failed) is reset with REFUSED_STREAM instead of answered 503, so the client knows
+	// it was not processed (RFC 9113 §8.7) and sends it elsewhere; a stream whose upstream
+	// connection was lost after the request went out is answered as usual, marked with the
+	// response header detour-proxy-error: reset, so the client retries it only as a reset
+	// (idempotent requests), not as the 502 or UNAVAILABLE an application answered.
+	MeshClient bool
+}
+
+// ProxyErrorHeader marks a response the engine synthesized for a MeshClient (see there).
+const ProxyErrorHeader = "detour-proxy-error"
+
+// Retrier chooses where a stream goes after an attempt failed. The engine asks it only when the
+// request can be sent again: for a refusal or a failed dial (RetryRefused, RetryDialFailed) the
+// upstream provably did not process the request and its bytes are all at hand; for a response
+// held back (RetryStatus) or a reset (RetryReset) the client's request has also ended and is
+// kept whole (Config.MaxReplayBytes), so a stream whose request is still streaming, or larger
+// than the limit, is never sent twice. Never after the stream's deadline or its client's reset.
+//
+// Retry is called on the engine goroutine that saw the failure, with the stream's lock held: it
+// must not block or call into the engine. It returns the next attempt's route (its Retry is
+// asked again if that fails too) and how long to wait before sending it, or ok false to let the
+// failure reach the client. On ok the failed attempt's Done is called with Result.Retried.
+type Retrier interface {
+	Retry(a *Attempt) (next Route, backoff time.Duration, ok bool)
+}
+
+// RetryReason says how an attempt failed.
+type RetryReason uint8
+
+// Reasons for a retry. The first two are proof that the upstream application never saw the
+// request; the others are not.
+const (
+	// RetryDialFailed: no connection to the endpoint could be made (refused, reset, TLS
+	// handshake or peer identity failure, no HTTP/2 SETTINGS in time).
+	RetryDialFailed RetryReason = iota + 1
+	// RetryRefused: the upstream refused the stream unprocessed (RST_STREAM REFUSED_STREAM, or
+	// a GOAWAY whose last-stream-id is below it; RFC 9113 §8.7).
+	RetryRefused
+	// RetryStatus: the upstream answered with a final status that may be worth retrying (HTTP
+	// 5xx, or a trailers-only gRPC response with a non-OK grpc-status); it has been held back
+	// from the client.
+	RetryStatus
+	// RetryReset: the upstream stream was reset, or its connection lost, after the request went
+	// upstream and before any response headers.
+	RetryReset
+)
+
+var retryReasonNames = [...]string{RetryDialFailed: "dial_failed", RetryRefused: "refused", RetryStatus: "status", RetryReset: "reset"}
+
+// String names the reason as metrics label it.
+func (r RetryReason) String() string {
+	if int(r) < len(retryReasonNames) && r > 0 {
+		return retryReasonNames[r]
+	}
+	return "unknown"
+}
+
+// Unreached reports whether the reason proves the request never reached the application.
+func (r RetryReason) Unreached() bool { return r == RetryDialFailed || r == RetryRefused }
+
+// Attempt is a failed attempt, as a Retrier sees it. The Retrier must not retain it.
+type Attempt struct {
+	Head   *Head
+	Addr   netip.AddrPort // the endpoint that failed
+	Reason RetryReason
+	// Status and GRPCStatus are the response held back (RetryStatus); 0 and -1 otherwise.
+	Status, GRPCStatus int
+	Err                error // what failed, for RetryDialFailed, RetryRefused and RetryReset
+	// Attempts counts the attempts made so far, this one included.
+	Attempts int
+	// Remaining is the time left before the stream's deadline; 0 if it has none.
+	Remaining time.Duration
 }
 
 // Result describes how a stream ended.
@@ -154,10 +238,23 @@ type Result struct {
 	Headers time.Duration
 	// ReqBytes and RespBytes count DATA payload bytes received from the client and the upstream.
 	ReqBytes, RespBytes int64
-	// Retries counts replays of the request on a fresh upstream connection after the upstream
-	// refused it unprocessed (GOAWAY above last-stream-id, REFUSED_STREAM).
+	// Retries counts the attempts before this one: replays on a fresh upstream connection after
+	// the upstream refused the stream unprocessed, and the Retrier's retries.
 	Retries int
+	// Retried: this attempt failed and the stream went on to another one (Route.Retry); the
+	// client saw nothing of it. Reason says how it failed.
+	Retried bool
+	Reason  RetryReason
+	// TimedOut: the stream's deadline (Route.Timeout, grpc-timeout) passed.
+	TimedOut bool
 }
+
+// ErrKeepalive is the error of an upstream connection closed because it did not answer a
+// keepalive PING in time.
+var ErrKeepalive = errors.New("upstream did not answer a keepalive ping in time")
+
+// ErrDeadline is the error of a stream whose deadline passed.
+var ErrDeadline = errors.New("request timed out")
 
 // Dialer opens a connection to an upstream endpoint. It is called on its own goroutine, never on
 // a read loop, and may block until ctx ends. A TLS dialer must return a connection that has
@@ -188,8 +285,21 @@ type Config struct {
 	// Default 90 s.
 	UpstreamIdleTimeout time.Duration
 	// UpstreamKeepalive pings an upstream connection that has streams but has been silent this
-	// long; no answer within another UpstreamKeepalive closes it. Default 30 s.
+	// long; no answer within another UpstreamKeepalive closes it (ErrKeepalive). Default 30 s:
+	// an application's gRPC server (grpc-go) counts pings more frequent than its keepalive
+	// enforcement allows (5 min without data) and closes the connection after a few, so an
+	// ordinary upstream is pinged rarely, and only while it holds streams.
 	UpstreamKeepalive time.Duration
+	// PeerKeepalive, if set, says which upstreams tolerate frequent pings (another Detour
+	// proxy does): a connection to one is pinged after PeerKeepaliveInterval of silence, idle or
+	// busy, and closed when a PING goes unanswered for PeerKeepaliveTimeout, so a black-holed
+	// peer is found within their sum plus the janitor's tick. Defaults 1 s and 2 s.
+	PeerKeepalive                               func(addr netip.AddrPort) bool
+	PeerKeepaliveInterval, PeerKeepaliveTimeout time.Duration
+	// OnUpstreamFailure, if set, is told of an endpoint found unreachable: a dial that failed, or
+	// a connection closed for want of a keepalive answer. It is called with no engine locks
+	// held and must not block: the proxy marks the endpoint down for every pick with it.
+	OnUpstreamFailure func(addr netip.AddrPort, err error)
 	// DialTimeout bounds one upstream dial, and then again the wait for the upstream's first
 	// SETTINGS frame: a new connection takes no stream before they arrive, and one that does
 	// not get them in time fails the streams waiting for it like a failed dial. Default 5 s.
@@ -199,13 +309,20 @@ type Config struct {
 	// does not take waits in its own bounded output queue.) Default 15 s.
 	WriteTimeout time.Duration
 
+	// QueueReroute is how long a stream with a Retrier waits for a connection still being
+	// dialled before it is sent elsewhere (RetryDialFailed: nothing of it went upstream), so a
+	// peer that drops SYNs costs a request this much, not DialTimeout. Default 1 s.
+	QueueReroute time.Duration
+
 	// MaxConnsPerEndpoint bounds pooled connections per upstream endpoint. Default 4.
 	MaxConnsPerEndpoint int
 	// MaxQueuedPerEndpoint bounds streams waiting for an upstream connection or a free stream
 	// slot; beyond it new streams fail with UNAVAILABLE. Default 1024.
 	MaxQueuedPerEndpoint int
-	// MaxReplayBytes is how much request body per stream the engine keeps so it can replay a
-	// request refused unprocessed by the upstream. Default 16 KiB; negative disables retries.
+	// MaxReplayBytes is how much request body per stream the engine keeps so it can send the
+	// request again: a replay of a request refused unprocessed, or a retry (Route.Retry). A
+	// larger request is not retried once its first body byte went upstream. Default 64 KiB;
+	// negative disables replays.
 	MaxReplayBytes int
 	// MaxRetries bounds replays per stream. Default 2.
 	MaxRetries int
@@ -259,8 +376,11 @@ func (c *Config) setDefaults() {
 	defDur(&c.IdleTimeout, 5*time.Minute)
 	defDur(&c.UpstreamIdleTimeout, 90*time.Second)
 	defDur(&c.UpstreamKeepalive, 30*time.Second)
+	defDur(&c.PeerKeepaliveInterval, time.Second)
+	defDur(&c.PeerKeepaliveTimeout, 2*time.Second)
 	defDur(&c.DialTimeout, 5*time.Second)
 	defDur(&c.WriteTimeout, 15*time.Second)
+	defDur(&c.QueueReroute, time.Second)
 	defInt := func(v *int, d int) {
 		if *v == 0 {
 			*v = d
@@ -268,7 +388,7 @@ func (c *Config) setDefaults() {
 	}
 	defInt(&c.MaxConnsPerEndpoint, 4)
 	defInt(&c.MaxQueuedPerEndpoint, 1024)
-	defInt(&c.MaxReplayBytes, 16<<10)
+	defInt(&c.MaxReplayBytes, 64<<10)
 	defInt(&c.MaxRetries, 2)
 	defInt(&c.ResetBurst, 200)
 	if c.ResetRate == 0 {

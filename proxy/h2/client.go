@@ -467,6 +467,11 @@ func (cc *clientConn) onHeaders(f *http2.HeadersFrame) error {
 		}
 		return nil
 	}
+	if route.Timeout > 0 || s.grpc {
+		s.mu.Lock()
+		s.startTimer()
+		s.mu.Unlock()
+	}
 	srv.open(s, &cc.fl)
 	return nil
 }

@@ -34,7 +34,7 @@
 //   - DATA payloads go from the reader's buffer straight into the destination's output queue.
 //     Bytes are copied into a pooled per-stream buffer only when the destination's flow-control
 //     window (or its queue) is full, or (request side, up to Config.MaxReplayBytes) so a stream
-//     refused by the upstream can be replayed on another connection.
+//     can be sent again: replayed after a refusal, or retried on another endpoint.
 //   - Plain TCP sockets are read and written with raw non-blocking system calls through their
 //     RawConn (proxy/rawsock), so that an idle-between-requests proxy does not wake Go's sysmon
 //     thread on every request.
@@ -44,6 +44,12 @@
 //   - Flow control is end to end: the engine grants WINDOW_UPDATE to a sender only for bytes it has
 //     forwarded, so a slow reader on one side slows the writer on the other, and buffered bytes per
 //     stream never exceed the window the engine advertised.
+//   - Failures are the Router's to judge, the engine's to act on: when an attempt fails in a
+//     way that lets the request be sent again (a failed dial, a refusal, a response held back
+//     for its 5xx or gRPC status, a reset, all with the request's bytes at hand), the Route's
+//     Retrier says where it goes next; the engine detaches the stream from the failed upstream
+//     stream and opens it anew, with a detour-attempt header (api.go, stream.go againLocked).
+//     Deadlines (Route.Timeout, grpc-timeout) and keepalive PINGs (the janitor) end what hangs.
 //
 // The engine is the HTTP/2 server its clients see and the client its upstreams see, so it holds
 // both to RFC 9113 and forwards only well-formed messages: readframe.go adds the frame checks the
@@ -55,5 +61,6 @@
 // Lock order: stream.mu, then a connection's stream-map mutex, then a connection's write mutex;
 // a pool's mutex is always taken alone. No lock is held across a socket write that may wait: a
 // writer takes wmu only to take the queue, and resumes blocked streams with no lock held.
-// Router.Route and Route.Done run without engine locks held.
+// Router.Route and Route.Done run without engine locks held; Retrier.Retry runs with the
+// stream's mutex held and must take none of the engine's.
 package h2

@@ -1,8 +1,10 @@
 package h2
 
 import (
+	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2/hpack"
@@ -284,7 +286,44 @@ const (
 	grpcUnavailable      = 14
 	grpcPermissionDenied = 7
 	grpcInternal         = 13
+	grpcDeadlineExceeded = 4
 )
+
+// parseGRPCTimeout reads a grpc-timeout value (gRPC over HTTP/2: at most 8 digits and a unit
+// of H, M, S, m, u or n); ok false for a malformed one, which the engine then ignores.
+func parseGRPCTimeout(v string) (d time.Duration, ok bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(v)-1; i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(v[i]-'0')
+	}
+	var unit time.Duration
+	switch v[len(v)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false
+	}
+	if n > int64(math.MaxInt64/unit) {
+		return math.MaxInt64, true
+	}
+	return time.Duration(n) * unit, true
+}
 
 func statusText(code int) string {
 	switch code {

@@ -75,7 +75,16 @@ var echoDesc = grpc.ServiceDesc{
 	},
 }
 
-func unaryHandler(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+func unaryHandler(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+	if ic != nil {
+		return ic(ctx, nil, &grpc.UnaryServerInfo{Server: srv, FullMethod: "/detour.test.Echo/Unary"}, func(ctx context.Context, _ any) (any, error) {
+			return unaryBody(srv, ctx, dec)
+		})
+	}
+	return unaryBody(srv, ctx, dec)
+}
+
+func unaryBody(srv any, ctx context.Context, dec func(any) error) (any, error) {
 	ts := srv.(*testServer)
 	defer ts.enter()()
 	ts.calls.Add(1)

@@ -256,6 +256,9 @@ func (s *Server) runJanitor() {
 	defer s.wg.Done()
 	cfg := &s.cfg
 	tick := min(time.Second, cfg.UpstreamIdleTimeout/4, cfg.IdleTimeout/4, cfg.WriteTimeout/4, cfg.UpstreamKeepalive/4)
+	if cfg.PeerKeepalive != nil {
+		tick = min(tick, cfg.PeerKeepaliveInterval/4, cfg.PeerKeepaliveTimeout/4, cfg.QueueReroute/4)
+	}
 	tick = max(tick, 5*time.Millisecond)
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -283,15 +286,26 @@ func (s *Server) sweep() {
 	for u := range s.ups {
 		ups = append(ups, u)
 	}
+	var dialing []*pool
 	for addr, p := range s.pools {
 		p.mu.Lock()
 		if len(p.conns) == 0 && p.dialing == 0 && len(p.waiters) == 0 {
 			p.swept = true
 			delete(s.pools, addr)
 		}
+		if len(p.conns) == 0 && p.dialing > 0 && len(p.waiters) > 0 {
+			dialing = append(dialing, p)
+		}
 		p.mu.Unlock()
 	}
 	s.mu.Unlock()
+	if len(dialing) > 0 {
+		var fl flusher
+		for _, p := range dialing {
+			p.rerouteSlowDials(now, &fl)
+		}
+		fl.flush()
+	}
 
 	// The janitor only reads and appends (PING, GOAWAY): it never waits for a peer's socket.
 	stuck := func(c *conn) bool {
@@ -321,20 +335,31 @@ func (s *Server) sweep() {
 		p.mu.Lock()
 		active, idleSince := u.active, u.idleSince
 		p.mu.Unlock()
-		if active == 0 {
-			if time.Duration(now-idleSince) > cfg.UpstreamIdleTimeout {
-				p.drainConn(u)
-			}
+		if active == 0 && time.Duration(now-idleSince) > cfg.UpstreamIdleTimeout {
+			p.drainConn(u)
+			continue
+		}
+		interval, timeout := cfg.UpstreamKeepalive, cfg.UpstreamKeepalive
+		if u.peerKeepalive {
+			// Idle connections too: a peer that vanished is found before a stream is sent
+			// to it, not by the stream.
+			interval, timeout = cfg.PeerKeepaliveInterval, cfg.PeerKeepaliveTimeout
+		} else if active == 0 {
 			continue
 		}
 		if pa := u.pingAt.Load(); pa != 0 {
-			if time.Duration(now-pa) > cfg.UpstreamKeepalive {
-				cfg.Logger.Info("closing upstream connection: keepalive ping unanswered", "addr", p.addr)
+			if time.Duration(now-pa) > timeout {
+				cfg.Logger.Info("closing upstream connection: keepalive ping unanswered", "addr", p.addr,
+					"timeout", timeout, "streams", active)
+				u.keepaliveFailed.Store(true)
 				u.close()
+				if cfg.OnUpstreamFailure != nil {
+					cfg.OnUpstreamFailure(p.addr, ErrKeepalive)
+				}
 			}
 			continue
 		}
-		if time.Duration(now-u.lastRead.Load()) > cfg.UpstreamKeepalive {
+		if time.Duration(now-u.lastRead.Load()) > interval {
 			u.pingAt.Store(now)
 			u.wmu.Lock()
 			u.framePing(false, [8]byte{'d', 't', 'r', 'k', 'e', 'e', 'p', 'a'})

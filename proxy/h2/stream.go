@@ -102,10 +102,16 @@ type stream struct {
 	answered time.Time
 	// reqLen is the request's content-length, -1 if none (RFC 9113 §8.1.1).
 	reqLen int64
+	// deadline is when the stream times out (Route.Timeout, grpc-timeout); zero if never.
+	// timer fires then; both are set before the stream goes upstream.
+	deadline time.Time
+	timer    *time.Timer
 	// fieldBuf backs head's fields for typical requests, saving an allocation per stream.
 	fieldBuf [12]hpack.HeaderField
 
 	closed atomic.Bool // mirrors done for lock-free checks by the pool
+	// waitSince is the srv clock when the stream last joined a pool's queue.
+	waitSince atomic.Int64
 
 	mu         sync.Mutex
 	up         *upConn // current upstream connection; nil while queued
@@ -127,6 +133,8 @@ type stream struct {
 	clientEnded bool
 	respLen     int64 // the response's content-length, -1 if none (RFC 9113 §8.1.1)
 	upReset     bool  // RST_STREAM sent on the upstream stream: only one (RFC 9113 §5.4.2)
+	timedOut    bool  // the deadline passed
+	lost        bool  // the upstream connection was lost after the request went out
 }
 
 func (s *stream) upConn() *conn {
@@ -310,6 +318,9 @@ func (s *stream) finishLocked(err error, code http2.ErrCode, upFault bool) bool 
 	}
 	s.done = true
 	s.closed.Store(true)
+	if s.timer != nil {
+		s.timer.Stop()
+	}
 	if s.err == nil {
 		s.err, s.rstCode, s.upFault = err, code, upFault
 	}
@@ -349,6 +360,7 @@ func (s *stream) cleanup(fl *flusher) {
 			ReqBytes:   s.req.bytes,
 			RespBytes:  s.resp.bytes,
 			Retries:    s.retries,
+			TimedOut:   s.timedOut,
 		})
 	}
 }
@@ -402,6 +414,9 @@ func (s *stream) failLocked(err error, upFault bool, httpStatus, grpcCode int, f
 	case !s.respHeads && s.grpc:
 		cc.encField(":status", "200", false)
 		cc.encField("content-type", "application/grpc", false)
+		if s.lost && s.route.MeshClient {
+			cc.encField(ProxyErrorHeader, "reset", false)
+		}
 		cc.encField("grpc-status", strconv.Itoa(grpcCode), false)
 		cc.encField("grpc-message", encodeGRPCMessage(msg), false)
 		cc.frameHeaderBlock(s.id, true)
@@ -410,6 +425,9 @@ func (s *stream) failLocked(err error, upFault bool, httpStatus, grpcCode int, f
 		body := msg + "\n"
 		cc.encField(":status", statusText(httpStatus), false)
 		cc.encField("content-type", "text/plain; charset=utf-8", false)
+		if s.lost && s.route.MeshClient {
+			cc.encField(ProxyErrorHeader, "reset", false)
+		}
 		fits := int(s.resp.sendWindow) >= len(body) && int(cc.sendWindow) >= len(body) && int(cc.peerMaxFrame) >= len(body)
 		cc.frameHeaderBlock(s.id, !fits)
 		if fits {
@@ -458,28 +476,156 @@ func (s *stream) abortLocked(err error, code http2.ErrCode, resetUpstream, upFau
 }
 
 // retryLocked detaches a stream the upstream refused unprocessed so it can be replayed on
-// another connection. It returns the connection whose slot the caller must release (after
-// unlocking) before re-opening the stream, or nil when the stream is not replayable.
+// another connection to the same endpoint (there is no Retrier). It returns the connection whose
+// slot the caller must release (after unlocking) before re-opening the stream, or nil when the
+// stream is not replayable.
 func (s *stream) retryLocked() *upConn {
 	if s.done || s.gotFinal || !s.replayable || s.retries >= s.srv.cfg.MaxRetries || s.up == nil {
 		return nil
 	}
+	return s.detachLocked()
+}
+
+// detachLocked takes s off its upstream attempt so that it can be sent again from its first
+// byte: every request byte is at hand (kept for replay, or never sent) and nothing of the
+// response has reached the client. It returns the connection whose slot the caller releases
+// after unlocking, nil if s was not on one. The caller holds s.mu.
+func (s *stream) detachLocked() *upConn {
 	old := s.up
-	old.removeStream(s.uid, s)
-	old.wmu.Lock()
-	if s.req.inBlocked {
-		// Leave no trace on the old connection's blocked list: its window updates must not
-		// touch a half now guarded by another connection's lock.
-		old.blocked = slices.DeleteFunc(old.blocked, func(x *stream) bool { return x == s })
-		s.req.inBlocked = false
+	if old != nil {
+		old.removeStream(s.uid, s)
+		old.wmu.Lock()
+		if s.req.inBlocked {
+			// Leave no trace on the old connection's blocked list: its window updates must not
+			// touch a half now guarded by another connection's lock.
+			old.blocked = slices.DeleteFunc(old.blocked, func(x *stream) bool { return x == s })
+			s.req.inBlocked = false
+		}
+		old.wmu.Unlock()
 	}
-	old.wmu.Unlock()
 	s.up, s.uid, s.upReset = nil, 0, false
 	s.retries++
 	s.req.off = 0
 	s.req.endSent = false
+	s.gotFinal, s.status, s.grpcStatus, s.respLen, s.answered = false, 0, -1, -1, time.Time{}
+	s.resp.release(&s.srv.bufs)
+	s.resp.endRecv, s.resp.bytes, s.resp.trailers, s.resp.hasTrailer = false, 0, nil, false
 	s.resp.recvAvail, s.resp.grant = int32(s.srv.cfg.InitialWindow), 0 // nothing was received yet
 	return old
+}
+
+// canResend reports whether a stream that reached the upstream may be sent again: its client's
+// request has ended and is kept whole, and no response reached the client. The caller holds
+// s.mu.
+func (s *stream) canResend() bool {
+	return s.route.Retry != nil && s.replayable && s.req.endRecv && !s.respHeads && !s.done
+}
+
+// resend is a stream sent again (againLocked), for the caller to finish after unlocking.
+type resend struct {
+	s     *stream
+	old   *upConn // whose slot to release
+	prev  Route   // the failed attempt's route, whose Done is called
+	res   Result
+	delay time.Duration
+}
+
+// againLocked asks the stream's Retrier where a failed attempt goes next. When it answers, s is
+// detached and routed anew, and the caller must call the returned resend's run after unlocking;
+// nil means the failure stands (the caller fails the stream). The caller holds s.mu and has
+// checked that the request can be sent again (see Retrier).
+func (s *stream) againLocked(reason RetryReason, status, grpcStatus int, err error, fl *flusher) *resend {
+	r := s.route.Retry
+	if r == nil || s.done {
+		return nil
+	}
+	a := Attempt{Head: &s.head, Addr: s.route.Addr, Reason: reason, Status: status, GRPCStatus: grpcStatus, Err: err,
+		Attempts: s.retries + 1}
+	if !s.deadline.IsZero() {
+		if a.Remaining = time.Until(s.deadline); a.Remaining <= 0 {
+			return nil // never retry what has timed out
+		}
+	}
+	next, delay, ok := r.Retry(&a)
+	if !ok || !next.Addr.IsValid() {
+		return nil
+	}
+	if reason == RetryStatus {
+		// The response held back may still be streaming: stop it (the upstream sees CANCEL).
+		s.rstUpstreamLocked(http2.ErrCodeCancel, fl)
+	}
+	rs := &resend{s: s, prev: s.route, delay: delay}
+	rs.res = Result{Addr: s.route.Addr, Status: status, GRPCStatus: grpcStatus, Err: err, Upstream: true,
+		Duration: time.Since(s.start), Queued: s.queued(), Headers: s.headersAfter(),
+		ReqBytes: s.req.bytes, Retries: s.retries, Retried: true, Reason: reason}
+	rs.old = s.detachLocked()
+	next.Timeout = 0 // the deadline was set once, from the first route
+	s.route = next
+	return rs
+}
+
+// run releases the failed attempt's slot, reports it, and sends the stream to its new route,
+// at once or after the delay. No locks held.
+func (rs *resend) run(fl *flusher) {
+	s := rs.s
+	if rs.old != nil {
+		rs.old.pool.release(rs.old, fl)
+	}
+	if rs.prev.Done != nil {
+		rs.prev.Done(rs.res)
+	}
+	if rs.delay <= 0 {
+		s.srv.open(s, fl)
+		return
+	}
+	time.AfterFunc(rs.delay, func() {
+		if s.closed.Load() {
+			return
+		}
+		var fl flusher
+		s.srv.open(s, &fl)
+		fl.flush()
+	})
+}
+
+// startTimer sets the stream's deadline: the shorter of the route's timeout and the request's
+// grpc-timeout. A timer enforces it only when the route has a timeout: a grpc-timeout alone is
+// the client's own, which cancels the stream itself when it expires (RST_STREAM CANCEL, passed
+// upstream), so the engine only uses it to retry nothing past it, and the common stream arms
+// no timer (no allocation). Called once, with s.mu held, before the stream goes upstream.
+func (s *stream) startTimer() {
+	d := s.route.Timeout
+	if s.grpc {
+		if v := s.head.Get("grpc-timeout"); v != "" {
+			if g, ok := parseGRPCTimeout(v); ok && (d <= 0 || g < d) {
+				d = g
+			}
+		}
+	}
+	if d <= 0 {
+		return
+	}
+	s.deadline = s.start.Add(d)
+	if s.route.Timeout > 0 {
+		s.timer = time.AfterFunc(time.Until(s.deadline), s.expire)
+	}
+}
+
+// expire ends a stream whose deadline passed: the upstream stream is reset with CANCEL (so the
+// server sees the cancellation) and the client answered DEADLINE_EXCEEDED or 504.
+func (s *stream) expire() {
+	var fl flusher
+	s.mu.Lock()
+	var fin bool
+	if !s.done {
+		s.timedOut = true
+		fin = s.failLocked(ErrDeadline, false, 504, grpcDeadlineExceeded, &fl)
+	}
+	s.mu.Unlock()
+	if fin {
+		s.cleanup(&fl)
+	}
+	fl.flush()
 }
 
 var (

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,6 +81,7 @@ func (p *pool) open(s *stream, fl *flusher) bool {
 		return true
 	}
 	p.waiters = append(p.waiters, s)
+	s.waitSince.Store(p.srv.now())
 	dial := p.dialing == 0 && len(p.conns) < p.srv.cfg.MaxConnsPerEndpoint
 	if dial {
 		p.dialing++
@@ -209,10 +211,25 @@ func (p *pool) dial() {
 		p.mu.Unlock()
 		srv.cfg.Logger.Debug("upstream dial failed", "addr", p.addr, "err", err)
 		err = fmt.Errorf("connecting to upstream %s: %w", p.addr, err)
+		if srv.cfg.OnUpstreamFailure != nil && !errors.Is(err, ErrServerClosed) {
+			srv.cfg.OnUpstreamFailure(p.addr, err)
+		}
 		for _, s := range failed {
 			s.mu.Lock()
-			fin := s.failLocked(err, true, 503, grpcUnavailable, &fl)
+			// Nothing of a queued stream went upstream: it may always go elsewhere.
+			rs := s.againLocked(RetryDialFailed, 0, -1, err, &fl)
+			var fin bool
+			switch {
+			case rs != nil:
+			case s.route.MeshClient && !s.respHeads:
+				fin = s.abortLocked(err, http2.ErrCodeRefusedStream, false, true, &fl)
+			default:
+				fin = s.failLocked(err, true, 503, grpcUnavailable, &fl)
+			}
 			s.mu.Unlock()
+			if rs != nil {
+				rs.run(&fl)
+			}
 			if fin {
 				s.cleanup(&fl)
 			}
@@ -269,13 +286,16 @@ type upConn struct {
 	draining   bool
 	idleSince  int64
 
-	pingAt atomic.Int64 // srv clock of an unanswered keepalive PING, 0 if none
+	pingAt          atomic.Int64 // srv clock of an unanswered keepalive PING, 0 if none
+	keepaliveFailed atomic.Bool  // closed by the janitor: no PING answer in time
+	peerKeepalive   bool         // Config.PeerKeepalive said so: pinged often, idle or busy
 }
 
 func newUpConn(p *pool, nc net.Conn) (*upConn, error) {
 	srv := p.srv
 	cfg := &srv.cfg
-	u := &upConn{pool: p, nextID: 1, maxStreams: initialMaxStreams, settled: make(chan struct{})}
+	u := &upConn{pool: p, nextID: 1, maxStreams: initialMaxStreams, settled: make(chan struct{}),
+		peerKeepalive: cfg.PeerKeepalive != nil && cfg.PeerKeepalive(p.addr)}
 	u.conn.init(srv, nc, false)
 	u.streams = make(map[uint32]*stream)
 	u.dec = newHdec(cfg.MaxHeaderListSize)
@@ -358,6 +378,11 @@ func (u *upConn) start(s *stream, fl *flusher) {
 	}
 	u.encField(":path", h.Path, false)
 	u.encFields(h.Header)
+	if s.retries > 0 {
+		// Tells the application (and its proxy's metrics) that this is a retry (Envoy's
+		// x-envoy-attempt-count): 2 for the first retry.
+		u.encField("detour-attempt", strconv.Itoa(s.retries+1), false)
+	}
 	u.frameHeaderBlock(uid, end)
 	u.wmu.Unlock()
 	fl.add(&u.conn)
@@ -513,14 +538,27 @@ func (u *upConn) teardown(err error) {
 		list = append(list, s)
 	}
 	u.mu.Unlock()
-	err = fmt.Errorf("%w: %s: %v", errUpstreamGone, u.pool.addr, err)
+	if u.keepaliveFailed.Load() {
+		err = ErrKeepalive
+	}
+	err = fmt.Errorf("%w: %s: %w", errUpstreamGone, u.pool.addr, err)
 	for _, s := range list {
 		s.mu.Lock()
 		var fin bool
+		var rs *resend
 		if s.up == u {
-			fin = s.failLocked(err, true, 502, grpcUnavailable, &u.fl)
+			if !s.gotFinal && s.canResend() {
+				rs = s.againLocked(RetryReset, 0, -1, err, &u.fl)
+			}
+			if rs == nil {
+				s.lost = true
+				fin = s.failLocked(err, true, 502, grpcUnavailable, &u.fl)
+			}
 		}
 		s.mu.Unlock()
+		if rs != nil {
+			rs.run(&u.fl)
+		}
 		if fin {
 			s.cleanup(&u.fl)
 		}
@@ -578,8 +616,9 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 	fl := &u.fl
 	d := u.dec
 	var fin bool
+	var rs *resend
 	if !s.gotFinal {
-		fin = s.onResponseHead(d, end, fl)
+		fin, rs = s.onResponseHead(d, end, fl)
 	} else {
 		fields, reason := parseTrailers(d.fields)
 		if !end {
@@ -611,14 +650,18 @@ func (u *upConn) onHeaders(f *http2.HeadersFrame) error {
 		}
 	}
 	s.mu.Unlock()
+	if rs != nil {
+		rs.run(fl)
+	}
 	if fin {
 		s.cleanup(fl)
 	}
 	return nil
 }
 
-// onResponseHead forwards the upstream's response headers to the client. The caller holds s.mu.
-func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
+// onResponseHead forwards the upstream's response headers to the client, unless the stream's
+// Retrier sends it elsewhere instead (then it returns the resend to run). The caller holds s.mu.
+func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) (bool, *resend) {
 	addr := s.route.Addr
 	reason := d.bad
 	if d.tooLarge {
@@ -648,7 +691,29 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	}
 	if reason != "" {
 		s.rstUpstreamLocked(http2.ErrCodeProtocol, fl)
-		return s.failLocked(fmt.Errorf("bad response from upstream %s: %s", addr, reason), true, 502, grpcInternal, fl)
+		return s.failLocked(fmt.Errorf("bad response from upstream %s: %s", addr, reason), true, 502, grpcInternal, fl), nil
+	}
+	if status >= 500 || (end && s.grpc && status >= 200) {
+		// A failure the Retrier may want to retry: held back until it has said.
+		gs := -1
+		if end {
+			gs = grpcStatus(regular)
+		}
+		if (status >= 500 || gs > 0) && s.canResend() {
+			reason, err := RetryStatus, error(nil)
+			for i := range regular {
+				if regular[i].Name == ProxyErrorHeader && regular[i].Value == "reset" {
+					// The peer proxy lost its application's connection after sending the
+					// request: a reset, not an answer.
+					reason, err = RetryReset, fmt.Errorf("the upstream proxy %s lost the application's connection", addr)
+				}
+			}
+			s.resp.endRecv = end // so no RST_STREAM goes to a stream the upstream closed
+			if rs := s.againLocked(reason, status, gs, err, fl); rs != nil {
+				return false, rs
+			}
+			s.resp.endRecv = false
+		}
 	}
 	cc := &s.cc.conn
 	if status >= 200 {
@@ -674,7 +739,7 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) bool {
 	if end {
 		s.resp.endSent = true
 	}
-	return s.complete() && s.finishLocked(nil, 0, false)
+	return s.complete() && s.finishLocked(nil, 0, false), nil
 }
 
 func (u *upConn) onData(f *http2.DataFrame) error {
@@ -747,24 +812,44 @@ func (u *upConn) onRST(f *http2.RSTStreamFrame) error {
 	}
 	fl := &u.fl
 	var fin bool
+	var rs *resend
 	switch code := f.ErrCode; {
 	case code == http2.ErrCodeRefusedStream:
-		// RFC 9113 §8.7: the request was not processed; replay it elsewhere if we can.
-		if old := s.retryLocked(); old != nil {
+		// RFC 9113 §8.7: the request was not processed; send it elsewhere if we can.
+		if s.route.Retry != nil {
+			if s.replayable && !s.gotFinal {
+				rs = s.againLocked(RetryRefused, 0, -1, upstreamReset(code), fl)
+			}
+		} else if old := s.retryLocked(); old != nil {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
 			s.srv.open(s, fl)
 			return nil
 		}
-		fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
+		switch {
+		case rs != nil:
+		case s.route.Retry != nil && !s.respHeads:
+			// Every endpoint tried refused it: answered like a failed dial.
+			fin = s.failLocked(fmt.Errorf("upstream %s refused the stream and no other endpoint took it", u.pool.addr), true, 503, grpcUnavailable, fl)
+		default:
+			fin = s.abortLocked(upstreamReset(code), code, false, true, fl)
+		}
 	case code == http2.ErrCodeNo && s.resp.endRecv:
 		// The upstream sent its whole response and needs no more request (RFC 9113 §8.1).
 		s.req.endSent = true
 		fin = s.complete() && s.finishLocked(nil, 0, false)
 	default:
-		fin = s.abortLocked(upstreamReset(code), code, false, code != http2.ErrCodeCancel, fl)
+		if !s.gotFinal && s.canResend() {
+			rs = s.againLocked(RetryReset, 0, -1, upstreamReset(code), fl)
+		}
+		if rs == nil {
+			fin = s.abortLocked(upstreamReset(code), code, false, code != http2.ErrCodeCancel, fl)
+		}
 	}
 	s.mu.Unlock()
+	if rs != nil {
+		rs.run(fl)
+	}
 	if fin {
 		s.cleanup(fl)
 	}
@@ -791,7 +876,14 @@ func (u *upConn) onGoAway(f *http2.GoAwayFrame) {
 			s.mu.Unlock()
 			continue
 		}
-		if old := s.retryLocked(); old != nil {
+		if s.route.Retry != nil && s.replayable && !s.gotFinal {
+			err := fmt.Errorf("upstream %s refused the stream (GOAWAY %v)", u.pool.addr, f.ErrCode)
+			if rs := s.againLocked(RetryRefused, 0, -1, err, fl); rs != nil {
+				s.mu.Unlock()
+				rs.run(fl)
+				continue
+			}
+		} else if old := s.retryLocked(); old != nil {
 			s.mu.Unlock()
 			old.pool.release(old, fl)
 			s.srv.open(s, fl)
@@ -801,6 +893,45 @@ func (u *upConn) onGoAway(f *http2.GoAwayFrame) {
 		s.mu.Unlock()
 		if fin {
 			s.cleanup(fl)
+		}
+	}
+}
+
+// rerouteSlowDials sends elsewhere the streams that have waited more than QueueReroute for a
+// connection to p still being dialled (a peer that drops SYNs makes a dial last its whole
+// timeout): nothing of them went upstream, so it is safe, and their Retrier decides. A stream
+// its Retrier keeps goes back to the end of the queue. Called by the janitor.
+func (p *pool) rerouteSlowDials(now int64, fl *flusher) {
+	patience := p.srv.cfg.QueueReroute
+	p.mu.Lock()
+	if len(p.conns) > 0 || p.dialing == 0 || len(p.waiters) == 0 {
+		p.mu.Unlock()
+		return
+	}
+	var slow []*stream
+	keep := p.waiters[:0]
+	for _, w := range p.waiters {
+		if !w.closed.Load() && w.route.Retry != nil && time.Duration(now-w.waitSince.Load()) > patience {
+			slow = append(slow, w)
+			continue
+		}
+		keep = append(keep, w)
+	}
+	clear(p.waiters[len(keep):])
+	p.waiters = keep
+	p.mu.Unlock()
+	err := fmt.Errorf("connecting to upstream %s: still dialling after %v", p.addr, patience)
+	for _, s := range slow {
+		s.mu.Lock()
+		var rs *resend
+		if !s.done && s.up == nil {
+			rs = s.againLocked(RetryDialFailed, 0, -1, err, fl)
+		}
+		s.mu.Unlock()
+		if rs != nil {
+			rs.run(fl)
+		} else {
+			p.srv.open(s, fl)
 		}
 	}
 }

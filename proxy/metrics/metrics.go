@@ -39,6 +39,10 @@ type Metrics struct {
 	denials   *prometheus.CounterVec
 	refused   *prometheus.CounterVec
 	panics    *prometheus.CounterVec
+	retries   *prometheus.CounterVec
+	exhausted *prometheus.CounterVec
+	ejections *prometheus.CounterVec
+	timeouts  *prometheus.CounterVec
 
 	routes sync.Map // routeKey -> *Route
 	// mu orders the creation of a Route with Forget, so a route is never cached with series
@@ -97,7 +101,24 @@ func New() *Metrics {
 			Help: "Panics a forwarding engine recovered from (each ended one connection or dial), by direction and engine.",
 		}, []string{"direction", "engine"}),
 	}
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_retries_total",
+		Help: "Requests sent again to another endpoint after an attempt failed, by service, the endpoint that failed and why (dial_failed and refused: never reached the application, resent whatever the policy; status and reset: retried by the service's retry policy).",
+	}, []string{"service", "endpoint", "reason"})
+	m.exhausted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_retry_budget_exhausted_total",
+		Help: "Retries the service's policy allowed but its retry budget refused: the failure went to the client.",
+	}, []string{"service"})
+	m.ejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_endpoint_ejections_total",
+		Help: "Times an endpoint was ejected from picks by failure accrual or a failed connection.",
+	}, []string{"service", "endpoint"})
+	m.timeouts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_request_timeouts_total",
+		Help: "Requests ended by their deadline (the route's timeout or grpc-timeout): reset upstream and answered DEADLINE_EXCEEDED or 504.",
+	}, []string{"service"})
 	m.Registry.MustRegister(m.requests, m.responses, m.latency, m.open, m.conns, m.bytes, m.detect, m.denials, m.refused, m.panics,
+		m.retries, m.exhausted, m.ejections, m.timeouts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -145,7 +166,28 @@ func (m *Metrics) Forget(direction string, endpoint netip.AddrPort) {
 	m.requests.DeletePartialMatch(labels)
 	m.responses.DeletePartialMatch(labels)
 	m.latency.DeletePartialMatch(labels)
+	if direction == Outbound {
+		ep := prometheus.Labels{"endpoint": endpoint.String()}
+		m.retries.DeletePartialMatch(ep)
+		m.ejections.DeletePartialMatch(ep)
+	}
 }
+
+// Retried counts one retry of a request to service after its attempt on endpoint failed.
+func (m *Metrics) Retried(service string, endpoint netip.AddrPort, reason string) {
+	m.retries.WithLabelValues(service, endpoint.String(), reason).Inc()
+}
+
+// BudgetExhausted counts a retry the budget refused.
+func (m *Metrics) BudgetExhausted(service string) { m.exhausted.WithLabelValues(service).Inc() }
+
+// Ejected counts an endpoint's ejection.
+func (m *Metrics) Ejected(service string, endpoint netip.AddrPort) {
+	m.ejections.WithLabelValues(service, endpoint.String()).Inc()
+}
+
+// TimedOut counts a request ended by its deadline.
+func (m *Metrics) TimedOut(service string) { m.timeouts.WithLabelValues(service).Inc() }
 
 // Route is the metrics of one direction, authority and endpoint.
 type Route struct {
