@@ -134,6 +134,9 @@ type stream struct {
 	respLen     int64 // the response's content-length, -1 if none (RFC 9113 §8.1.1)
 	upReset     bool  // RST_STREAM sent on the upstream stream: only one (RFC 9113 §5.4.2)
 	timedOut    bool  // the deadline passed
+	// stopSent: finishLocked queued RST_STREAM(NO_ERROR) to the client, which cleanup must flush:
+	// the goroutine that finished the stream may have flushed the client before it queued it.
+	stopSent bool
 	lost        bool  // the upstream connection was lost after the request went out
 }
 
@@ -329,6 +332,7 @@ func (s *stream) finishLocked(err error, code http2.ErrCode, upFault bool) bool 
 		s.cc.wmu.Lock()
 		s.cc.frameRST(s.id, http2.ErrCodeNo)
 		s.cc.wmu.Unlock()
+		s.stopSent = true
 	}
 	if s.req.keep {
 		s.cc.replayBytes.Add(-int64(len(s.req.buf)))
@@ -341,6 +345,9 @@ func (s *stream) finishLocked(err error, code http2.ErrCode, upFault bool) bool 
 // cleanup unlinks a finished stream and reports it. No locks held. After done is set, s.up and
 // the result fields no longer change.
 func (s *stream) cleanup(fl *flusher) {
+	if s.stopSent {
+		fl.add(&s.cc.conn)
+	}
 	s.cc.removeStream(s)
 	if u := s.up; u != nil {
 		u.removeStream(s.uid, s)
