@@ -136,6 +136,11 @@ func (x *exchange) run(ctx context.Context) bool {
 				continue
 			}
 			if x.route.MeshClient {
+				if x.res.Retries > 0 {
+					// A replay after a pooled connection closed: the first try may have
+					// reached the application.
+					return x.failWith(http.StatusBadGateway, "reset", err)
+				}
 				return x.failWith(http.StatusServiceUnavailable, "refused", err)
 			}
 			return x.badGateway(err)
