@@ -26,13 +26,11 @@ type exchange struct {
 	res   Result
 
 	attempts int
-	keep     bool   // the request body is kept in replay as it goes, for a retry
-	taken    bool   // some of the request body was read from the client
-	replay   []byte // the body kept so far
-	deadline time.Time
-	expired  atomic.Bool // Route.Timeout passed
-	pending  Route       // the next attempt's route, from ask
-	delay    time.Duration
+	keep     bool          // the request body is kept in replay as it goes, for a retry
+	taken    bool          // some of the request body was read from the client
+	replay   []byte        // the body kept so far
+	timeout  time.Duration // the first Route's Timeout, from the request head's end
+	expired  atomic.Bool   // it passed
 
 	sent      time.Time // when the request head went upstream (the last try's); zero if never
 	bgRunning bool
@@ -86,7 +84,7 @@ func (c *clientConn) forward(ctx context.Context, rq *request) bool {
 			}
 		})
 		defer func() { stop(); cancel() }()
-		x.deadline = rq.start.Add(route.Timeout)
+		x.timeout = route.Timeout
 	}
 	return x.run(ctx)
 }
@@ -176,14 +174,15 @@ func (x *exchange) run(ctx context.Context) bool {
 			}
 			held := x.res
 			held.Status = resp.StatusCode
-			if !x.ask(reason, resp.StatusCode, err) {
+			next, delay, ok := x.ask(reason, resp.StatusCode, err)
+			if !ok {
 				break
 			}
 			// The response held back is dropped with its connection: the client never sees it.
 			x.res.ReqBytes += x.join(uc).n
 			c.detach()
 			uc.nc.Close()
-			x.next(held, err)
+			x.next(held, err, next, delay)
 			continue
 		}
 		x.res.ReqBytes += x.join(uc).n
@@ -307,46 +306,43 @@ func (x *exchange) mayAgain() bool {
 	return !x.taken || x.bodyDone.Load() && x.keep && int64(len(x.replay)) == x.rq.contentLength
 }
 
-// ask asks the Retrier whether the failed attempt is sent again; on yes x.route is the next
-// attempt's. The caller ends the failed attempt with next.
-func (x *exchange) ask(reason RetryReason, status int, err error) bool {
+// ask asks the Retrier whether the failed attempt is sent again, where and when. The caller
+// ends the failed attempt with next.
+func (x *exchange) ask(reason RetryReason, status int, err error) (Route, time.Duration, bool) {
 	r := x.rq.req
 	a := Attempt{Method: r.Method, Path: r.URL.Path, Addr: x.res.Addr, Reason: reason, Status: status, Err: err, Attempts: x.attempts}
-	if !x.deadline.IsZero() {
-		if a.Remaining = time.Until(x.deadline); a.Remaining <= 0 {
-			return false
+	if x.timeout > 0 {
+		if a.Remaining = x.timeout - time.Since(x.rq.start); a.Remaining <= 0 {
+			return Route{}, 0, false
 		}
 	}
-	route, delay, ok := x.route.Retry.Retry(&a)
-	if !ok {
-		return false
-	}
-	x.pending, x.delay = route, delay
-	return true
+	return x.route.Retry.Retry(&a)
 }
 
 // again asks the Retrier about an attempt that failed with no response and, on yes, moves on.
 func (x *exchange) again(reason RetryReason, status int, err error) bool {
-	if !x.mayAgain() || !x.ask(reason, status, err) {
+	if !x.mayAgain() {
 		return false
 	}
-	x.next(x.res, err)
-	return true
+	next, delay, ok := x.ask(reason, status, err)
+	if ok {
+		x.next(x.res, err, next, delay)
+	}
+	return ok
 }
 
 // next ends the failed attempt (res) and starts the one ask chose, after its backoff.
-func (x *exchange) next(res Result, err error) {
+func (x *exchange) next(res Result, err error, route Route, delay time.Duration) {
 	res.Retried, res.Err, res.Upstream = true, err, true
 	x.end(res)
-	x.route, x.attempts = x.pending, x.attempts+1
-	x.pending = Route{}
+	x.route, x.attempts = route, x.attempts+1
 	x.res = Result{Addr: x.route.Addr}
 	x.sent = time.Time{}
 	x.bodyDone.Store(x.rq.body == nil)
 	x.c.nc.SetReadDeadline(time.Time{}) // join left it in the past
-	if x.delay > 0 {
+	if delay > 0 {
 		// Bounded by the policy's maximum backoff, and by the deadline (ask checked).
-		time.Sleep(x.delay)
+		time.Sleep(delay)
 	}
 }
 
@@ -371,7 +367,7 @@ func (x *exchange) retryable(uc *upConn, err error) bool {
 // gatewayTimeout answers a request whose Route.Timeout passed before a response head.
 func (x *exchange) gatewayTimeout() bool {
 	x.res.Status = http.StatusGatewayTimeout
-	x.res.Err = fmt.Errorf("request timeout (%v) exceeded", x.route.Timeout)
+	x.res.Err = fmt.Errorf("request timeout (%v) exceeded", x.timeout)
 	x.res.TimedOut = true
 	x.c.writeError(http.StatusGatewayTimeout, "detour: "+x.res.Err.Error(), true, x.rq.req.Method == http.MethodHead)
 	return false
