@@ -96,8 +96,8 @@ func (x *exchange) end(res Result) {
 	if !x.sent.IsZero() {
 		res.Queued = x.sent.Sub(x.rq.start)
 	}
-	if x.expired.Load() {
-		res.TimedOut = true
+	if x.expired.Load() && (res.Err != nil || res.Status == http.StatusGatewayTimeout) {
+		res.TimedOut = true // not a response that ended as the timer fired
 	}
 	if x.route.Done != nil {
 		x.route.Done(res)
@@ -350,7 +350,7 @@ func (x *exchange) next(res Result, err error, route Route, delay time.Duration)
 // connection it used was closed by the upstream before answering, and replaying cannot repeat
 // an effect (RFC 9110 §9.2.2: idempotent method, and no body was consumed).
 func (x *exchange) retryable(uc *upConn, err error) bool {
-	if !uc.reused || x.res.Retries > 0 || x.rq.body != nil || x.interim > 0 || x.attempts > 1 {
+	if !uc.reused || x.res.Retries > 0 || x.rq.body != nil || x.interim > 0 {
 		return false
 	}
 	var nr *nothingReceivedError
