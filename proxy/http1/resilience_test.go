@@ -2,6 +2,7 @@ package http1
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -310,5 +311,28 @@ func TestMeshRefusalIsRetriedAsUnreached(t *testing.T) {
 	}
 	if r := rr.retrier.reasons(); len(r) != 1 || r[0] != RetryRefused {
 		t.Errorf("Retrier asked %v, want RetryRefused", r)
+	}
+}
+
+func TestRequestOfAClientThatWentAwayIsNotRetried(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	bad := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-r.Context().Done() // the proxy closes the connection once the client is gone
+		w.WriteHeader(503)
+	})
+	good := startUpstream(t, echo)
+	rr := newRetryRouter(3, bad.addr, good.addr)
+	p := startProxy(t, Config{Router: rr})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-arrived; cancel() }()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc.example/", nil)
+	if resp, err := p.client(t).Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("got %d, want the client's cancellation", resp.StatusCode)
+	}
+	res := rr.waitResults(t, 1)
+	if res[0].Retried || res[0].Err == nil || good.hits.Load() != 0 || len(rr.retrier.reasons()) != 0 {
+		t.Fatalf("result %+v, %d hits elsewhere, Retrier asked %v: want a failure and no retry", res[0], good.hits.Load(), rr.retrier.reasons())
 	}
 }
