@@ -53,7 +53,11 @@ func (r *h1Retrier) Retry(a *http1.Attempt) (http1.Route, time.Duration, bool) {
 	case http1.RetryDialFailed:
 		reason = h2.RetryDialFailed
 	case http1.RetryRefused:
-		reason = h2.RetryRefused
+		// Only a Detour proxy (a meshed endpoint, its answer authenticated by mutual TLS) says
+		// so; from anything else it is an answer like another.
+		if _, meshed := r.p.routes.identity(a.Addr); meshed {
+			reason = h2.RetryRefused
+		}
 	case http1.RetryReset:
 		reason = h2.RetryReset
 	}
