@@ -165,6 +165,11 @@ type Result struct {
 	// lost connection, malformed response) rather than to the client; balancers use it to eject
 	// hosts.
 	Upstream bool
+	// Retried says this attempt failed and Route.Retry sent the request elsewhere: the client
+	// saw nothing of it.
+	Retried bool
+	// TimedOut says Route.Timeout expired.
+	TimedOut bool
 	// Duration runs from the end of the request head to the end of the exchange.
 	Duration time.Duration
 	// Queued is the part of Duration spent getting an upstream connection (a pooled one, or a
@@ -181,11 +186,6 @@ type Result struct {
 	// Retries counts replays of the request on a fresh connection after a pooled connection
 	// turned out to be closed by the upstream.
 	Retries int
-	// Retried says this attempt failed and Route.Retry sent the request elsewhere: the client
-	// saw nothing of it.
-	Retried bool
-	// TimedOut says Route.Timeout expired.
-	TimedOut bool
 }
 
 // Dialer opens a connection to an upstream endpoint. It is called on the client connection's

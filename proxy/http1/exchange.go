@@ -20,23 +20,26 @@ const maxInterim = 16
 
 // exchange is one request forwarded to one upstream endpoint.
 type exchange struct {
-	c     *clientConn
-	rq    *request
-	route Route // the attempt's
-	res   Result
+	c   *clientConn
+	rq  *request
+	res Result
+	// The attempt's Route (its Addr is res.Addr), without Timeout: the first one's applies.
+	done  func(Result)
+	retry Retrier
 
-	attempts int
-	keep     bool          // the request body is kept in replay as it goes, for a retry
-	taken    bool          // some of the request body was read from the client
-	replay   []byte        // the body kept so far
-	timeout  time.Duration // the first Route's Timeout, from the request head's end
-	expired  atomic.Bool   // it passed
+	replay  []byte        // the body kept so far
+	timeout time.Duration // the first Route's Timeout, from the request head's end
+	sent    time.Time     // when the request head went upstream (the last try's); zero if never
+	interim int           // 1xx responses received
 
-	sent      time.Time // when the request head went upstream (the last try's); zero if never
-	bgRunning bool
+	attempts  int32
+	expired   atomic.Bool // timeout passed
 	bodyDone  atomic.Bool // the request body has been forwarded completely (or there is none)
-	killed    bool        // join closed the upstream connection under a body copy
-	interim   int         // 1xx responses received
+	bgRunning bool
+	killed    bool // join closed the upstream connection under a body copy
+	mesh      bool // Route.MeshClient
+	keep      bool // the request body is kept in replay as it goes, for a retry
+	taken     bool // some of the request body was read from the client
 }
 
 // bgResult is what the background goroutine of an exchange reports when it ends.
@@ -70,7 +73,7 @@ func (c *clientConn) forward(ctx context.Context, rq *request) bool {
 		c.writeError(http.StatusServiceUnavailable, fmt.Sprintf("detour: no route for %s: %v", host, err), !keep, r.Method == http.MethodHead)
 		return keep
 	}
-	x := &exchange{c: c, rq: rq, route: route, res: Result{Addr: route.Addr}, attempts: 1}
+	x := &exchange{c: c, rq: rq, res: Result{Addr: route.Addr}, done: route.Done, retry: route.Retry, mesh: route.MeshClient, attempts: 1}
 	x.bodyDone.Store(rq.body == nil)
 	x.keep = route.Retry != nil && rq.body != nil && !rq.chunked && rq.contentLength <= int64(c.s.cfg.MaxReplayBytes)
 	defer func() { x.end(x.res) }()
@@ -99,8 +102,8 @@ func (x *exchange) end(res Result) {
 	if x.expired.Load() && (res.Err != nil || res.Status == http.StatusGatewayTimeout) {
 		res.TimedOut = true // not a response that ended as the timer fired
 	}
-	if x.route.Done != nil {
-		x.route.Done(res)
+	if x.done != nil {
+		x.done(res)
 	}
 }
 
@@ -133,7 +136,7 @@ func (x *exchange) run(ctx context.Context) bool {
 			if x.again(RetryDialFailed, 0, err) {
 				continue
 			}
-			if x.route.MeshClient {
+			if x.mesh {
 				if x.res.Retries > 0 {
 					// A replay after a pooled connection closed: the first try may have
 					// reached the application.
@@ -157,7 +160,7 @@ func (x *exchange) run(ctx context.Context) bool {
 		resp, err = x.send(uc)
 		if err == nil {
 			x.res.Headers = time.Since(x.sent)
-			if resp.StatusCode < 500 || x.route.Retry == nil || !x.bodyDone.Load() {
+			if resp.StatusCode < 500 || x.retry == nil || !x.bodyDone.Load() {
 				break
 			}
 			reason := RetryStatus
@@ -205,7 +208,7 @@ func (x *exchange) run(ctx context.Context) bool {
 		if lost && x.again(RetryReset, 0, err) {
 			continue
 		}
-		if lost && x.route.MeshClient {
+		if lost && x.mesh {
 			return x.failWith(http.StatusBadGateway, "reset", err)
 		}
 		return x.badGateway(err)
@@ -300,7 +303,7 @@ func (x *exchange) send(uc *upConn) (*http.Response, error) {
 // yet, or all of it is kept; no interim response reached the client; the client is still there
 // and the deadline has not passed.
 func (x *exchange) mayAgain() bool {
-	if x.route.Retry == nil || x.interim > 0 || x.killed || x.expired.Load() || x.c.goneErr() != nil {
+	if x.retry == nil || x.interim > 0 || x.killed || x.expired.Load() || x.c.goneErr() != nil {
 		return false
 	}
 	return !x.taken || x.bodyDone.Load() && x.keep && int64(len(x.replay)) == x.rq.contentLength
@@ -310,13 +313,13 @@ func (x *exchange) mayAgain() bool {
 // ends the failed attempt with next.
 func (x *exchange) ask(reason RetryReason, status int, err error) (Route, time.Duration, bool) {
 	r := x.rq.req
-	a := Attempt{Method: r.Method, Path: r.URL.Path, Addr: x.res.Addr, Reason: reason, Status: status, Err: err, Attempts: x.attempts}
+	a := Attempt{Method: r.Method, Path: r.URL.Path, Addr: x.res.Addr, Reason: reason, Status: status, Err: err, Attempts: int(x.attempts)}
 	if x.timeout > 0 {
 		if a.Remaining = x.timeout - time.Since(x.rq.start); a.Remaining <= 0 {
 			return Route{}, 0, false
 		}
 	}
-	return x.route.Retry.Retry(&a)
+	return x.retry.Retry(&a)
 }
 
 // again asks the Retrier about an attempt that failed with no response and, on yes, moves on.
@@ -335,8 +338,8 @@ func (x *exchange) again(reason RetryReason, status int, err error) bool {
 func (x *exchange) next(res Result, err error, route Route, delay time.Duration) {
 	res.Retried, res.Err, res.Upstream = true, err, true
 	x.end(res)
-	x.route, x.attempts = route, x.attempts+1
-	x.res = Result{Addr: x.route.Addr}
+	x.done, x.retry, x.mesh, x.attempts = route.Done, route.Retry, route.MeshClient, x.attempts+1
+	x.res = Result{Addr: route.Addr}
 	x.sent = time.Time{}
 	x.bodyDone.Store(x.rq.body == nil)
 	x.c.nc.SetReadDeadline(time.Time{}) // join left it in the past
