@@ -585,7 +585,7 @@ func checkAddrPort(ap netip.AddrPort) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%s: port 0 is not a valid port", ap)
 	case ap.Addr().Zone() != "":
 		return netip.AddrPort{}, fmt.Errorf("%s: addresses with an IPv6 zone are not supported", ap)
-	case ap.Addr().IsUnspecified():
+	case ap.Addr().Unmap().IsUnspecified(): // ::ffff:0.0.0.0 is 0.0.0.0 once unmapped
 		return netip.AddrPort{}, fmt.Errorf("%s: the unspecified address is not a destination", ap)
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
