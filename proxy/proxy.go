@@ -86,6 +86,9 @@ type Config struct {
 	Pod PodInfo
 	// DiscoveryName says where Discovery comes from, e.g. "controller:198.18.0.1:7086".
 	DiscoveryName string
+	// Zone is the topology zone the proxy runs in; with it, a service whose endpoints all
+	// carry zone hints is balanced over those hinted for this zone (discovery.ForZone).
+	Zone string
 }
 
 // PodInfo names a pod.
@@ -161,7 +164,7 @@ func New(cfg Config) *Proxy {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		metrics: metrics.New(),
-		routes:  newRoutes(balance.Options{}),
+		routes:  newRoutes(balance.Options{}, cfg.Zone),
 		conns:   newConnTable(),
 		live:    newLiveConns(),
 		local:   &localAddrs{},
