@@ -35,6 +35,7 @@ type exchange struct {
 	attempts  int32
 	expired   atomic.Bool // timeout passed
 	bodyDone  atomic.Bool // the request body has been forwarded completely (or there is none)
+	kept      atomic.Bool // all of the request body was read from the client into replay
 	bgRunning bool
 	killed    bool // join closed the upstream connection under a body copy
 	mesh      bool // Route.MeshClient
@@ -160,7 +161,7 @@ func (x *exchange) run(ctx context.Context) bool {
 		resp, err = x.send(uc)
 		if err == nil {
 			x.res.Headers = time.Since(x.sent)
-			if resp.StatusCode < 500 || x.retry == nil || !x.bodyDone.Load() {
+			if resp.StatusCode < 500 || x.retry == nil {
 				break
 			}
 			reason := RetryStatus
@@ -278,6 +279,7 @@ func (x *exchange) send(uc *upConn) (*http.Response, error) {
 		uc.bw.Write(b)
 		if x.keep {
 			x.replay = append(x.replay[:0], b...)
+			x.kept.Store(true)
 		}
 		c.br.Discard(len(b))
 		x.taken = true
@@ -303,10 +305,10 @@ func (x *exchange) send(uc *upConn) (*http.Response, error) {
 // yet, or all of it is kept; no interim response reached the client; the client is still there
 // and the deadline has not passed.
 func (x *exchange) mayAgain() bool {
-	if x.retry == nil || x.interim > 0 || x.killed || x.expired.Load() || x.c.goneErr() != nil {
+	if x.retry == nil || x.interim > 0 || x.expired.Load() || x.c.goneErr() != nil {
 		return false
 	}
-	return !x.taken || x.bodyDone.Load() && x.keep && int64(len(x.replay)) == x.rq.contentLength
+	return !x.taken || x.kept.Load()
 }
 
 // ask asks the Retrier whether the failed attempt is sent again, where and when. The caller
@@ -342,6 +344,7 @@ func (x *exchange) next(res Result, err error, route Route, delay time.Duration)
 	x.res = Result{Addr: route.Addr}
 	x.sent = time.Time{}
 	x.bodyDone.Store(x.rq.body == nil)
+	x.killed = false // what join cut short went upstream; the client's side is read whole
 	x.c.nc.SetReadDeadline(time.Time{}) // join left it in the past
 	if delay > 0 {
 		// Bounded by the policy's maximum backoff, and by the deadline (ask checked).
@@ -465,7 +468,12 @@ func (x *exchange) copyBody(uc *upConn) (n int64, clientErr, upErr error) {
 		if m > 0 {
 			n += int64(m)
 			if x.keep {
+				// Kept before it goes upstream: an upstream that answers once it has the whole
+				// body finds it kept (the replay is read only once kept says so).
 				x.replay = append(x.replay, buf[:m]...)
+				if int64(len(x.replay)) == rq.contentLength {
+					x.kept.Store(true)
+				}
 			}
 			if rq.chunked {
 				upErr = writeChunk(uc.bw, buf[:m])
