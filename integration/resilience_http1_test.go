@@ -254,7 +254,9 @@ func TestHTTP1RequestTimeout(t *testing.T) {
 		t.Fatal("the handler never ended")
 	}
 	// Counted as the exchange ends, just after the 504 went out.
-	timeouts := func() float64 { return metricSum(t, m.client, "detour_request_timeouts_total", `service="stockdata.stocks"`) }
+	timeouts := func() float64 {
+		return metricSum(t, m.client, "detour_request_timeouts_total", `service="stockdata.stocks"`)
+	}
 	waitFor(t, 2*time.Second, "the timeout to be counted", func() bool { return timeouts() >= 1 })
 	if n := timeouts(); n != 1 {
 		t.Errorf("detour_request_timeouts_total = %v, want 1", n)

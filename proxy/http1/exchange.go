@@ -344,7 +344,7 @@ func (x *exchange) next(res Result, err error, route Route, delay time.Duration)
 	x.res = Result{Addr: route.Addr}
 	x.sent = time.Time{}
 	x.bodyDone.Store(x.rq.body == nil)
-	x.killed = false // what join cut short went upstream; the client's side is read whole
+	x.killed = false                    // what join cut short went upstream; the client's side is read whole
 	x.c.nc.SetReadDeadline(time.Time{}) // join left it in the past
 	if delay > 0 {
 		// Bounded by the policy's maximum backoff, and by the deadline (ask checked).
