@@ -201,8 +201,7 @@ func New(cfg Config) *Proxy {
 		PeerKeepalive: func(addr netip.AddrPort) bool { _, ok := p.routes.identity(addr); return ok }})
 	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger, MaxConnsPerEndpoint: 1,
 		OnPanic: func(h2.Panic) { p.metrics.Panicked(metrics.Inbound, "h2") }})
-	// A failed HTTP/1 dial marks the endpoint down for every pick, as an HTTP/2 one does (the
-	// HTTP/1 engine does not resend requests elsewhere).
+	// A failed HTTP/1 dial marks the endpoint down for every pick, as an HTTP/2 one does.
 	dialH1Out := func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
 		c, err := dialH1(ctx, addr)
 		if err != nil && ctx.Err() == nil {
