@@ -9,7 +9,7 @@ DEPS    := iptables=iptables iptables-legacy=iptables ip=iproute2 curl=curl h2lo
 BENCHDEPS := $(DEPS) haproxy=haproxy socat=socat
 # The test cluster's node: runc, and Debian's CNI plugins (a path: they are not commands).
 CLUSTERDEPS := runc=runc /usr/lib/cni/bridge=containernetworking-plugins
-TESTDEPS := $(DEPS) chromium=chromium $(CLUSTERDEPS)
+TESTDEPS := $(DEPS) chromium=chromium promtool=prometheus pgrep=procps $(CLUSTERDEPS)
 PKGS    := ./...
 TESTLOG := bin/integration.log
 

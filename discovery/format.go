@@ -53,10 +53,11 @@ type (
 		Idempotent bool       `yaml:"idempotent,omitempty"`
 	}
 	fileEndpoint struct {
-		Address  string `yaml:"address"`
-		Identity string `yaml:"identity,omitempty"`
-		Weight   uint32 `yaml:"weight,omitempty"`
-		Zone     string `yaml:"zone,omitempty"`
+		Address  string   `yaml:"address"`
+		Identity string   `yaml:"identity,omitempty"`
+		Weight   uint32   `yaml:"weight,omitempty"`
+		Zone     string   `yaml:"zone,omitempty"`
+		ForZones []string `yaml:"forZones,flow,omitempty"`
 	}
 )
 
@@ -98,6 +99,7 @@ func Format(s *Snapshot) []byte {
 				Identity: ep.Identity,
 				Weight:   ep.Weight,
 				Zone:     ep.Zone,
+				ForZones: ep.ForZones,
 			})
 		}
 		doc.Services = append(doc.Services, fs)

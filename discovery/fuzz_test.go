@@ -19,6 +19,7 @@ func FuzzParse(f *testing.F) {
 		fileV1, fileBad, "services: []", "",
 		"trustDomain: example.org\nservices: [{name: a.b, addresses: ['1.2.3.4:80', 'A.B:81', '[::1]:2'], endpoints: [{address: '10.0.0.1:1', identity: 'spiffe://example.org/w', weight: 0x10, zone: z}]}]",
 		"services:\n  - name: a.b\n    addresses: [\"198.19.0.10:80\"]\n  - name: c.d\n    addresses: [\"198.19.0.10:80\"]\n",
+		"services: [{name: a.b, addresses: ['1.2.3.4:80'], endpoints: [{address: '10.0.0.1:1', zone: z, forZones: [z, y]}, {address: '10.0.0.2:1', forZones: [z, z]}]}]",
 		"a: &x [*x]\n",
 		"services: [{<<: {name: a}}]",
 		"services:\n- name: a.b\n  addresses: ['[::ffff:1.2.3.4]:80']\n  endpoints:\n  - address: '[::ffff:10.0.0.1]:8080'\n",

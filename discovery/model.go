@@ -20,6 +20,46 @@ type Endpoint struct {
 	Weight uint32
 	// Zone is a free-form locality label (e.g. a Kubernetes topology zone); empty if unknown.
 	Zone string
+	// ForZones are the zones whose clients this endpoint should serve (an EndpointSlice's
+	// hints.forZones, as topology-aware routing writes them); empty means no hint. A proxy told
+	// its zone routes only to the endpoints hinted for it while every endpoint carries hints
+	// and one is for its zone, as kube-proxy does (ForZone).
+	ForZones []string
+}
+
+// Equal reports whether e and o are the same endpoint in every field.
+func (e *Endpoint) Equal(o *Endpoint) bool {
+	return e.Addr == o.Addr && e.Identity == o.Identity && e.Weight == o.Weight && e.Zone == o.Zone &&
+		slices.Equal(e.ForZones, o.ForZones)
+}
+
+// ForZone returns the endpoints a client in zone should use: those hinted for zone when every
+// endpoint carries hints and at least one is for zone, else all of eps (no zone, a slice
+// half-hinted while the hints are computed, or no endpoint left for zone: falling back keeps
+// the service reachable). It returns eps itself when nothing is filtered.
+func ForZone(eps []Endpoint, zone string) []Endpoint {
+	if zone == "" || len(eps) == 0 {
+		return eps
+	}
+	n := 0
+	for i := range eps {
+		if len(eps[i].ForZones) == 0 {
+			return eps
+		}
+		if slices.Contains(eps[i].ForZones, zone) {
+			n++
+		}
+	}
+	if n == 0 || n == len(eps) {
+		return eps
+	}
+	out := make([]Endpoint, 0, n)
+	for _, e := range eps {
+		if slices.Contains(e.ForZones, zone) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Meshed reports whether the endpoint runs a Detour proxy that the caller must speak mTLS to.
@@ -133,7 +173,8 @@ func (s *Service) EqualEntry(o *Service) bool {
 // Equal reports whether s and o describe the same service: the same entry, resolution and
 // endpoints in the same order.
 func (s *Service) Equal(o *Service) bool {
-	return s == o || s.EqualEntry(o) && s.Unresolved == o.Unresolved && slices.Equal(s.Endpoints, o.Endpoints)
+	return s == o || s.EqualEntry(o) && s.Unresolved == o.Unresolved &&
+		slices.EqualFunc(s.Endpoints, o.Endpoints, func(a, b Endpoint) bool { return a.Equal(&b) })
 }
 
 // Snapshot is one immutable, consistent view of discovery. It is safe for concurrent use, and

@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -93,5 +94,65 @@ func TestServiceEquality(t *testing.T) {
 	b.Unresolved = true
 	if a.Equal(&b) || !a.EqualEntry(&b) {
 		t.Errorf("resolution is part of Equal, not of the entry")
+	}
+}
+
+// TestForZone: a proxy in a zone keeps the endpoints hinted for it only while every endpoint
+// is hinted and some are for its zone; otherwise, as kube-proxy does, it uses them all.
+func TestForZone(t *testing.T) {
+	e := func(port uint16, zones ...string) Endpoint {
+		return Endpoint{Addr: netip.AddrPortFrom(netip.MustParseAddr("198.18.0.11"), port), Weight: 1, ForZones: zones}
+	}
+	ports := func(eps []Endpoint) []uint16 {
+		var ps []uint16
+		for _, x := range eps {
+			ps = append(ps, x.Addr.Port())
+		}
+		return ps
+	}
+	hinted := []Endpoint{e(1, "a"), e(2, "b"), e(3, "a", "c")}
+	for _, tt := range []struct {
+		name string
+		eps  []Endpoint
+		zone string
+		want []uint16
+	}{
+		{"hinted, zone a", hinted, "a", []uint16{1, 3}},
+		{"hinted, zone c", hinted, "c", []uint16{3}},
+		{"hinted, a zone nobody serves", hinted, "z", []uint16{1, 2, 3}},
+		{"no zone of its own", hinted, "", []uint16{1, 2, 3}},
+		{"one endpoint unhinted", []Endpoint{e(1, "a"), e(2)}, "a", []uint16{1, 2}},
+		{"no hints", []Endpoint{e(1), e(2)}, "a", []uint16{1, 2}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ports(ForZone(tt.eps, tt.zone)); !slices.Equal(got, tt.want) {
+				t.Errorf("ForZone(%q) = %v, want %v", tt.zone, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestZoneHintsSurviveFileAndProto: forZones parses from the file, is written back by Format,
+// and crosses the controller's protocol unchanged.
+func TestZoneHintsSurviveFileAndProto(t *testing.T) {
+	src := "services:\n  - name: a.b\n    addresses: ['198.19.0.10:80']\n    endpoints:\n      - address: 198.18.0.11:8080\n        zone: z1\n        forZones: [z1, z2]\n"
+	snap, err := Parse("discovery.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := snap.Services()[0].Endpoints[0]
+	if !slices.Equal(ep.ForZones, []string{"z1", "z2"}) {
+		t.Fatalf("ForZones = %v, want [z1 z2]", ep.ForZones)
+	}
+	again, err := Parse("formatted.yaml", Format(snap))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, Format(snap))
+	}
+	if got := again.Services()[0].Endpoints[0]; !got.Equal(&ep) {
+		t.Errorf("after Format and Parse: %+v, want %+v", got, ep)
+	}
+	back, err := EndpointFromProto(EndpointToProto(&ep), DefaultTrustDomain, "e")
+	if err != nil || !back.Equal(&ep) {
+		t.Errorf("after the protocol: %+v (%v), want %+v", back, err, ep)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -433,7 +434,7 @@ func duplicate(addr string, prev loc) string {
 func (p *parser) endpoint(st *docState, n *yaml.Node, path string, epAddrs map[netip.AddrPort]int) (Endpoint, bool) {
 	ep := Endpoint{Weight: 1}
 	ok := true
-	seen := p.fields(n, path, []string{"address", "identity", "weight", "zone"}, func(key string, v *yaml.Node) {
+	seen := p.fields(n, path, []string{"address", "identity", "weight", "zone", "forZones"}, func(key string, v *yaml.Node) {
 		field := join(path, key)
 		switch key {
 		case "address":
@@ -490,6 +491,23 @@ func (p *parser) endpoint(st *docState, n *yaml.Node, path string, epAddrs map[n
 				return
 			}
 			ep.Zone = s
+		case "forZones":
+			var zones []string
+			for i, zn := range p.list(v, field) {
+				s, sok := p.str(zn, fmt.Sprintf("%s[%d]", field, i))
+				if !sok {
+					ok = false
+					return
+				}
+				zones = append(zones, s)
+			}
+			fz, err := CheckForZones(zones)
+			if err != nil {
+				p.errorf(v, field, "%v", err)
+				ok = false
+				return
+			}
+			ep.ForZones = fz
 		}
 	})
 	if seen == nil {
@@ -567,7 +585,7 @@ func checkAddrPort(ap netip.AddrPort) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%s: port 0 is not a valid port", ap)
 	case ap.Addr().Zone() != "":
 		return netip.AddrPort{}, fmt.Errorf("%s: addresses with an IPv6 zone are not supported", ap)
-	case ap.Addr().IsUnspecified():
+	case ap.Addr().Unmap().IsUnspecified(): // ::ffff:0.0.0.0 is 0.0.0.0 once unmapped
 		return netip.AddrPort{}, fmt.Errorf("%s: the unspecified address is not a destination", ap)
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
@@ -633,6 +651,31 @@ func checkZone(s string) error {
 		}
 	}
 	return nil
+}
+
+// maxForZones is the most zones one endpoint may be hinted for (Kubernetes allows 8).
+const maxForZones = 8
+
+// CheckForZones validates an endpoint's zone hints and returns a copy of them, or nil for none.
+func CheckForZones(zones []string) ([]string, error) {
+	if len(zones) == 0 {
+		return nil, nil
+	}
+	if len(zones) > maxForZones {
+		return nil, fmt.Errorf("%d zone hints; at most %d", len(zones), maxForZones)
+	}
+	for i, z := range zones {
+		if z == "" {
+			return nil, errors.New("an empty zone hint")
+		}
+		if err := checkZone(z); err != nil {
+			return nil, err
+		}
+		if slices.Contains(zones[:i], z) {
+			return nil, fmt.Errorf("zone hint %q appears twice", z)
+		}
+	}
+	return slices.Clone(zones), nil
 }
 
 // Revision is the revision of a discovery file's bytes: the first 12 hex digits of its SHA-256,

@@ -199,7 +199,7 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 		want string
 	}{
 		{"an unknown endpoint field", ep("address: 198.18.0.11:8080", "wieght: 2"),
-			`discovery.yaml:7: services[0].endpoints[0].wieght: unknown field (known fields: address, identity, weight, zone)`},
+			`discovery.yaml:7: services[0].endpoints[0].wieght: unknown field (known fields: address, identity, weight, zone, forZones)`},
 		{"a bad endpoint address", ep("address: 198.18.0.300:8080"),
 			`discovery.yaml:6: services[0].endpoints[0].address: "198.18.0.300:8080" is not an IP address and port (endpoints are addresses like 198.18.0.11:8080 or [fd00:de70::11]:8080)`},
 		{"an endpoint host name", ep("address: pod.example:8080"),
@@ -236,6 +236,14 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 			`discovery.yaml:7: services[0].endpoints[1].address: endpoint 198.18.0.11:8080 is already listed at line 6`},
 		{"a zone with a control character", ep("address: 198.18.0.11:8080", `zone: "a\tb"`),
 			`discovery.yaml:7: services[0].endpoints[0].zone: zone "a\tb" contains a control character`},
+		{"a zone hint twice", ep("address: 198.18.0.11:8080", "forZones: [a, a]"),
+			`discovery.yaml:7: services[0].endpoints[0].forZones: zone hint "a" appears twice`},
+		{"an empty zone hint", ep("address: 198.18.0.11:8080", `forZones: [a, ""]`),
+			`discovery.yaml:7: services[0].endpoints[0].forZones: an empty zone hint`},
+		{"zone hints that are not a list", ep("address: 198.18.0.11:8080", "forZones: a"),
+			`discovery.yaml:7: services[0].endpoints[0].forZones: want a list`},
+		{"nine zone hints", ep("address: 198.18.0.11:8080", "forZones: [a, b, c, d, e, f, g, h, i]"),
+			`discovery.yaml:7: services[0].endpoints[0].forZones: 9 zone hints; at most 8`},
 		{"a duplicate key", ep("address: 198.18.0.11:8080", "address: 198.18.0.12:8080"),
 			`discovery.yaml:7: services[0].endpoints[0].address: field appears twice`},
 		{"an unknown protocol", "services:\n  - name: a.b\n    addresses: [\"198.19.0.10:80\"]\n    protocol: grpc\n",

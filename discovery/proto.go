@@ -39,7 +39,7 @@ func EntryToProto(s *Service) *discoverypb.Service {
 
 // EndpointToProto converts an endpoint to its wire form.
 func EndpointToProto(e *Endpoint) *discoverypb.Endpoint {
-	return &discoverypb.Endpoint{Address: e.Addr.String(), Identity: e.Identity, Weight: e.Weight, Zone: e.Zone}
+	return &discoverypb.Endpoint{Address: e.Addr.String(), Identity: e.Identity, Weight: e.Weight, Zone: e.Zone, ForZones: e.ForZones}
 }
 
 // EntryFromProto validates a table entry from the controller and returns it as a Service with
@@ -134,6 +134,9 @@ func EndpointFromProto(pb *discoverypb.Endpoint, td TrustDomain, field string) (
 		return Endpoint{}, protoError(join(field, "zone"), err.Error())
 	}
 	ep.Zone = pb.GetZone()
+	if ep.ForZones, err = CheckForZones(pb.GetForZones()); err != nil {
+		return Endpoint{}, protoError(join(field, "for_zones"), err.Error())
+	}
 	return ep, nil
 }
 

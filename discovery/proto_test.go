@@ -119,6 +119,7 @@ func TestProtoRefusesWhatParseRefuses(t *testing.T) {
 		{"an identity of another trust domain", endpoint(func(e *discoverypb.Endpoint) { e.Identity = "spiffe://evil.example/ns/a/sa/b" }), "not \"cluster.local\""},
 		{"an identity that is not a SPIFFE ID", endpoint(func(e *discoverypb.Endpoint) { e.Identity = "https://x" }), "not a SPIFFE ID"},
 		{"a zone with a control character", endpoint(func(e *discoverypb.Endpoint) { e.Zone = "a\nb" }), "control character"},
+		{"a zone hint twice", endpoint(func(e *discoverypb.Endpoint) { e.ForZones = []string{"a", "a"} }), "endpoints[0].for_zones: zone hint \"a\" appears twice"},
 		{"the unspecified address", endpoint(func(e *discoverypb.Endpoint) { e.Address = "0.0.0.0:80" }), "unspecified"},
 	}
 	for _, tt := range tests {

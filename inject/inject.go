@@ -303,6 +303,9 @@ func proxyContainer(cfg Config, ann map[string]string, probes string, sidecar st
 		{Name: "DETOUR_POD_NAME", ValueFrom: fieldRef("metadata.name")},
 		{Name: "DETOUR_POD_NAMESPACE", ValueFrom: fieldRef("metadata.namespace")},
 		{Name: "DETOUR_POD_SERVICE_ACCOUNT", ValueFrom: fieldRef("spec.serviceAccountName")},
+		// The scheduler's topology labels reach the pod once it is bound (empty without them):
+		// zone hints then keep calls in the pod's zone.
+		{Name: "DETOUR_ZONE", ValueFrom: fieldRef("metadata.labels['topology.kubernetes.io/zone']")},
 		{Name: "DETOUR_IDENTITY", Value: "spiffe://" + cfg.TrustDomain + "/ns/$(DETOUR_POD_NAMESPACE)/sa/$(DETOUR_POD_SERVICE_ACCOUNT)"},
 		{Name: "DETOUR_DISCOVERY", Value: "controller:" + cfg.ControllerAddr},
 		{Name: "DETOUR_IDENTITY_TOKEN", Value: TokenFile},

@@ -189,8 +189,11 @@ func (t *Topology) wirePod(pod *Pod, idx int) error {
 	})
 }
 
-// waitNotTentative waits, boundedly, until no IPv6 address of l is
-// tentative, so that a new pod is complete when AddPod returns.
+// waitNotTentative waits, boundedly, until l has its link-local IPv6
+// address and no IPv6 address of l is tentative, so that a new pod is
+// complete when AddPod returns. The link-local address appears only once
+// the veth has carrier, asynchronously: a check before it exists would
+// pass and leave it to turn up tentative later.
 func waitNotTentative(l netlink.Link) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -199,15 +202,20 @@ func waitNotTentative(l netlink.Link) error {
 			return fmt.Errorf("listing addresses of %s: %w", l.Attrs().Name, err)
 		}
 		var tentative []string
+		linkLocal := false
 		for _, a := range addrs {
 			if a.Flags&unix.IFA_F_TENTATIVE != 0 {
 				tentative = append(tentative, a.IPNet.String())
 			}
+			linkLocal = linkLocal || a.IP.IsLinkLocalUnicast()
 		}
-		if len(tentative) == 0 {
+		if len(tentative) == 0 && linkLocal {
 			return nil
 		}
 		if time.Now().After(deadline) {
+			if !linkLocal {
+				return fmt.Errorf("%s got no link-local IPv6 address (no carrier?)", l.Attrs().Name)
+			}
 			return fmt.Errorf("addresses %v of %s still tentative", tentative, l.Attrs().Name)
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -295,7 +295,7 @@ func h2Outcome(r h2.Result) outcome {
 func h1Outcome(r http1.Result) outcome {
 	return outcome{status: r.Status, grpcStatus: -1, err: r.Err, upstream: r.Upstream,
 		took: r.Duration, served: endpointLatency(r.Headers, r.Duration, r.Queued),
-		reqBytes: r.ReqBytes, respBytes: r.RespBytes}
+		reqBytes: r.ReqBytes, respBytes: r.RespBytes, retried: r.Retried, timedOut: r.TimedOut}
 }
 
 // The routers below are where each request's route and end are known: they feed the balancer
@@ -337,7 +337,7 @@ func (p *Proxy) routeH2Inbound(dst netip.AddrPort, h *h2.Head) (h2.Route, error)
 }
 
 func (p *Proxy) routeH1Outbound(dst netip.AddrPort, r *http.Request) (http1.Route, error) {
-	pk, _, err := p.pickOutbound(dst)
+	pk, svc, err := p.pickOutbound(dst)
 	if p.tap.Active() {
 		pk = p.tapped(pk, h1TapEvent(metrics.Outbound, dst, r), err)
 	}
@@ -345,7 +345,8 @@ func (p *Proxy) routeH1Outbound(dst netip.AddrPort, r *http.Request) (http1.Rout
 		return http1.Route{}, err
 	}
 	done := pk.done
-	return http1.Route{Addr: pk.addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}, nil
+	rt := svc.route(r.Method, r.URL.Path)
+	return http1.Route{Addr: pk.addr, Done: func(r http1.Result) { done(h1Outcome(r)) }, Retry: (*h1Retrier)(rt), Timeout: rt.timeout}, nil
 }
 
 func (p *Proxy) routeH1Inbound(dst netip.AddrPort, r *http.Request) (http1.Route, error) {
@@ -354,7 +355,9 @@ func (p *Proxy) routeH1Inbound(dst netip.AddrPort, r *http.Request) (http1.Route
 		pk = p.tapped(pk, h1TapEvent(metrics.Inbound, dst, r), nil)
 	}
 	done := pk.done
-	route := http1.Route{Addr: pk.addr, Done: func(r http1.Result) { done(h1Outcome(r)) }}
+	// A mesh peer is a Detour proxy: it learns from the failure whether the application saw
+	// the request (http1.Route.MeshClient), so it can send it to another replica.
+	route := http1.Route{Addr: pk.addr, Done: func(r http1.Result) { done(h1Outcome(r)) }, MeshClient: http1.ConnInfoOf(r).Peer != ""}
 	if denied != "" {
 		return route, &http1.Refusal{Message: denied}
 	}

@@ -86,6 +86,9 @@ type Config struct {
 	Pod PodInfo
 	// DiscoveryName says where Discovery comes from, e.g. "controller:198.18.0.1:7086".
 	DiscoveryName string
+	// Zone is the topology zone the proxy runs in; with it, a service whose endpoints all
+	// carry zone hints is balanced over those hinted for this zone (discovery.ForZone).
+	Zone string
 }
 
 // PodInfo names a pod.
@@ -161,7 +164,7 @@ func New(cfg Config) *Proxy {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		metrics: metrics.New(),
-		routes:  newRoutes(balance.Options{}),
+		routes:  newRoutes(balance.Options{}, cfg.Zone),
 		conns:   newConnTable(),
 		live:    newLiveConns(),
 		local:   &localAddrs{},
@@ -198,8 +201,7 @@ func New(cfg Config) *Proxy {
 		PeerKeepalive: func(addr netip.AddrPort) bool { _, ok := p.routes.identity(addr); return ok }})
 	p.h2in = h2.NewServer(h2.Config{Router: h2.RouterFunc(p.routeH2Inbound), Logger: cfg.Logger, MaxConnsPerEndpoint: 1,
 		OnPanic: func(h2.Panic) { p.metrics.Panicked(metrics.Inbound, "h2") }})
-	// A failed HTTP/1 dial marks the endpoint down for every pick, as an HTTP/2 one does (the
-	// HTTP/1 engine does not resend requests elsewhere).
+	// A failed HTTP/1 dial marks the endpoint down for every pick, as an HTTP/2 one does.
 	dialH1Out := func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
 		c, err := dialH1(ctx, addr)
 		if err != nil && ctx.Err() == nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/proxy/balance"
 	"github.com/detourmesh/detour/proxy/h2"
+	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/metrics"
 	"github.com/detourmesh/detour/proxy/retry"
 )
@@ -34,52 +35,87 @@ func maxUnreached(endpoints int) int { return min(endpoints+2, 10) }
 // Retry implements h2.Retrier. It runs with the stream's lock held and never blocks: the budget
 // and the balancer are atomics.
 func (r *retrier) Retry(a *h2.Attempt) (h2.Route, time.Duration, bool) {
+	pk, delay, ok := r.decide(a.Reason, a.Addr, a.Attempts, a.Status, a.GRPCStatus, a.Head.Method, a.Remaining)
+	if !ok {
+		return h2.Route{}, 0, false
+	}
+	done := pk.done
+	return h2.Route{Addr: pk.addr, Done: func(res h2.Result) { done(h2Outcome(res)) }, Retry: r}, delay, true
+}
+
+// h1Retrier is the http1.Retrier of one service route: the same decisions as its h2 one.
+type h1Retrier retrier
+
+// Retry implements http1.Retrier.
+func (r *h1Retrier) Retry(a *http1.Attempt) (http1.Route, time.Duration, bool) {
+	reason := h2.RetryStatus
+	switch a.Reason {
+	case http1.RetryDialFailed:
+		reason = h2.RetryDialFailed
+	case http1.RetryRefused:
+		// Only a Detour proxy (a meshed endpoint, its answer authenticated by mutual TLS) says
+		// so; from anything else it is an answer like another.
+		if _, meshed := r.p.routes.identity(a.Addr); meshed {
+			reason = h2.RetryRefused
+		}
+	case http1.RetryReset:
+		reason = h2.RetryReset
+	}
+	pk, delay, ok := (*retrier)(r).decide(reason, a.Addr, a.Attempts, a.Status, -1, a.Method, a.Remaining)
+	if !ok {
+		return http1.Route{}, 0, false
+	}
+	done := pk.done
+	return http1.Route{Addr: pk.addr, Done: func(res http1.Result) { done(h1Outcome(res)) }, Retry: r, Timeout: r.timeout}, delay, true
+}
+
+// decide is whether a failed attempt (to addr, the attempts-th, for the reason given) goes to
+// another endpoint, which, and after what backoff, for either engine.
+func (r *retrier) decide(reason h2.RetryReason, addr netip.AddrPort, attempts, status, grpcStatus int, method string, remaining time.Duration) (picked, time.Duration, bool) {
 	svc := r.svc
 	var delay time.Duration
-	if a.Reason.Unreached() {
+	if reason.Unreached() {
 		// It cannot take requests now (its application is down, or it is going away): out of
 		// every pick at once, probed back by accrual.
-		svc.balancer.Eject(a.Addr)
+		svc.balancer.Eject(addr)
 		n := len(svc.Endpoints)
-		if a.Attempts >= maxUnreached(n) {
-			return h2.Route{}, 0, false
+		if attempts >= maxUnreached(n) {
+			return picked{}, 0, false
 		}
-		if a.Attempts >= n {
+		if attempts >= n {
 			// Every endpoint was tried: give them a moment rather than a busy loop.
-			delay = retry.Backoff(a.Attempts-n+1, 10*time.Millisecond, 200*time.Millisecond)
+			delay = retry.Backoff(attempts-n+1, 10*time.Millisecond, 200*time.Millisecond)
 		}
 	} else {
 		rp := r.retry
-		if rp == nil || a.Attempts >= rp.Attempts {
-			return h2.Route{}, 0, false
+		if rp == nil || attempts >= rp.Attempts {
+			return picked{}, 0, false
 		}
-		switch a.Reason {
+		switch reason {
 		case h2.RetryStatus:
-			if !rp.On.Status(a.Status, a.GRPCStatus) {
-				return h2.Route{}, 0, false
+			if !rp.On.Status(status, grpcStatus) {
+				return picked{}, 0, false
 			}
 		case h2.RetryReset:
-			if rp.On&discovery.RetryReset == 0 || !(r.idempotent || idempotentMethod(a.Head.Method)) {
-				return h2.Route{}, 0, false
+			if rp.On&discovery.RetryReset == 0 || !(r.idempotent || idempotentMethod(method)) {
+				return picked{}, 0, false
 			}
 		}
-		delay = retry.Backoff(a.Attempts, rp.Backoff, rp.MaxBackoff)
-		if a.Remaining > 0 && delay >= a.Remaining {
-			return h2.Route{}, 0, false
+		delay = retry.Backoff(attempts, rp.Backoff, rp.MaxBackoff)
+		if remaining > 0 && delay >= remaining {
+			return picked{}, 0, false
 		}
 		if !svc.budget.Withdraw() {
 			r.p.metrics.BudgetExhausted(svc.Name)
-			return h2.Route{}, 0, false
+			return picked{}, 0, false
 		}
 	}
-	pick, err := svc.balancer.PickOther(a.Addr)
+	pick, err := svc.balancer.PickOther(addr)
 	if err != nil {
-		return h2.Route{}, 0, false
+		return picked{}, 0, false
 	}
-	r.p.metrics.Retried(svc.Name, a.Addr, a.Reason.String())
-	pk := r.p.outboundPicked(svc, pick)
-	done := pk.done
-	return h2.Route{Addr: pk.addr, Done: func(res h2.Result) { done(h2Outcome(res)) }, Retry: r}, delay, true
+	r.p.metrics.Retried(svc.Name, addr, reason.String())
+	return r.p.outboundPicked(svc, pick), delay, true
 }
 
 // idempotentMethod: RFC 9110 §9.2.2.

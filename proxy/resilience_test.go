@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/detourmesh/detour/proxy/h2"
+	"github.com/detourmesh/detour/proxy/http1"
 )
 
 const withPolicy = `services:
@@ -72,6 +73,39 @@ func TestRetrierDecides(t *testing.T) {
 	for _, st := range svc.balancer.Stats() {
 		if st.Endpoint.Addr == first && st.State != "ejected" {
 			t.Errorf("the endpoint that refused is %q, want ejected", st.State)
+		}
+	}
+}
+
+// TestH1RetrierDecides: the HTTP/1.1 engine's failed attempts get the same decisions, by method
+// for resets, and a refusal mark counts only from a meshed endpoint (a Detour proxy).
+func TestH1RetrierDecides(t *testing.T) {
+	p := New(Config{Logger: slog.New(slog.DiscardHandler)})
+	p.routes.update(mustParse(t, withPolicy))
+	svc := p.routes.lookup(netip.MustParseAddrPort("198.19.0.10:80"))
+	first := netip.MustParseAddrPort("198.18.0.11:8080")
+	for _, tt := range []struct {
+		what string
+		a    http1.Attempt
+		want bool
+	}{
+		{"a failed dial", http1.Attempt{Method: "POST", Path: "/orders", Reason: http1.RetryDialFailed}, true},
+		{"a refusal mark from an endpoint that is not meshed", http1.Attempt{Method: "POST", Path: "/orders", Reason: http1.RetryRefused, Status: 503}, false},
+		{"a reset of a POST", http1.Attempt{Method: "POST", Path: "/orders", Reason: http1.RetryReset}, false},
+		{"a 503 the policy does not name", http1.Attempt{Method: "GET", Path: "/", Reason: http1.RetryStatus, Status: 503}, false},
+		{"a reset of a GET", http1.Attempt{Method: "GET", Path: "/", Reason: http1.RetryReset}, true},
+	} {
+		a := tt.a
+		a.Addr, a.Attempts = first, 1
+		next, _, ok := (*h1Retrier)(svc.route(a.Method, a.Path)).Retry(&a)
+		if ok != tt.want {
+			t.Errorf("%s: retried %v, want %v", tt.what, ok, tt.want)
+		}
+		if ok {
+			if next.Addr == first || next.Retry == nil {
+				t.Errorf("%s: went to %v (retrier %v), want another endpoint with a retrier", tt.what, next.Addr, next.Retry)
+			}
+			next.Done(http1.Result{Status: 200})
 		}
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"log/slog"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/detourmesh/detour/discovery"
 	"github.com/detourmesh/detour/proxy/h2"
+	"github.com/detourmesh/detour/proxy/http1"
 	"github.com/detourmesh/detour/proxy/tap"
 )
 
@@ -62,4 +64,27 @@ func BenchmarkRouteH2Outbound(b *testing.B) {
 	// Without the connection's record, so without counting its requests per endpoint.
 	b.Run("tap idle, no connection record", func(b *testing.B) { benchRoute(b, false, false) })
 	b.Run("tap watched", func(b *testing.B) { benchRoute(b, true, true) })
+}
+
+// BenchmarkRouteH1Outbound is benchRoute for an HTTP/1.1 request: pick, budget, route policy
+// (its retrier and timeout), and the end recorded.
+func BenchmarkRouteH1Outbound(b *testing.B) {
+	s, err := discovery.Parse("discovery.yaml", []byte(twoEndpoints))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := New(Config{Logger: slog.New(slog.DiscardHandler)})
+	p.routes.update(s)
+	vip := netip.MustParseAddrPort("198.19.0.10:80")
+	req := httptest.NewRequest("GET", "http://198.19.0.10/quotes/ACME", nil)
+	res := http1.Result{Status: 200, Duration: time.Millisecond}
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := p.routeH1Outbound(vip, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		res.Addr = r.Addr
+		r.Done(res)
+	}
 }

@@ -69,6 +69,9 @@ type routes struct {
 	// build finishes a fresh service (its retriers); set before the first update.
 	build func(*service)
 
+	// zone is the proxy's topology zone: balancers get discovery.ForZone's endpoints.
+	zone string
+
 	mu        sync.Mutex
 	balancers map[string]kept // by service name
 }
@@ -82,8 +85,8 @@ type kept struct {
 	bset    discovery.Budget
 }
 
-func newRoutes(opts balance.Options) *routes {
-	return &routes{opts: opts, balancers: map[string]kept{}}
+func newRoutes(opts balance.Options, zone string) *routes {
+	return &routes{opts: opts, zone: zone, balancers: map[string]kept{}}
 }
 
 // update installs a new snapshot and returns the endpoints whose peer changed: meshed with
@@ -126,7 +129,7 @@ func (r *routes) update(snap *discovery.Snapshot) (changed, reidentified []netip
 			k.budget, k.bset = retry.NewBudget(pol.Budget.Ratio, pol.Budget.MinPerSecond, pol.Budget.Window, r.opts.Now), pol.Budget
 		}
 		r.balancers[s.Name] = k
-		k.Update(s.Endpoints)
+		k.Update(discovery.ForZone(s.Endpoints, r.zone))
 		svc := &service{Service: s, balancer: k.Balancer, authority: authority(s), budget: k.budget}
 		if r.build != nil {
 			r.build(svc)

@@ -32,7 +32,7 @@ services:
 `
 
 func TestReloadKeepsTheBalancerAndItsLoad(t *testing.T) {
-	r := newRoutes(balance.Options{})
+	r := newRoutes(balance.Options{}, "")
 	r.update(mustParse(t, twoEndpoints))
 	vip := netip.MustParseAddrPort("198.19.0.10:80")
 	before := r.lookup(vip)
@@ -62,7 +62,7 @@ func TestReloadKeepsTheBalancerAndItsLoad(t *testing.T) {
 }
 
 func TestRoundRobinRequestedByDiscoveryIsUsed(t *testing.T) {
-	r := newRoutes(balance.Options{})
+	r := newRoutes(balance.Options{}, "")
 	r.update(mustParse(t, twoEndpoints))
 	vip := netip.MustParseAddrPort("198.19.0.10:80")
 	p2c := r.lookup(vip).balancer
@@ -122,7 +122,7 @@ services:
         identity: spiffe://cluster.local/ns/stocks/sa/stockdata
       - address: 198.18.0.13:8080
 `
-	r := newRoutes(balance.Options{})
+	r := newRoutes(balance.Options{}, "")
 	if changed, _, _ := r.update(mustParse(t, meshed)); len(changed) != 0 {
 		t.Fatalf("the first snapshot reported changes: %v", changed)
 	}
@@ -165,7 +165,7 @@ const twoServices = twoEndpoints + `  - name: other.ns
 `
 
 func TestOnlyResolvedServicesGetABalancer(t *testing.T) {
-	r := newRoutes(balance.Options{})
+	r := newRoutes(balance.Options{}, "")
 	full := mustParse(t, twoServices)
 	_, _, fresh := r.update(unresolve(full, "stockdata.stocks", "other.ns"))
 	vip := netip.MustParseAddrPort("198.19.0.10:80")
@@ -262,5 +262,45 @@ func TestAServiceWhoseEndpointsNeverComeFailsItsRequests(t *testing.T) {
 	// Never its original destination: the request fails, naming why.
 	if _, _, err := p.pickOutbound(vip); err == nil || !strings.Contains(err.Error(), "not known yet") {
 		t.Errorf("a request: %v", err)
+	}
+}
+
+// TestZoneHintsNarrowThePicks: a proxy in zone-a balances over the endpoints hinted for zone-a
+// only; once one endpoint loses its hints the service is balanced over all of them again.
+func TestZoneHintsNarrowThePicks(t *testing.T) {
+	const hinted = `trustDomain: cluster.local
+services:
+  - name: stockdata.stocks
+    addresses: ["198.19.0.10:80"]
+    endpoints:
+      - {address: 198.18.0.11:8080, zone: zone-a, forZones: [zone-a]}
+      - {address: 198.18.0.12:8080, zone: zone-b, forZones: [zone-b]}
+      - {address: 198.18.0.13:8080, zone: zone-a, forZones: [zone-a]}
+`
+	picked := func(r *routes) map[string]int {
+		t.Helper()
+		got := map[string]int{}
+		b := r.lookup(netip.MustParseAddrPort("198.19.0.10:80")).balancer
+		for range 300 {
+			p, err := b.Pick()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[p.Endpoint.Addr.String()]++
+			p.Done(nil, time.Millisecond)
+		}
+		return got
+	}
+	r := newRoutes(balance.Options{}, "zone-a")
+	r.update(mustParse(t, hinted))
+	if got := picked(r); len(got) != 2 || got["198.18.0.12:8080"] != 0 {
+		t.Errorf("zone-a with every endpoint hinted picked %v, want only the two zone-a endpoints", got)
+	}
+	r.update(mustParse(t, strings.Replace(hinted, ", forZones: [zone-b]", "", 1)))
+	if got := picked(r); len(got) != 3 {
+		t.Errorf("with one endpoint unhinted picked %v, want all three", got)
+	}
+	if got := picked(func() *routes { r := newRoutes(balance.Options{}, ""); r.update(mustParse(t, hinted)); return r }()); len(got) != 3 {
+		t.Errorf("a proxy with no zone picked %v, want all three", got)
 	}
 }

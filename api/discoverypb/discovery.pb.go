@@ -905,6 +905,7 @@ type Endpoint struct {
 	Identity      string                 `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"` // SPIFFE ID of its proxy; empty: not meshed
 	Weight        uint32                 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`    // 0 means 1
 	Zone          string                 `protobuf:"bytes,4,opt,name=zone,proto3" json:"zone,omitempty"`
+	ForZones      []string               `protobuf:"bytes,5,rep,name=for_zones,json=forZones,proto3" json:"for_zones,omitempty"` // topology hints: the zones whose clients it serves
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -965,6 +966,13 @@ func (x *Endpoint) GetZone() string {
 		return x.Zone
 	}
 	return ""
+}
+
+func (x *Endpoint) GetForZones() []string {
+	if x != nil {
+		return x.ForZones
+	}
+	return nil
 }
 
 var File_api_discoverypb_discovery_proto protoreflect.FileDescriptor
@@ -1039,12 +1047,13 @@ const file_api_discoverypb_discovery_proto_rawDesc = "" +
 	"\fbase_version\x18\x03 \x01(\tR\vbaseVersion\x12;\n" +
 	"\tendpoints\x18\x04 \x03(\v2\x1d.detour.discovery.v2.EndpointR\tendpoints\x12\x18\n" +
 	"\aremoved\x18\x05 \x03(\tR\aremoved\x12\x18\n" +
-	"\aunknown\x18\x06 \x01(\bR\aunknown\"l\n" +
+	"\aunknown\x18\x06 \x01(\bR\aunknown\"\x89\x01\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x16\n" +
 	"\x06weight\x18\x03 \x01(\rR\x06weight\x12\x12\n" +
-	"\x04zone\x18\x04 \x01(\tR\x04zone2h\n" +
+	"\x04zone\x18\x04 \x01(\tR\x04zone\x12\x1b\n" +
+	"\tfor_zones\x18\x05 \x03(\tR\bforZones2h\n" +
 	"\tDiscovery\x12[\n" +
 	"\x06Stream\x12%.detour.discovery.v2.DiscoveryRequest\x1a&.detour.discovery.v2.DiscoveryResponse(\x010\x01B.Z,github.com/detourmesh/detour/api/discoverypbb\x06proto3"
 

@@ -46,6 +46,7 @@ type proxyFlags struct {
 	probePaths                   string
 
 	podName, podNamespace, podServiceAccount string
+	zone                                     string
 }
 
 func newProxyCommand() *cobra.Command {
@@ -92,6 +93,7 @@ Every flag can also be set as DETOUR_<FLAG_NAME>, e.g. DETOUR_DISCOVERY=file:/et
 	fl.StringVar(&f.podName, "pod-name", "", "the pod this proxy serves, for its logs, /debug/proxy and detour debug (the injector sets DETOUR_POD_NAME from the downward API)")
 	fl.StringVar(&f.podNamespace, "pod-namespace", "", "the pod's namespace, likewise (DETOUR_POD_NAMESPACE)")
 	fl.StringVar(&f.podServiceAccount, "pod-service-account", "", "the pod's ServiceAccount, for its logs (the injector sets it)")
+	fl.StringVar(&f.zone, "zone", "", "the topology zone the proxy runs in; with it, services whose endpoints all carry zone hints (EndpointSlice hints.forZones, forZones in the discovery file) are balanced over those hinted for this zone (the injector sets DETOUR_ZONE from the pod's topology.kubernetes.io/zone label)")
 	fl.StringVar(&f.allow, "allow", "", "per-port allow-lists of client identities, e.g. 8080=spiffe://cluster.local/ns/web/sa/stockweb;9000=...")
 	return cmd
 }
@@ -140,7 +142,7 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		OutboundPort: f.outbound, InboundPort: f.inbound, AdminPort: f.admin,
 		OpaquePorts: ports, InboundLoopbackPorts: loopbackPorts, DetectTimeout: f.detectTimeout, DrainTimeout: f.drain, ResolveTimeout: f.resolveTimeout, Logger: log,
 		MetricsRetain: f.metricsRetain, MaxConnections: f.maxConns,
-		Pod: proxy.PodInfo{Name: f.podName, Namespace: f.podNamespace}, DiscoveryName: f.discovery,
+		Pod: proxy.PodInfo{Name: f.podName, Namespace: f.podNamespace}, DiscoveryName: f.discovery, Zone: f.zone,
 	}
 	if cfg.Policy, err = mtls.ParsePolicy(f.policy, f.portPolicy, f.allow); err != nil {
 		return err

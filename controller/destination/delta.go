@@ -168,7 +168,7 @@ func diffEndpoints(old, next *endpointsState) *discoverypb.Endpoints {
 			msg.Endpoints = append(msg.Endpoints, discovery.EndpointToProto(&next.set[j]))
 			j++
 		default:
-			if old.set[i] != next.set[j] {
+			if !old.set[i].Equal(&next.set[j]) {
 				msg.Endpoints = append(msg.Endpoints, discovery.EndpointToProto(&next.set[j]))
 			}
 			i++
@@ -286,6 +286,10 @@ func hashEndpoints(td discovery.TrustDomain, set []discovery.Endpoint) string {
 		b = strconv.AppendUint(b, uint64(e.Weight), 10)
 		b = append(b, 0)
 		b = append(b, e.Zone...)
+		for _, z := range e.ForZones {
+			b = append(b, ' ')
+			b = append(b, z...)
+		}
 		b = append(b, '\n')
 		if len(b) > 4096 {
 			h.Write(b)

@@ -243,6 +243,14 @@ func endpoints(in Input, svc *corev1.Service, port corev1.ServicePort, svcSlices
 			if e.Conditions.Terminating != nil && *e.Conditions.Terminating {
 				c.ready = false
 			}
+			if e.Hints != nil {
+				var zones []string
+				for _, z := range e.Hints.ForZones {
+					zones = append(zones, z.Name)
+				}
+				// Hints a proxy would refuse are dropped, not sent: the endpoint stays usable.
+				c.ep.ForZones, _ = discovery.CheckForZones(zones)
+			}
 			var pod *corev1.Pod
 			if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
 				ns := e.TargetRef.Namespace

@@ -342,3 +342,26 @@ func mustWire(t *testing.T, svcs []*discovery.Service) {
 		}
 	}
 }
+
+// TestBuildZoneHints: an EndpointSlice's zone and hints.forZones reach the model's endpoint; a
+// hint a proxy would refuse (twice the same zone) is dropped, the endpoint kept.
+func TestBuildZoneHints(t *testing.T) {
+	f := stockFixture()
+	f.slices = f.slices[:1]
+	a, b := ep("198.18.0.11", "stockdata-a", true, true, false), ep("198.18.0.12", "stockdata-b", true, true, false)
+	a.Zone, b.Zone = ptr("zone-a"), ptr("zone-b")
+	a.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "zone-a"}, {Name: "zone-c"}}}
+	b.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "zone-b"}, {Name: "zone-b"}}}
+	f.slices[0].Endpoints = []discoveryv1.Endpoint{a, b}
+	got, _ := Build(f.input())
+	eps := byName(t, got)["80.stockdata.stocks"].Endpoints
+	if len(eps) != 2 {
+		t.Fatalf("endpoints %s, want both", addrs(eps))
+	}
+	if eps[0].Zone != "zone-a" || strings.Join(eps[0].ForZones, ",") != "zone-a,zone-c" {
+		t.Errorf("first endpoint: zone %q hints %v, want zone-a and [zone-a zone-c]", eps[0].Zone, eps[0].ForZones)
+	}
+	if eps[1].Zone != "zone-b" || eps[1].ForZones != nil {
+		t.Errorf("second endpoint: zone %q hints %v, want zone-b and its repeated hint dropped", eps[1].Zone, eps[1].ForZones)
+	}
+}

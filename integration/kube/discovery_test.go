@@ -15,6 +15,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -307,6 +308,46 @@ func TestDiscoveryFromTheAPI(t *testing.T) {
 			if e.Addr.Addr().String() == "198.18.5.12" {
 				return "the proxy still balances over the terminating endpoint"
 			}
+		}
+		return ""
+	})
+
+	// Zone hints: an EndpointSlice written by hand for a selectorless Service, as topology-aware
+	// routing writes them, reaches the watching proxy through the controller with its hints.
+	if _, err := client.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "zoned"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	zoned := func(addr, zone string, hints ...string) discoveryv1.Endpoint {
+		e := discoveryv1.Endpoint{Addresses: []string{addr}, Zone: ptr(zone), Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)},
+			Hints: &discoveryv1.EndpointHints{}}
+		for _, h := range hints {
+			e.Hints.ForZones = append(e.Hints.ForZones, discoveryv1.ForZone{Name: h})
+		}
+		return e
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "zoned-1", Labels: map[string]string{
+			discoveryv1.LabelServiceName: "zoned", discoveryv1.LabelManagedBy: "detour-test"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
+		Endpoints:   []discoveryv1.Endpoint{zoned("198.18.5.21", "zone-a", "zone-a"), zoned("198.18.5.22", "zone-b", "zone-b", "zone-c")},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Use("zoned.disc")()
+	eventually(t, 20*time.Second, func() string {
+		select {
+		case atProxy = <-watch:
+		default:
+		}
+		z, ok := atProxy.Service("zoned.disc")
+		if !ok || len(z.Endpoints) != 2 {
+			return fmt.Sprintf("the proxy sees %v for zoned.disc, want 2 endpoints", z)
+		}
+		got := fmt.Sprintf("%s %s %v; %s %s %v", z.Endpoints[0].Addr, z.Endpoints[0].Zone, z.Endpoints[0].ForZones, z.Endpoints[1].Addr, z.Endpoints[1].Zone, z.Endpoints[1].ForZones)
+		if want := "198.18.5.21:8080 zone-a [zone-a]; 198.18.5.22:8080 zone-b [zone-b zone-c]"; got != want {
+			return fmt.Sprintf("the proxy sees %s, want %s", got, want)
 		}
 		return ""
 	})

@@ -50,7 +50,7 @@ func FuzzBalancer(f *testing.F) {
 					}
 					found := false
 					for _, ep := range current {
-						found = found || ep == *p.Endpoint
+						found = found || ep.Equal(p.Endpoint)
 					}
 					if !found {
 						t.Fatalf("picked %+v, not in %+v", *p.Endpoint, current)

@@ -80,8 +80,76 @@ type Route struct {
 	Addr netip.AddrPort
 	// Done, if not nil, is called exactly once when the exchange ends (response body finished,
 	// or failed), on the client connection's goroutine with no engine locks held. It must not
-	// block: it feeds the balancer (latency, in-flight counts) and metrics.
+	// block: it feeds the balancer (latency, in-flight counts) and metrics. When Retry sent the
+	// request elsewhere, the attempt it left ends here too, with Result.Retried set.
 	Done func(Result)
+	// Timeout, if positive, bounds the request from the end of its head: past it the upstream
+	// connection is closed (the application sees the request cancelled) and the client answered
+	// 504, or, once the response is under way, its connection closed; Result.TimedOut is set.
+	Timeout time.Duration
+	// Retry, if not nil, is asked where a failed attempt goes next (see Retrier). Without it the
+	// engine replays only a bodyless idempotent request whose pooled connection was found closed.
+	Retry Retrier
+	// MeshClient says the client is another Detour proxy, which can tell from how the engine
+	// fails a request what became of it: a request whose dial failed is answered 503 with
+	// ProxyErrorHeader "refused" (the application never saw it, so the client sends it to
+	// another replica), one whose upstream connection was lost after it went out 502 with
+	// ProxyErrorHeader "reset" (retried only as a reset: idempotent requests).
+	MeshClient bool
+}
+
+// ProxyErrorHeader marks a response the engine synthesized for a MeshClient (see there); the
+// same name as the HTTP/2 engine's.
+const ProxyErrorHeader = "Detour-Proxy-Error"
+
+// AttemptHeader carries a retried request's attempt number (2 for the first retry).
+const AttemptHeader = "Detour-Attempt"
+
+// Retrier chooses where a request goes after an attempt failed. The engine asks it only when
+// the request can be sent again whole: nothing of its body was read from the client yet, or all
+// of it is kept (Config.MaxReplayBytes; a chunked body is not kept), and no interim response was
+// relayed. Never after the request's deadline or once its client went away.
+//
+// Retry is called on the client connection's goroutine with no engine locks held; it must not
+// block. It returns the next attempt's route (its Retry is asked again if that fails too) and how
+// long to wait before sending it, or ok false to let the failure reach the client.
+type Retrier interface {
+	Retry(a *Attempt) (next Route, backoff time.Duration, ok bool)
+}
+
+// RetryReason says how an attempt failed.
+type RetryReason uint8
+
+// Reasons for a retry. The first two prove that the upstream application never saw the
+// request; the others do not.
+const (
+	// RetryDialFailed: no connection to the endpoint could be made (refused, reset, TLS
+	// handshake or peer identity failure).
+	RetryDialFailed RetryReason = iota + 1
+	// RetryRefused: the endpoint's proxy could not reach its application (a 503 marked with
+	// ProxyErrorHeader "refused").
+	RetryRefused
+	// RetryStatus: the upstream answered 5xx; the response is held back from the client.
+	RetryStatus
+	// RetryReset: the upstream connection was lost after the request went out and before a
+	// response head, or the endpoint's proxy said so (ProxyErrorHeader "reset").
+	RetryReset
+)
+
+// Unreached reports whether the reason proves the request never reached the application.
+func (r RetryReason) Unreached() bool { return r == RetryDialFailed || r == RetryRefused }
+
+// Attempt is a failed attempt, as a Retrier sees it. The Retrier must not retain it.
+type Attempt struct {
+	Method, Path string
+	Addr         netip.AddrPort // the endpoint that failed
+	Reason       RetryReason
+	Status       int   // the response held back (RetryStatus); 0 otherwise
+	Err          error // what failed, for the other reasons
+	// Attempts counts the attempts made so far, this one included.
+	Attempts int
+	// Remaining is the time left before the request's deadline; 0 if it has none.
+	Remaining time.Duration
 }
 
 // Result describes how a request ended.
@@ -97,6 +165,11 @@ type Result struct {
 	// lost connection, malformed response) rather than to the client; balancers use it to eject
 	// hosts.
 	Upstream bool
+	// Retried says this attempt failed and Route.Retry sent the request elsewhere: the client
+	// saw nothing of it.
+	Retried bool
+	// TimedOut says Route.Timeout expired.
+	TimedOut bool
 	// Duration runs from the end of the request head to the end of the exchange.
 	Duration time.Duration
 	// Queued is the part of Duration spent getting an upstream connection (a pooled one, or a
@@ -146,6 +219,10 @@ type Config struct {
 	MaxIdlePerEndpoint int
 	// UpstreamIdleTimeout closes a pooled upstream connection idle this long. Default 90 s.
 	UpstreamIdleTimeout time.Duration
+	// MaxReplayBytes bounds the request body kept, for a route with a Retrier, so that the
+	// request can be sent again after it went out; a larger or chunked body is not retried once
+	// its first byte was read. Default 64 KiB; negative keeps none.
+	MaxReplayBytes int
 }
 
 func (c *Config) setDefaults() {
@@ -171,6 +248,9 @@ func (c *Config) setDefaults() {
 	defDur(&c.WriteTimeout, 15*time.Second)
 	defDur(&c.DialTimeout, 5*time.Second)
 	defDur(&c.UpstreamIdleTimeout, 90*time.Second)
+	if c.MaxReplayBytes == 0 {
+		c.MaxReplayBytes = 64 << 10
+	}
 	if c.MaxIdlePerEndpoint == 0 {
 		c.MaxIdlePerEndpoint = 32
 	}

@@ -187,6 +187,16 @@ func (c *clientConn) clientGone(err error) {
 	}
 }
 
+// closeUp closes the upstream connection in flight, if any: its request timed out.
+func (c *clientConn) closeUp() {
+	c.mu.Lock()
+	up := c.up
+	c.mu.Unlock()
+	if up != nil {
+		up.nc.Close()
+	}
+}
+
 func (c *clientConn) goneErr() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -371,6 +381,11 @@ func (c *clientConn) parseHead() (*request, error) {
 
 // writeError answers a request the engine could not forward, with a one-line text body.
 func (c *clientConn) writeError(status int, msg string, closeConn, head bool) {
+	c.writeErrorMarked(status, msg, "", closeConn, head)
+}
+
+// writeErrorMarked is writeError with ProxyErrorHeader: mark, unless mark is "".
+func (c *clientConn) writeErrorMarked(status int, msg, mark string, closeConn, head bool) {
 	body := oneLine(msg) + "\n"
 	bw := c.bw
 	bw.WriteString("HTTP/1.1 ")
@@ -381,6 +396,9 @@ func (c *clientConn) writeError(status int, msg string, closeConn, head bool) {
 	bw.WriteString(strconv.Itoa(len(body)))
 	if closeConn {
 		bw.WriteString("\r\nConnection: close")
+	}
+	if mark != "" {
+		bw.WriteString("\r\n" + ProxyErrorHeader + ": " + mark)
 	}
 	bw.WriteString("\r\n\r\n")
 	if !head {

@@ -29,6 +29,14 @@
 //   - An upstream connection is reused only after a complete exchange that left it in a known
 //     state, and checked for a peer close before reuse; a bodyless idempotent request that finds
 //     its pooled connection dead is replayed once on a fresh one.
+//   - A Route with a Retrier (exchange.go mayAgain, ask, next) may send a failed request to
+//     another endpoint: after a failed dial, a 5xx held back before any of it reached the
+//     client, or a connection lost before a response head. Only a request that can go whole:
+//     its Content-Length body (up to Config.MaxReplayBytes) is kept as it is forwarded; a
+//     chunked or larger one is not retried once its first byte was read. The Retrier (the
+//     proxy's resilience policy, shared with the HTTP/2 engine) decides whether and where.
+//   - Route.Timeout closes the upstream connection in flight at the deadline (an HTTP/1.1
+//     request cannot be cancelled otherwise) and answers 504.
 //
 // Lock order: clientConn.mu and pool.mu are each taken alone. Router.Route and Route.Done run on
 // the connection's goroutine with no engine locks held.

@@ -23,12 +23,24 @@ type exchange struct {
 	c   *clientConn
 	rq  *request
 	res Result
+	// The attempt's Route (its Addr is res.Addr), without Timeout: the first one's applies.
+	done  func(Result)
+	retry Retrier
 
-	sent      time.Time // when the request head went upstream (the last try's); zero if never
-	bgRunning bool
+	replay  []byte        // the body kept so far
+	timeout time.Duration // the first Route's Timeout, from the request head's end
+	sent    time.Time     // when the request head went upstream (the last try's); zero if never
+	interim int           // 1xx responses received
+
+	attempts  int32
+	expired   atomic.Bool // timeout passed
 	bodyDone  atomic.Bool // the request body has been forwarded completely (or there is none)
-	killed    bool        // join closed the upstream connection under a body copy
-	interim   int         // 1xx responses received
+	kept      atomic.Bool // all of the request body was read from the client into replay
+	bgRunning bool
+	killed    bool // join closed the upstream connection under a body copy
+	mesh      bool // Route.MeshClient
+	keep      bool // the request body is kept in replay as it goes, for a retry
+	taken     bool // some of the request body was read from the client
 }
 
 // bgResult is what the background goroutine of an exchange reports when it ends.
@@ -62,19 +74,38 @@ func (c *clientConn) forward(ctx context.Context, rq *request) bool {
 		c.writeError(http.StatusServiceUnavailable, fmt.Sprintf("detour: no route for %s: %v", host, err), !keep, r.Method == http.MethodHead)
 		return keep
 	}
-	x := &exchange{c: c, rq: rq, res: Result{Addr: route.Addr}}
+	x := &exchange{c: c, rq: rq, res: Result{Addr: route.Addr}, done: route.Done, retry: route.Retry, mesh: route.MeshClient, attempts: 1}
 	x.bodyDone.Store(rq.body == nil)
-	defer func() {
-		x.res.Duration = time.Since(rq.start)
-		x.res.Queued = x.res.Duration
-		if !x.sent.IsZero() {
-			x.res.Queued = x.sent.Sub(rq.start)
-		}
-		if route.Done != nil {
-			route.Done(x.res)
-		}
-	}()
+	x.keep = route.Retry != nil && rq.body != nil && !rq.chunked && rq.contentLength <= int64(c.s.cfg.MaxReplayBytes)
+	defer func() { x.end(x.res) }()
+	if route.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, route.Timeout)
+		stop := context.AfterFunc(ctx, func() {
+			if ctx.Err() == context.DeadlineExceeded {
+				x.expired.Store(true)
+				c.closeUp()
+			}
+		})
+		defer func() { stop(); cancel() }()
+		x.timeout = route.Timeout
+	}
 	return x.run(ctx)
+}
+
+// end calls the Done of the attempt that ends with res.
+func (x *exchange) end(res Result) {
+	res.Duration = time.Since(x.rq.start)
+	res.Queued = res.Duration
+	if !x.sent.IsZero() {
+		res.Queued = x.sent.Sub(x.rq.start)
+	}
+	if x.expired.Load() && (res.Err != nil || res.Status == http.StatusGatewayTimeout) {
+		res.TimedOut = true // not a response that ended as the timer fired
+	}
+	if x.done != nil {
+		x.done(res)
+	}
 }
 
 // refuse answers a request the Router refused; it reports whether the client connection can
@@ -99,31 +130,89 @@ func (x *exchange) run(ctx context.Context) bool {
 		var err error
 		uc, err = c.s.pool.get(ctx, x.res.Addr, rq.upgrade != "" || x.res.Retries > 0)
 		if err != nil {
-			return x.badGateway(fmt.Errorf("dialing upstream %s: %w", x.res.Addr, err))
+			if x.expired.Load() {
+				return x.gatewayTimeout()
+			}
+			err = fmt.Errorf("dialing upstream %s: %w", x.res.Addr, err)
+			if x.again(RetryDialFailed, 0, err) {
+				continue
+			}
+			if x.mesh {
+				if x.res.Retries > 0 {
+					// A replay after a pooled connection closed: the first try may have
+					// reached the application.
+					return x.failWith(http.StatusBadGateway, "reset", err)
+				}
+				return x.failWith(http.StatusServiceUnavailable, "refused", err)
+			}
+			return x.badGateway(err)
 		}
 		if !c.attach(uc) {
 			uc.nc.Close()
 			x.res.Err = errors.New("client connection closed")
 			return false
 		}
+		if x.expired.Load() { // before attach, the timer found nothing to close
+			c.detach()
+			uc.nc.Close()
+			return x.gatewayTimeout()
+		}
 		x.sent = time.Now()
 		resp, err = x.send(uc)
 		if err == nil {
 			x.res.Headers = time.Since(x.sent)
-			break
+			if resp.StatusCode < 500 || x.retry == nil {
+				break
+			}
+			reason := RetryStatus
+			if v := resp.Header[ProxyErrorHeader]; len(v) == 1 {
+				switch v[0] {
+				case "refused":
+					reason, err = RetryRefused, fmt.Errorf("the upstream proxy %s could not reach its application", x.res.Addr)
+				case "reset":
+					reason, err = RetryReset, fmt.Errorf("the upstream proxy %s lost the application's connection", x.res.Addr)
+				}
+			}
+			if !x.mayAgain() {
+				break
+			}
+			held := x.res
+			held.Status = resp.StatusCode
+			next, delay, ok := x.ask(reason, resp.StatusCode, err)
+			if !ok {
+				break
+			}
+			// The response held back is dropped with its connection: the client never sees it.
+			x.res.ReqBytes += x.join(uc).n
+			c.detach()
+			uc.nc.Close()
+			x.next(held, err, next, delay)
+			continue
 		}
-		x.join(uc)
+		x.res.ReqBytes += x.join(uc).n
 		c.detach()
 		uc.nc.Close()
 		if gerr := c.goneErr(); gerr != nil {
 			return x.clientFailed(gerr)
 		}
+		if x.expired.Load() {
+			return x.gatewayTimeout()
+		}
+		c.nc.SetReadDeadline(time.Time{}) // join left it in the past
 		if x.retryable(uc, err) {
 			x.res.Retries++
-			c.nc.SetReadDeadline(time.Time{}) // join left it in the past
 			continue
 		}
-		return x.badGateway(fmt.Errorf("upstream %s: %w", x.res.Addr, err))
+		var nr *nothingReceivedError
+		lost := errors.As(err, &nr) && x.interim == 0
+		err = fmt.Errorf("upstream %s: %w", x.res.Addr, err)
+		if lost && x.again(RetryReset, 0, err) {
+			continue
+		}
+		if lost && x.mesh {
+			return x.failWith(http.StatusBadGateway, "reset", err)
+		}
+		return x.badGateway(err)
 	}
 
 	if resp.StatusCode == http.StatusSwitchingProtocols {
@@ -178,15 +267,27 @@ func (x *exchange) send(uc *upConn) (*http.Response, error) {
 	case rq.body == nil:
 		x.bodyDone.Store(true)
 		err = uc.bw.Flush()
+	case x.taken:
+		// A retry: mayAgain made sure the whole body is kept.
+		uc.bw.Write(x.replay)
+		x.res.ReqBytes = int64(len(x.replay))
+		x.bodyDone.Store(true)
+		err = uc.bw.Flush()
 	case rq.contentLength > 0 && rq.contentLength <= int64(c.br.Buffered()):
 		// The whole body is already buffered: it leaves with the head, and no goroutine copies it.
 		b, _ := c.br.Peek(int(rq.contentLength))
 		uc.bw.Write(b)
+		if x.keep {
+			x.replay = append(x.replay[:0], b...)
+			x.kept.Store(true)
+		}
 		c.br.Discard(len(b))
+		x.taken = true
 		x.res.ReqBytes = rq.contentLength
 		x.bodyDone.Store(true)
 		err = uc.bw.Flush()
 	default:
+		x.taken = true // the goroutine below reads it
 		// The head goes first: a client that sent Expect: 100-continue waits for the
 		// upstream's answer before it sends the body.
 		err = uc.bw.Flush()
@@ -198,6 +299,57 @@ func (x *exchange) send(uc *upConn) (*http.Response, error) {
 	c.aborting.Store(false)
 	go x.background(uc)
 	return x.readResponse(uc)
+}
+
+// mayAgain reports whether the request can be sent again whole: nothing of its body was read
+// yet, or all of it is kept; no interim response reached the client; the client is still there
+// and the deadline has not passed.
+func (x *exchange) mayAgain() bool {
+	if x.retry == nil || x.interim > 0 || x.expired.Load() || x.c.goneErr() != nil {
+		return false
+	}
+	return !x.taken || x.kept.Load()
+}
+
+// ask asks the Retrier whether the failed attempt is sent again, where and when. The caller
+// ends the failed attempt with next.
+func (x *exchange) ask(reason RetryReason, status int, err error) (Route, time.Duration, bool) {
+	r := x.rq.req
+	a := Attempt{Method: r.Method, Path: r.URL.Path, Addr: x.res.Addr, Reason: reason, Status: status, Err: err, Attempts: int(x.attempts)}
+	if x.timeout > 0 {
+		if a.Remaining = x.timeout - time.Since(x.rq.start); a.Remaining <= 0 {
+			return Route{}, 0, false
+		}
+	}
+	return x.retry.Retry(&a)
+}
+
+// again asks the Retrier about an attempt that failed with no response and, on yes, moves on.
+func (x *exchange) again(reason RetryReason, status int, err error) bool {
+	if !x.mayAgain() {
+		return false
+	}
+	next, delay, ok := x.ask(reason, status, err)
+	if ok {
+		x.next(x.res, err, next, delay)
+	}
+	return ok
+}
+
+// next ends the failed attempt (res) and starts the one ask chose, after its backoff.
+func (x *exchange) next(res Result, err error, route Route, delay time.Duration) {
+	res.Retried, res.Err, res.Upstream = true, err, true
+	x.end(res)
+	x.done, x.retry, x.mesh, x.attempts = route.Done, route.Retry, route.MeshClient, x.attempts+1
+	x.res = Result{Addr: route.Addr}
+	x.sent = time.Time{}
+	x.bodyDone.Store(x.rq.body == nil)
+	x.killed = false                    // what join cut short went upstream; the client's side is read whole
+	x.c.nc.SetReadDeadline(time.Time{}) // join left it in the past
+	if delay > 0 {
+		// Bounded by the policy's maximum backoff, and by the deadline (ask checked).
+		time.Sleep(delay)
+	}
 }
 
 // retryable reports whether a failed exchange may be replayed on a fresh connection: the pooled
@@ -215,6 +367,24 @@ func (x *exchange) retryable(uc *upConn, err error) bool {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
 		return true
 	}
+	return false
+}
+
+// gatewayTimeout answers a request whose Route.Timeout passed before a response head.
+func (x *exchange) gatewayTimeout() bool {
+	x.res.Status = http.StatusGatewayTimeout
+	x.res.Err = fmt.Errorf("request timeout (%v) exceeded", x.timeout)
+	x.res.TimedOut = true
+	x.c.writeError(http.StatusGatewayTimeout, "detour: "+x.res.Err.Error(), true, x.rq.req.Method == http.MethodHead)
+	return false
+}
+
+// failWith answers a MeshClient's request that failed, marked with ProxyErrorHeader: mark.
+func (x *exchange) failWith(status int, mark string, err error) bool {
+	x.res.Status = status
+	x.res.Err = err
+	x.res.Upstream = true
+	x.c.writeErrorMarked(status, "detour: "+err.Error(), mark, true, x.rq.req.Method == http.MethodHead)
 	return false
 }
 
@@ -297,6 +467,14 @@ func (x *exchange) copyBody(uc *upConn) (n int64, clientErr, upErr error) {
 		m, rerr := rq.body.Read(buf)
 		if m > 0 {
 			n += int64(m)
+			if x.keep {
+				// Kept before it goes upstream: an upstream that answers once it has the whole
+				// body finds it kept (the replay is read only once kept says so).
+				x.replay = append(x.replay, buf[:m]...)
+				if int64(len(x.replay)) == rq.contentLength {
+					x.kept.Store(true)
+				}
+			}
 			if rq.chunked {
 				upErr = writeChunk(uc.bw, buf[:m])
 			} else {
@@ -382,6 +560,10 @@ func (x *exchange) writeRequestHead(bw *bufio.Writer) {
 	}
 	writeField(bw, "Host", host)
 	writeFields(bw, r.Header, rq.named)
+	if x.attempts > 1 {
+		var b [4]byte
+		writeField(bw, AttemptHeader, string(strconv.AppendInt(b[:0], int64(x.attempts), 10)))
+	}
 	switch {
 	case rq.chunked:
 		writeField(bw, "Transfer-Encoding", "chunked")
