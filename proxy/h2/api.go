@@ -123,11 +123,11 @@ type Route struct {
 	// whichever engine goroutine ended the attempt, with no engine locks held. It must not
 	// block: it feeds the balancer (latency, in-flight counts) and metrics.
 	Done func(Result)
-	// Timeout, if positive, bounds the stream from its request headers: past it (or past the
-	// request's own grpc-timeout, if shorter) the upstream stream is reset with CANCEL and the
-	// client answered DEADLINE_EXCEEDED (gRPC) or 504, Result.TimedOut set. Without it a
-	// grpc-timeout is left to the client, which resets the stream when it expires (the engine
-	// passes the CANCEL upstream); either way nothing is retried past the deadline.
+	// Timeout, if positive, bounds the stream from its request headers. The request's own
+	// grpc-timeout bounds it too, and the shorter wins: past the deadline the upstream stream is
+	// reset with CANCEL and the client answered DEADLINE_EXCEEDED (gRPC) or 504, Result.TimedOut
+	// set. Nothing is retried past the deadline, and a retry carries the time left as its
+	// grpc-timeout. One timer per client connection enforces every stream's deadline.
 	Timeout time.Duration
 	// Retry, if not nil, is asked where a failed attempt goes next (see Retrier). Without it the
 	// engine replays only refused streams, on the same endpoint.

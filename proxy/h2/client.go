@@ -37,6 +37,7 @@ type clientConn struct {
 	idleSince int64         // srv clock when the last stream ended
 
 	replayBytes atomic.Int64 // request bytes all streams keep for replay
+	dl          deadlines    // its streams' deadlines (deadline.go)
 
 	// Read goroutine only.
 	gotSettings bool
@@ -52,6 +53,7 @@ func newClientConn(srv *Server, nc net.Conn, dst netip.AddrPort) *clientConn {
 	cc.dec = newHdec(srv.cfg.MaxHeaderListSize)
 	cc.idleSince = srv.now()
 	cc.tokens = float64(srv.cfg.ResetBurst)
+	cc.dl.fire = cc.expireDue
 	return cc
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 
@@ -233,6 +234,18 @@ func (c *conn) encFields(fs []hpack.HeaderField) {
 			f.Sensitive = true
 		}
 		c.enc.WriteField(f)
+	}
+}
+
+// encRetryFields is encFields for a retried gRPC request: grpc-timeout, if the request has one,
+// becomes left, the time its deadline leaves (the caller holds wmu).
+func (c *conn) encRetryFields(fs []hpack.HeaderField, left time.Duration) {
+	for i := range fs {
+		if fs[i].Name == "grpc-timeout" {
+			c.encField("grpc-timeout", formatGRPCTimeout(max(left, time.Nanosecond)), true)
+			continue
+		}
+		c.encFields(fs[i : i+1])
 	}
 }
 

@@ -380,6 +380,40 @@ func bufferedBytes(srv *Server) int {
 	return n
 }
 
+// streamWindow is the request side of a client's stream as the engine sees it.
+type streamWindow struct {
+	ok       bool
+	pending  int   // bytes received and not yet forwarded
+	withheld int   // bytes forwarded but not yet granted back (WINDOW_UPDATE batching)
+	avail    int32 // what the client may still send
+}
+
+// reqWindow reports the request window of the one client stream srv holds (ok is false if it
+// holds none or several).
+func reqWindow(srv *Server) streamWindow {
+	srv.mu.Lock()
+	var ccs []*clientConn
+	for cc := range srv.clients {
+		ccs = append(ccs, cc)
+	}
+	srv.mu.Unlock()
+	var ss []*stream
+	for _, cc := range ccs {
+		cc.mu.Lock()
+		for _, s := range cc.streams {
+			ss = append(ss, s)
+		}
+		cc.mu.Unlock()
+	}
+	if len(ss) != 1 {
+		return streamWindow{}
+	}
+	s := ss[0]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return streamWindow{ok: true, pending: s.req.pending(), withheld: int(s.req.grant), avail: s.req.recvAvail}
+}
+
 func TestRouterErrorIsUnavailable(t *testing.T) {
 	rec := newRecorder() // no endpoints
 	addr, _, _ := startProxy(t, Config{Router: rec})

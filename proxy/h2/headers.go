@@ -325,6 +325,21 @@ func parseGRPCTimeout(v string) (d time.Duration, ok bool) {
 	return time.Duration(n) * unit, true
 }
 
+// formatGRPCTimeout writes d as a grpc-timeout value: at most 8 digits, in the finest unit that
+// holds it (rounded up, so a deadline passed on is never earlier than the one that holds). d > 0.
+func formatGRPCTimeout(d time.Duration) string {
+	const most = 1e8 - 1
+	for _, u := range [...]struct {
+		d time.Duration
+		c byte
+	}{{time.Nanosecond, 'n'}, {time.Microsecond, 'u'}, {time.Millisecond, 'm'}, {time.Second, 'S'}, {time.Minute, 'M'}, {time.Hour, 'H'}} {
+		if n := (d + u.d - 1) / u.d; n <= most {
+			return strconv.FormatInt(int64(n), 10) + string(u.c)
+		}
+	}
+	return "99999999H"
+}
+
 func statusText(code int) string {
 	switch code {
 	case 400:

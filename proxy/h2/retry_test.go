@@ -261,3 +261,103 @@ func TestRequestLargerThanTheReplayBufferIsNotRetried(t *testing.T) {
 		t.Fatalf("the Retrier was asked %d times, want once (for the small request)", len(a))
 	}
 }
+
+// TestGRPCTimeoutEndsTheStream: a request's own grpc-timeout is enforced with no route timeout:
+// the client is answered DEADLINE_EXCEEDED once it passes, the upstream sees RST_STREAM CANCEL,
+// and the attempt is reported timed out.
+func TestGRPCTimeoutEndsTheStream(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {}) // never answers
+	rsts := upstreamRST(ru)
+	rec := newRecorder(ru.addr)
+	addr, _, _ := startProxy(t, Config{Router: rec, Logger: discardLogger()})
+	c := dialConf(t, addr)
+	start := time.Now()
+	c.headers(1, true, grpcReq(mUnary, "grpc-timeout", "200m")...)
+	h := c.response(1)
+	took := time.Since(start)
+	if got := fieldValue(h, "grpc-status"); got != "4" || !h.StreamEnded() {
+		t.Fatalf("grpc-status %q (end %v), want 4 (DEADLINE_EXCEEDED) in a trailers-only response", got, h.StreamEnded())
+	}
+	if took < 200*time.Millisecond {
+		t.Fatalf("a grpc-timeout of 200m expired after %v", took)
+	}
+	t.Logf("grpc-timeout 200m answered DEADLINE_EXCEEDED after %v", took)
+	wantUpstreamRST(t, rsts, http2.ErrCodeCancel)
+	if res := rec.waitResult(t); !res.TimedOut {
+		t.Fatalf("Result %+v, want TimedOut", res)
+	}
+}
+
+// TestGRPCTimeoutsOnOneConnection: deadlines of streams sharing a client connection expire in
+// their own order, whatever order they arrived in, and a stream that ends in time leaves the
+// others' deadlines intact.
+func TestGRPCTimeoutsOnOneConnection(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		if fieldValue(f, "x-answer") != "" {
+			sc.respondGRPC(f.StreamID, []byte("ok"))
+		}
+	})
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr), Logger: discardLogger()})
+	c := dialConf(t, addr)
+	c.headers(1, true, grpcReq(mUnary, "grpc-timeout", "600m")...)
+	c.headers(3, true, grpcReq(mUnary, "grpc-timeout", "300m", "x-answer", "1")...)
+	c.headers(5, true, grpcReq(mUnary, "grpc-timeout", "200m")...)
+	var order []uint32
+	deadline := time.Now().Add(confWait)
+	for len(order) < 3 {
+		f, err := c.read(deadline)
+		if err != nil {
+			t.Fatalf("after %v: %v", order, err)
+		}
+		if h, ok := f.(*http2.MetaHeadersFrame); ok && h.StreamEnded() {
+			want := "4"
+			if h.StreamID == 3 {
+				want = "0"
+			}
+			if got := fieldValue(h, "grpc-status"); got != want {
+				t.Fatalf("stream %d: grpc-status %q, want %s", h.StreamID, got, want)
+			}
+			order = append(order, h.StreamID)
+		}
+	}
+	if order[0] != 3 || order[1] != 5 || order[2] != 1 {
+		t.Fatalf("streams ended in order %v, want [3 5 1]", order)
+	}
+}
+
+// TestRetryCarriesTheTimeLeft: a retried gRPC request's grpc-timeout is what its deadline leaves.
+func TestRetryCarriesTheTimeLeft(t *testing.T) {
+	bad := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		time.Sleep(50 * time.Millisecond) // the upstream takes time to fail: that time is spent
+		sc.headers(f.StreamID, true, ":status", "200", "content-type", "application/grpc", "grpc-status", "14")
+	})
+	got := make(chan string, 1)
+	good := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		got <- fieldValue(f, "grpc-timeout")
+		sc.respondGRPC(f.StreamID, []byte("ok"))
+	})
+	f := &failover{addrs: []netip.AddrPort{bad.addr, good.addr}}
+	addr, _, _ := startProxy(t, Config{Router: f, Logger: discardLogger()})
+	c := dialConf(t, addr)
+	c.headers(1, true, grpcReq(mUnary, "grpc-timeout", "10S")...)
+	if s := fieldValue(c.wantStatus(1, "200"), "grpc-status"); s != "" && s != "0" {
+		t.Fatalf("grpc-status %q after the retry", s)
+	}
+	v := <-got
+	d, ok := parseGRPCTimeout(v)
+	if !ok || d >= 10*time.Second-50*time.Millisecond || d < time.Second {
+		t.Fatalf("retry carried grpc-timeout %q, want the 10S less the time the first attempt took", v)
+	}
+}
+
+func TestFormatGRPCTimeout(t *testing.T) {
+	for d, want := range map[time.Duration]string{time.Nanosecond: "1n", 99999999: "99999999n", 100000000: "100000u",
+		1500 * time.Microsecond: "1500000n", 10 * time.Second: "10000000u", 2 * time.Hour: "7200000m", 100000001: "100001u"} {
+		if got := formatGRPCTimeout(d); got != want {
+			t.Errorf("%v: %q, want %q", int64(d), got, want)
+		}
+		if p, ok := parseGRPCTimeout(formatGRPCTimeout(d)); !ok || p < d {
+			t.Errorf("%v: %q parses to %v", int64(d), formatGRPCTimeout(d), p)
+		}
+	}
+}

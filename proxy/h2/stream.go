@@ -102,10 +102,10 @@ type stream struct {
 	answered time.Time
 	// reqLen is the request's content-length, -1 if none (RFC 9113 §8.1.1).
 	reqLen int64
-	// deadline is when the stream times out (Route.Timeout, grpc-timeout); zero if never.
-	// timer fires then; both are set before the stream goes upstream.
+	// deadline is when the stream times out (Route.Timeout, grpc-timeout); zero if never. Set
+	// before the stream goes upstream; the client connection's deadlines enforce it.
 	deadline time.Time
-	timer    *time.Timer
+	dlPos    int // position+1 in cc.dl's heap, 0 if not there; guarded by cc.dl.mu
 	// fieldBuf backs head's fields for typical requests, saving an allocation per stream.
 	fieldBuf [12]hpack.HeaderField
 
@@ -134,7 +134,10 @@ type stream struct {
 	respLen     int64 // the response's content-length, -1 if none (RFC 9113 §8.1.1)
 	upReset     bool  // RST_STREAM sent on the upstream stream: only one (RFC 9113 §5.4.2)
 	timedOut    bool  // the deadline passed
-	lost        bool  // the upstream connection was lost after the request went out
+	// stopSent: finishLocked queued RST_STREAM(NO_ERROR) to the client, which cleanup must flush:
+	// the goroutine that finished the stream may have flushed the client before it queued it.
+	stopSent bool
+	lost     bool // the upstream connection was lost after the request went out
 }
 
 func (s *stream) upConn() *conn {
@@ -318,8 +321,8 @@ func (s *stream) finishLocked(err error, code http2.ErrCode, upFault bool) bool 
 	}
 	s.done = true
 	s.closed.Store(true)
-	if s.timer != nil {
-		s.timer.Stop()
+	if !s.deadline.IsZero() {
+		s.cc.dl.remove(s)
 	}
 	if s.err == nil {
 		s.err, s.rstCode, s.upFault = err, code, upFault
@@ -329,6 +332,7 @@ func (s *stream) finishLocked(err error, code http2.ErrCode, upFault bool) bool 
 		s.cc.wmu.Lock()
 		s.cc.frameRST(s.id, http2.ErrCodeNo)
 		s.cc.wmu.Unlock()
+		s.stopSent = true
 	}
 	if s.req.keep {
 		s.cc.replayBytes.Add(-int64(len(s.req.buf)))
@@ -341,6 +345,9 @@ func (s *stream) finishLocked(err error, code http2.ErrCode, upFault bool) bool 
 // cleanup unlinks a finished stream and reports it. No locks held. After done is set, s.up and
 // the result fields no longer change.
 func (s *stream) cleanup(fl *flusher) {
+	if s.stopSent {
+		fl.add(&s.cc.conn)
+	}
 	s.cc.removeStream(s)
 	if u := s.up; u != nil {
 		u.removeStream(s.uid, s)
@@ -588,11 +595,9 @@ func (rs *resend) run(fl *flusher) {
 	})
 }
 
-// startTimer sets the stream's deadline: the shorter of the route's timeout and the request's
-// grpc-timeout. A timer enforces it only when the route has a timeout: a grpc-timeout alone is
-// the client's own, which cancels the stream itself when it expires (RST_STREAM CANCEL, passed
-// upstream), so the engine only uses it to retry nothing past it, and the common stream arms
-// no timer (no allocation). Called once, with s.mu held, before the stream goes upstream.
+// startTimer sets the stream's deadline, the shorter of the route's timeout and the request's
+// grpc-timeout, and has the client connection's deadlines enforce it (one timer per connection,
+// not per stream). Called once, with s.mu held, before the stream goes upstream.
 func (s *stream) startTimer() {
 	d := s.route.Timeout
 	if s.grpc {
@@ -606,9 +611,7 @@ func (s *stream) startTimer() {
 		return
 	}
 	s.deadline = s.start.Add(d)
-	if s.route.Timeout > 0 {
-		s.timer = time.AfterFunc(time.Until(s.deadline), s.expire)
-	}
+	s.cc.dl.add(s)
 }
 
 // expire ends a stream whose deadline passed: the upstream stream is reset with CANCEL (so the

@@ -377,7 +377,12 @@ func (u *upConn) start(s *stream, fl *flusher) {
 		u.encField(":authority", h.Authority, false)
 	}
 	u.encField(":path", h.Path, false)
-	u.encFields(h.Header)
+	if s.retries > 0 && s.grpc && !s.deadline.IsZero() {
+		// A retry tells the application the time that is left, not the client's whole budget.
+		u.encRetryFields(h.Header, time.Until(s.deadline))
+	} else {
+		u.encFields(h.Header)
+	}
 	if s.retries > 0 {
 		// Tells the application (and its proxy's metrics) that this is a retry (Envoy's
 		// x-envoy-attempt-count): 2 for the first retry.
