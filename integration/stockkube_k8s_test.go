@@ -277,14 +277,16 @@ func TestStockKube(t *testing.T) {
 
 	step("probes in strict policy", func(t *testing.T) { k.strictProbes(t) })
 	step("job", func(t *testing.T) { k.job(t) })
-	step("StockData pod deleted under load", func(t *testing.T) { k.deleteUnderLoad(t, web, data) })
-	step("dashboard", func(t *testing.T) { k.dashboard(t) })
+	var deleted string
+	step("StockData pod deleted under load", func(t *testing.T) { deleted = k.deleteUnderLoad(t, web, data) })
+	step("dashboard", func(t *testing.T) { k.dashboard(t, deleted) })
 }
 
 // dashboard runs detour dashboard as a user does against the cluster (kubectl port-forward to
 // the controller's Deployment) and reads, through it, what the meshed proxies reported: every
-// StockData pod that served the load above, with its requests, all over mutual TLS.
-func (k *kube) dashboard(t *testing.T) {
+// StockData pod that served the load above, with its requests, all over mutual TLS; the
+// deleted one too (its proxy's last report, sent as it stopped).
+func (k *kube) dashboard(t *testing.T, deleted string) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -349,17 +351,18 @@ func (k *kube) dashboard(t *testing.T) {
 		if err := json.Unmarshal([]byte(o), &st); err != nil {
 			return fmt.Sprintf("detour stat pod -o json: %v\n%s", err, o)
 		}
-		served := 0
+		served, sawDeleted := 0, false
 		for _, r := range st.Rows {
 			if strings.HasPrefix(r.Name, "stockdata-") && r.Requests > 0 {
 				if r.MTLSShare == nil || *r.MTLSShare != 1 {
 					return fmt.Sprintf("pod %s served %d requests, not all over mutual TLS (%v)", r.Name, r.Requests, r.MTLSShare)
 				}
 				served++
+				sawDeleted = sawDeleted || r.Name == deleted
 			}
 		}
-		if served < 3 {
-			return fmt.Sprintf("%d StockData pods with requests, want the 3 that served the load:\n%s", served, o)
+		if served < 4 || !sawDeleted {
+			return fmt.Sprintf("%d StockData pods with requests (the deleted %s among them: %v), want the 4 that served the load:\n%s", served, deleted, sawDeleted, o)
 		}
 		return ""
 	})
@@ -825,7 +828,7 @@ spec:
 // deleteUnderLoad loads the page again and again while one StockData pod is deleted, until
 // its replacement is Ready and two more loads ran (at most 2000 loads or 40 s), and reports
 // how many calls failed.
-func (k *kube) deleteUnderLoad(t *testing.T, web fmt.Stringer, data []corev1.Pod) {
+func (k *kube) deleteUnderLoad(t *testing.T, web fmt.Stringer, data []corev1.Pod) (victim string) {
 	var loads, calls, failed atomic.Int64
 	var firstErr atomic.Value
 	stop := make(chan struct{})
@@ -860,7 +863,7 @@ func (k *kube) deleteUnderLoad(t *testing.T, web fmt.Stringer, data []corev1.Pod
 		}
 		return ""
 	})
-	victim := data[0].Name
+	victim = data[0].Name
 	k.kubectl(t, nil, "-n", "stocks", "delete", "pod", victim, "--wait=false")
 	k.rolledOut(t, "stockdata", 3, true)
 	after := loads.Load()
@@ -887,6 +890,7 @@ func (k *kube) deleteUnderLoad(t *testing.T, web fmt.Stringer, data []corev1.Pod
 	if failed.Load() != 0 {
 		t.Errorf("%d calls failed while a StockData pod was deleted, want none", failed.Load())
 	}
+	return victim
 }
 
 // eventuallyK polls cond every 100 ms until it returns "" or bound passes, then fails t with

@@ -155,6 +155,10 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
+	// The controller's connection (discovery, telemetry) outlives the signal: the drain still
+	// routes by it, and the last report counts the drain. It ends once the proxy has.
+	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
+	defer endLife()
 	var anchorCerts []*x509.Certificate
 	var id spiffeid.ID
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -208,7 +212,7 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		}
 		// Not waiting for the controller: the proxy listens at once and relays what it does not
 		// know to its original destination until the first snapshot (/ready says so).
-		src, err := resolve.NewController(ctx, resolve.ControllerOptions{
+		src, err := resolve.NewController(life, resolve.ControllerOptions{
 			Address: arg, TLS: spiffe.ClientTLS(spiffe.Pool(anchorCerts), spiffe.ControllerID(td), time.Now),
 			Identity: f.identity, TokenFile: f.token, Logger: log,
 		})
@@ -221,15 +225,28 @@ func runProxy(cmd *cobra.Command, f proxyFlags) error {
 		return fmt.Errorf("--discovery %q: want file:PATH or controller:HOST:PORT", f.discovery)
 	}
 	p := proxy.New(cfg)
+	flush, reported := make(chan struct{}), make(chan struct{})
 	if ctrl != nil {
 		g.Go(func() error {
-			return report.Run(ctx, report.Config{Conn: ctrl.Conn(), Gatherer: p.Metrics().Registry, Interval: f.reportInterval, Logger: log,
-				Proxy: &telemetrypb.Proxy{Identity: f.identity, Pod: f.podName, Namespace: f.podNamespace, Addresses: podAddresses()}})
+			defer close(reported)
+			return report.Run(life, report.Config{Conn: ctrl.Conn(), Gatherer: p.Metrics().Registry, Interval: f.reportInterval, Logger: log,
+				Proxy: &telemetrypb.Proxy{Identity: f.identity, Pod: f.podName, Namespace: f.podNamespace, Addresses: podAddresses()}, Flush: flush})
 		})
+	} else {
+		close(reported)
 	}
 	g.Go(func() error {
 		defer cancel()
-		return p.Run(ctx)
+		err := p.Run(ctx)
+		// Served and drained: the last report tells the controller what, then the connection
+		// to it goes.
+		close(flush)
+		select {
+		case <-reported:
+		case <-time.After(3 * time.Second):
+		}
+		endLife()
+		return err
 	})
 	return g.Wait()
 }

@@ -8,9 +8,12 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -116,6 +119,44 @@ func TestProxyReportsReachStat(t *testing.T) {
 	pods := stat(t, store, Query{Resource: Resource{Kind: KindPod}})
 	if _, ok := pods["stockweb-0"]; !ok {
 		t.Errorf("pods %v: want stockweb-0, which reports", pods)
+	}
+}
+
+// TestFlushSendsTheLastInterval: a proxy that stops serving closes Flush, and the requests it
+// counted since its last report reach the controller before Run returns, hours before the next
+// tick would have sent them.
+func TestFlushSendsTheLastInterval(t *testing.T) {
+	conn, store := serve(t)
+	m := metrics.New()
+	route := m.Route(metrics.Inbound, "stockdata.stocks", netip.MustParseAddrPort("198.18.0.3:8080"), webID)
+	flush, baseline := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	gatherer := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		defer once.Do(func() { close(baseline) })
+		return m.Registry.Gather()
+	})
+	done := make(chan error, 1)
+	go func() {
+		done <- report.Run(withToken(context.Background(), webToken), report.Config{Conn: conn, Gatherer: gatherer, Interval: time.Hour, Logger: quiet(),
+			Proxy: &telemetrypb.Proxy{Identity: webID, Pod: "stockdata-0", Namespace: "stocks", Addresses: []string{"198.18.0.3"}}, Flush: flush})
+	}()
+	// Run takes its baseline first (requests counted before it are not news): then five.
+	<-baseline
+	for range 5 {
+		route.Observe(200, 0, true, time.Millisecond)
+	}
+	close(flush)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after Flush: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10 s of Flush")
+	}
+	pods := stat(t, store, Query{Resource: Resource{Kind: KindPod}})
+	if r := pods["stockdata-0"]; r.Requests != 5 {
+		t.Fatalf("after the flush the controller counts %d requests of stockdata-0 (pods %v), want the 5 of its last interval", r.Requests, pods)
 	}
 }
 

@@ -39,6 +39,10 @@ type Config struct {
 	Proxy *telemetrypb.Proxy
 	// Interval between reports; default DefaultInterval.
 	Interval time.Duration
+	// Flush, once closed, makes Run send what was counted since its last report and return:
+	// the proxy closes it when it has stopped serving, so the requests of its last interval
+	// (its drain included) reach the controller before the pod goes. Nil: never.
+	Flush <-chan struct{}
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -67,7 +71,7 @@ func Run(ctx context.Context, cfg Config) error {
 	logged := ""
 	for ctx.Err() == nil {
 		sent, err := stream(ctx, client, cfg, sum, tick.C)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errFlushed) {
 			return nil
 		}
 		if sent {
@@ -83,11 +87,17 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-ctx.Done():
 			t.Stop()
 			return nil
+		case <-cfg.Flush: // no stream to flush on: what was counted is lost
+			t.Stop()
+			return nil
 		case <-t.C:
 		}
 	}
 	return nil
 }
+
+// errFlushed ends a stream that sent its last report because Flush was closed.
+var errFlushed = errors.New("report: flushed")
 
 // stream runs one Report stream until a send fails or ctx ends; sent says whether a report
 // went out. The routes of a report whose send failed are lost: the next stream's first report
@@ -105,11 +115,14 @@ func stream(ctx context.Context, client telemetrypb.TelemetryClient, cfg Config,
 	first := true
 	last := time.Now()
 	for {
+		final := false
 		select {
 		case <-ctx.Done():
 			st.CloseAndRecv()
 			return sent, ctx.Err()
 		case <-tick:
+		case <-cfg.Flush:
+			final = true
 		}
 		fams, err := cfg.Gatherer.Gather()
 		if err != nil {
@@ -135,6 +148,10 @@ func stream(ctx context.Context, client telemetrypb.TelemetryClient, cfg Config,
 				return sent, err
 			}
 			first, sent = false, true
+		}
+		if final {
+			st.CloseAndRecv()
+			return sent, errFlushed
 		}
 	}
 }
