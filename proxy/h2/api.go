@@ -145,6 +145,10 @@ type Route struct {
 // ProxyErrorHeader marks a response the engine synthesized for a MeshClient (see there).
 const ProxyErrorHeader = "detour-proxy-error"
 
+// AttemptHeader numbers a retried request's attempts (2 for the first retry), as Envoy's
+// x-envoy-attempt-count does; a client's own is not passed on.
+const AttemptHeader = "detour-attempt"
+
 // Retrier chooses where a stream goes after an attempt failed. The engine asks it only when the
 // request can be sent again: for a refusal or a failed dial (RetryRefused, RetryDialFailed) the
 // upstream provably did not process the request and its bytes are all at hand; for a response

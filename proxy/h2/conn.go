@@ -223,10 +223,14 @@ func (c *conn) frameHeaderBlock(id uint32, end bool) {
 	c.encBuf.Reset()
 }
 
-// encFields adds regular fields to the header block being built (the caller holds wmu).
-func (c *conn) encFields(fs []hpack.HeaderField) {
+// encFields adds regular fields to the header block being built, but for any named drop (the
+// caller holds wmu).
+func (c *conn) encFields(fs []hpack.HeaderField, drop string) {
 	for i := range fs {
 		f := fs[i]
+		if f.Name == drop {
+			continue
+		}
 		switch f.Name {
 		case "grpc-timeout", "content-length":
 			// Different on nearly every request: indexing them would only evict the fields
@@ -239,13 +243,13 @@ func (c *conn) encFields(fs []hpack.HeaderField) {
 
 // encRetryFields is encFields for a retried gRPC request: grpc-timeout, if the request has one,
 // becomes left, the time its deadline leaves (the caller holds wmu).
-func (c *conn) encRetryFields(fs []hpack.HeaderField, left time.Duration) {
+func (c *conn) encRetryFields(fs []hpack.HeaderField, left time.Duration, drop string) {
 	for i := range fs {
 		if fs[i].Name == "grpc-timeout" {
 			c.encField("grpc-timeout", formatGRPCTimeout(max(left, time.Nanosecond)), true)
 			continue
 		}
-		c.encFields(fs[i : i+1])
+		c.encFields(fs[i:i+1], drop)
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -557,4 +559,52 @@ func TestUpstreamGoAwayDialsForQueuedStreams(t *testing.T) {
 	if n := ru.conns.Load(); n != 2 {
 		t.Fatalf("the upstream accepted %d connections, want 2", n)
 	}
+}
+
+// TestInternalHeadersStopAtTheEngine: a client's own detour-attempt does not reach the upstream
+// from an application (it does from a peer proxy, a MeshClient: the application is told its
+// count), and a detour-proxy-error mark in a forwarded response never reaches the client, the
+// other headers passing as they are.
+func TestInternalHeadersStopAtTheEngine(t *testing.T) {
+	for _, mesh := range []bool{false, true} {
+		t.Run(fmt.Sprintf("MeshClient=%v", mesh), func(t *testing.T) {
+			attempts := make(chan string, 1)
+			ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+				attempts <- f.PseudoValue("method") + " " + headerValue(f, AttemptHeader)
+				sc.headers(f.StreamID, true, ":status", "200", "content-type", "application/grpc", "grpc-status", "0", ProxyErrorHeader, "reset", "x-app", "kept")
+			})
+			router := RouterFunc(func(netip.AddrPort, *Head) (Route, error) {
+				return Route{Addr: ru.addr, MeshClient: mesh}, nil
+			})
+			addr, _, _ := startProxy(t, Config{Router: router})
+			rc := dialRaw(t, addr)
+			rc.headers(1, true, reqHeaders(AttemptHeader, "7")...)
+			resp := rc.until("the response", func(f http2.Frame) bool {
+				h, ok := f.(*http2.MetaHeadersFrame)
+				return ok && h.StreamID == 1
+			}).(*http2.MetaHeadersFrame)
+			if v := headerValue(resp, ProxyErrorHeader); v != "" {
+				t.Errorf("the client got %s: %s, an internal mark", ProxyErrorHeader, v)
+			}
+			if v := headerValue(resp, "x-app"); v != "kept" {
+				t.Errorf("the client got x-app %q, want the upstream's header passed on", v)
+			}
+			want := "POST "
+			if mesh {
+				want = "POST 7"
+			}
+			if got := <-attempts; got != want {
+				t.Errorf("the upstream saw %q (method and %s), want %q", got, AttemptHeader, want)
+			}
+		})
+	}
+}
+
+func headerValue(f *http2.MetaHeadersFrame, name string) string {
+	for _, h := range f.RegularFields() {
+		if h.Name == name {
+			return h.Value
+		}
+	}
+	return ""
 }

@@ -225,7 +225,7 @@ func (s *stream) drain(h *half, src *conn, srcID uint32, dst *conn, dstID uint32
 	sent, ended := dst.writeDataLocked(s, h, dstID, h.buf[h.off:], h.endRecv && !h.hasTrailer)
 	h.off += sent
 	if !ended && h.hasTrailer && h.endRecv && h.pending() == 0 {
-		dst.encFields(h.trailers)
+		dst.encFields(h.trailers, "")
 		dst.frameHeaderBlock(dstID, true)
 		ended = true
 	}

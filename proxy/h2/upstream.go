@@ -377,16 +377,22 @@ func (u *upConn) start(s *stream, fl *flusher) {
 		u.encField(":authority", h.Authority, false)
 	}
 	u.encField(":path", h.Path, false)
+	// An application's own detour-attempt is not passed on: the count is the engine's to give
+	// (a peer proxy's, from a MeshClient, is what this application is told).
+	drop := AttemptHeader
+	if s.route.MeshClient {
+		drop = ""
+	}
 	if s.retries > 0 && s.grpc && !s.deadline.IsZero() {
 		// A retry tells the application the time that is left, not the client's whole budget.
-		u.encRetryFields(h.Header, time.Until(s.deadline))
+		u.encRetryFields(h.Header, time.Until(s.deadline), drop)
 	} else {
-		u.encFields(h.Header)
+		u.encFields(h.Header, drop)
 	}
 	if s.retries > 0 {
 		// Tells the application (and its proxy's metrics) that this is a retry (Envoy's
 		// x-envoy-attempt-count): 2 for the first retry.
-		u.encField("detour-attempt", strconv.Itoa(s.retries+1), false)
+		u.encField(AttemptHeader, strconv.Itoa(s.retries+1), false)
 	}
 	u.frameHeaderBlock(uid, end)
 	u.wmu.Unlock()
@@ -734,7 +740,10 @@ func (s *stream) onResponseHead(d *hdec, end bool, fl *flusher) (bool, *resend) 
 	}
 	cc.wmu.Lock()
 	cc.encField(":status", d.fields[0].Value, false)
-	cc.encFields(regular)
+	// A detour-proxy-error mark is for the proxy that reads it here, never passed on: the
+	// engine writes its own marks itself (stream.go), so one arriving from an application is
+	// not believed by the next proxy either.
+	cc.encFields(regular, ProxyErrorHeader)
 	cc.frameHeaderBlock(s.id, end)
 	cc.wmu.Unlock()
 	fl.add(cc)

@@ -559,6 +559,11 @@ func (x *exchange) writeRequestHead(bw *bufio.Writer) {
 		host = x.c.dst.String()
 	}
 	writeField(bw, "Host", host)
+	if !x.mesh {
+		// An application's own attempt count is not passed on: the count is the engine's to
+		// give (a peer proxy's is what this application is told).
+		delete(r.Header, AttemptHeader)
+	}
 	writeFields(bw, r.Header, rq.named)
 	if x.attempts > 1 {
 		var b [4]byte
@@ -589,6 +594,9 @@ func (x *exchange) writeResponseHead(resp *http.Response, chunked, closeConn boo
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(statusLine(resp))
 	bw.WriteString("\r\n")
+	// A mark is for the proxy that reads it here, never passed on: the engine writes its own
+	// (writeErrorMarked), so one from an application is not believed by the next proxy either.
+	delete(resp.Header, ProxyErrorHeader)
 	writeFields(bw, resp.Header, connTokens(resp.Header["Connection"]))
 	if cl := resp.Header["Content-Length"]; len(cl) > 0 {
 		writeField(bw, "Content-Length", cl[0])

@@ -336,3 +336,37 @@ func TestRequestOfAClientThatWentAwayIsNotRetried(t *testing.T) {
 		t.Fatalf("result %+v, %d hits elsewhere, Retrier asked %v: want a failure and no retry", res[0], good.hits.Load(), rr.retrier.reasons())
 	}
 }
+
+// TestInternalHeadersStopAtTheEngine: a client's own Detour-Attempt does not reach the upstream
+// from an application (it does from a peer proxy, a MeshClient), and a Detour-Proxy-Error mark in
+// a forwarded response never reaches the client, the other headers passing as they are.
+func TestInternalHeadersStopAtTheEngine(t *testing.T) {
+	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(ProxyErrorHeader, "reset")
+		w.Header().Set("X-App", "kept")
+		echo(w, r)
+	})
+	for _, mesh := range []bool{false, true} {
+		rr := newRetryRouter(1, up.addr)
+		rr.mesh = mesh
+		p := startProxy(t, Config{Router: rr})
+		req, _ := http.NewRequest("GET", "http://svc.example/", nil)
+		req.Header.Set(AttemptHeader, "7")
+		resp, err := p.client(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		want := ""
+		if mesh {
+			want = "7"
+		}
+		if got := resp.Header.Get("Seen-Attempt"); got != want {
+			t.Errorf("MeshClient=%v: the upstream saw %s %q, want %q", mesh, AttemptHeader, got, want)
+		}
+		if v := resp.Header.Get(ProxyErrorHeader); v != "" || resp.Header.Get("X-App") != "kept" {
+			t.Errorf("MeshClient=%v: the client got %s %q and X-App %q, want no mark and the app's header", mesh, ProxyErrorHeader, v, resp.Header.Get("X-App"))
+		}
+	}
+}
