@@ -86,15 +86,18 @@ func (m *resilientMesh) h1Load(cl *http.Client, workers int, d time.Duration, li
 	return min(n.Load(), limit), failed
 }
 
-// TestHTTP1ReplicaKilledUnderLoad: one of three HTTP/1.1 replicas dies 1.5 s into 5 s of GETs
-// (its server closes every connection, requests in flight included). No GET fails: those its
-// proxy cannot deliver come back marked refused and go elsewhere, those in flight are retried
-// as resets (GET is idempotent).
-func TestHTTP1ReplicaKilledUnderLoad(t *testing.T) {
+// h1RetryPolicy retries 503 and resets (GET is idempotent), round robin so that every replica
+// keeps its share and the one that dies has requests in flight.
+const h1RetryPolicy = "    retry: {on: [\"503\", reset], attempts: 3, backoff: 5ms}\n" + roundRobin
+
+// h1KillUnderLoad runs 5 s of GETs from 4 workers over three HTTP/1.1 replicas and, 1.5 s in,
+// with a request in flight in the first, closes its server (every connection, requests in
+// flight included). It returns the GETs sent, a sample of the failures and the client proxy.
+func h1KillUnderLoad(tb testing.TB, policy string) (sent int64, failed []string, client *meshPod) {
 	srvs := make([]*http.Server, 3)
 	var inFlight atomic.Int64 // in the victim
-	m := newResilientMeshOf(t, 3, "    retry: {on: [\"503\", reset], attempts: 3, backoff: 5ms}\n"+roundRobin, func(i int, pod *netns.Pod) {
-		srvs[i] = serveHTTP1Replica(t, pod, func(w http.ResponseWriter, r *http.Request) {
+	m := newResilientMeshOf(tb, 3, policy, func(i int, pod *netns.Pod) {
+		srvs[i] = serveHTTP1Replica(tb, pod, func(w http.ResponseWriter, r *http.Request) {
 			if i == 0 {
 				inFlight.Add(1)
 				defer inFlight.Add(-1)
@@ -103,22 +106,44 @@ func TestHTTP1ReplicaKilledUnderLoad(t *testing.T) {
 			io.WriteString(w, pod.Name)
 		})
 	}, false)
-	cl := m.h1Client(t)
-	m.waitEveryReplica(t, cl, 3)
-	sent, failed := m.h1Load(cl, 4, 5*time.Second, 20000, func(start time.Time) {
-		waitFor(t, 5*time.Second, "1.5 s of load and a request in the victim", func() bool {
+	cl := m.h1Client(tb)
+	m.waitEveryReplica(tb, cl, 3)
+	sent, failed = m.h1Load(cl, 4, 5*time.Second, 20000, func(start time.Time) {
+		waitFor(tb, 5*time.Second, "1.5 s of load and a request in the victim", func() bool {
 			return time.Since(start) >= 1500*time.Millisecond && inFlight.Load() > 0
 		})
 		srvs[0].Close() // with the request in flight: its connection closes under it
 	})
+	return sent, failed, m.client
+}
+
+// TestHTTP1ReplicaKilledUnderLoad: one of three HTTP/1.1 replicas dies 1.5 s into 5 s of GETs.
+// No GET fails: those its proxy cannot deliver come back marked refused and go elsewhere, those
+// in flight are retried as resets (GET is idempotent).
+func TestHTTP1ReplicaKilledUnderLoad(t *testing.T) {
+	sent, failed, client := h1KillUnderLoad(t, h1RetryPolicy)
 	t.Logf("%d GETs, %d failed; client proxy retries: refused %v, reset %v, dial_failed %v", sent, len(failed),
-		metricSum(t, m.client, "detour_retries_total", `reason="refused"`), metricSum(t, m.client, "detour_retries_total", `reason="reset"`),
-		metricSum(t, m.client, "detour_retries_total", `reason="dial_failed"`))
+		metricSum(t, client, "detour_retries_total", `reason="refused"`), metricSum(t, client, "detour_retries_total", `reason="reset"`),
+		metricSum(t, client, "detour_retries_total", `reason="dial_failed"`))
 	if len(failed) > 0 {
 		t.Errorf("%d of %d GETs failed, want none: %v", len(failed), sent, failed[:min(len(failed), 5)])
 	}
 	if sent < 200 {
 		t.Errorf("only %d GETs in 5 s: the load did not run", sent)
+	}
+}
+
+// BenchmarkFailoverHTTP1 is the HTTP/1.1 kill above as figures (make bench): GETs failed of
+// those sent, with the retry policy and with none (only never-reached requests rerouted).
+func BenchmarkFailoverHTTP1(b *testing.B) {
+	for _, run := range []struct{ name, policy string }{{"retries", h1RetryPolicy}, {"defaults", roundRobin}} {
+		b.Run(run.name, func(b *testing.B) {
+			for b.Loop() {
+				sent, failed, _ := h1KillUnderLoad(b, run.policy)
+				b.ReportMetric(float64(len(failed)), "failed-GETs")
+				b.ReportMetric(float64(sent), "GETs")
+			}
+		})
 	}
 }
 
