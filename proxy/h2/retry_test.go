@@ -288,6 +288,25 @@ func TestGRPCTimeoutEndsTheStream(t *testing.T) {
 	}
 }
 
+// TestDeadlineOfAStreamUnderWayCancelsIt: a response already flowing, held back by a client
+// that grants no window, is cut at its deadline with RST_STREAM CANCEL (which a gRPC client
+// reads, past its own deadline, as DEADLINE_EXCEEDED), not INTERNAL_ERROR.
+func TestDeadlineOfAStreamUnderWayCancelsIt(t *testing.T) {
+	ru := startRawUpstream(t, func(sc *rawServerConn, n int64, f *http2.MetaHeadersFrame) {
+		sc.headers(f.StreamID, false, ":status", "200", "content-type", "application/grpc")
+		for range 3 {
+			sc.data(f.StreamID, false, make([]byte, 16<<10))
+		}
+	})
+	addr, _, _ := startProxy(t, Config{Router: newRecorder(ru.addr), Logger: discardLogger()})
+	c := dialConf(t, addr)
+	c.write(func(fr *http2.Framer) error {
+		return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1024})
+	})
+	c.headers(1, true, grpcReq(mServerStream, "grpc-timeout", "200m")...)
+	c.wantStreamError(1, http2.ErrCodeCancel)
+}
+
 // TestGRPCTimeoutsOnOneConnection: deadlines of streams sharing a client connection expire in
 // their own order, whatever order they arrived in, and a stream that ends in time leaves the
 // others' deadlines intact.

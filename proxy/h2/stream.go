@@ -448,6 +448,12 @@ func (s *stream) failLocked(err error, upFault bool, httpStatus, grpcCode int, f
 		cc.encField("grpc-message", encodeGRPCMessage(msg), false)
 		cc.frameHeaderBlock(s.id, true)
 		s.grpcStatus = grpcCode
+	case err == ErrDeadline:
+		// Its response under way, a stream past its deadline is cancelled, as a gRPC server
+		// does: a client reads CANCEL after its own deadline as DEADLINE_EXCEEDED (grpc-go
+		// does), where INTERNAL_ERROR would read as a failure of the server.
+		code = http2.ErrCodeCancel
+		cc.frameRST(s.id, code)
 	default:
 		code = http2.ErrCodeInternal
 		cc.frameRST(s.id, code)
