@@ -104,15 +104,15 @@ func newResilientMeshOf(t testing.TB, n int, policy string, serve func(i int, po
 	return m
 }
 
+// waitFor polls cond every 20 ms until it holds or bound passes, then fails t naming what.
 func waitFor(t testing.TB, bound time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(bound)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", bound, what)
+	poll(t, bound, 20*time.Millisecond, func() string {
+		if cond() {
+			return ""
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return "waiting for " + what
+	})
 }
 
 // call is one call of a rateLoad.

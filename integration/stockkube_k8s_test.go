@@ -341,13 +341,7 @@ func (k *kube) dashboard(t *testing.T, deleted string) {
 		if err != nil {
 			return fmt.Sprintf("detour stat pod: %v\n%s", err, o)
 		}
-		var st struct {
-			Rows []struct {
-				Name      string   `json:"name"`
-				Requests  uint64   `json:"requests"`
-				MTLSShare *float64 `json:"mtls_share"`
-			} `json:"rows"`
-		}
+		var st struct{ Rows []statRow }
 		if err := json.Unmarshal([]byte(o), &st); err != nil {
 			return fmt.Sprintf("detour stat pod -o json: %v\n%s", err, o)
 		}
@@ -895,7 +889,14 @@ func (k *kube) deleteUnderLoad(t *testing.T, web fmt.Stringer, data []corev1.Pod
 
 // eventuallyK polls cond every 100 ms until it returns "" or bound passes, then fails t with
 // the last reason.
-func eventuallyK(t *testing.T, bound time.Duration, cond func() string) {
+func eventuallyK(t testing.TB, bound time.Duration, cond func() string) {
+	t.Helper()
+	poll(t, bound, 100*time.Millisecond, cond)
+}
+
+// poll runs cond every interval until it returns "" or bound passes, then fails t with the
+// last reason: the one wait of the package's tests.
+func poll(t testing.TB, bound, interval time.Duration, cond func() string) {
 	t.Helper()
 	deadline := time.Now().Add(bound)
 	for {
@@ -906,7 +907,7 @@ func eventuallyK(t *testing.T, bound time.Duration, cond func() string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("after %s: %s", bound, why)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 
