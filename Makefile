@@ -75,7 +75,8 @@ demo: deps build
 
 # The mesh benchmark (direct vs two proxies, plaintext and mutual TLS, gRPC over one connection),
 # discovery at scale (2,000 services, 20,000 endpoints, 100 proxies), the init install and the
-# mutual TLS handshake, and the failover run (a replica SIGKILLed under load and restarted).
+# mutual TLS handshake, and the failover runs (a replica SIGKILLed under load and restarted; an
+# HTTP/1.1 replica closed under GETs).
 bench: build
 	@scripts/deps.sh $(BENCHDEPS)
 	$(GO) test -run '^$$' -bench Mesh -benchtime 1x -count 1 -v ./integration/
